@@ -1,0 +1,118 @@
+"""Shared CLI plumbing: one-line user errors, table/JSON output, logging set-up."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence, TypeVar
+
+import typer
+
+from etp_search.errors import EtpError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Where `index` writes and `query`/`zeroshot`/`probe`/`retrieval` read when no --store is given.
+DEFAULT_STORE = Path("etp-data") / "store.h5"
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print one line to stderr and return the Exit to raise."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code=code)
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    types: list[type[BaseException]] = [EtpError]
+    try:  # indexing must not import etp_search, so its errors have their own base class
+        from indexing.errors import IndexingError
+
+        types.append(IndexingError)
+    except ImportError:  # pragma: no cover - indexing always ships with the package
+        pass
+    return tuple(types)
+
+
+def user_errors(fn: F) -> F:
+    """Turn user-caused errors raised below the CLI into one line on stderr and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except _user_error_types() as exc:
+            raise fail(str(exc)) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted: finished batches are kept; run the same command again to resume", err=True)
+            raise typer.Exit(code=130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4f}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_cell(v) for v in value)
+    return str(value)
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, max_width: int = 60) -> str:
+    """Render dict rows as an aligned plain-text table (cells cut to max_width)."""
+    if not rows:
+        return "(no rows)"
+    columns = list(columns or rows[0].keys())
+    cells = [[_cell(r.get(c, ""))[:max_width] for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
+    out = [line(columns), line(["-" * w for w in widths])]
+    out.extend(line(row) for row in cells)
+    return "\n".join(out)
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Convert numpy scalars/arrays, Paths and NaN into JSON-safe values (NaN -> null)."""
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover
+        np = None  # type: ignore[assignment]
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if np is not None and isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if np is not None and isinstance(obj, np.generic):
+        return to_jsonable(obj.item())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def emit_json(obj: Any) -> None:
+    typer.echo(json.dumps(to_jsonable(obj), indent=2, ensure_ascii=False))
+
+
+def emit(rows: Iterable[dict[str, Any]], as_json: bool, columns: Sequence[str] | None = None, title: str | None = None) -> None:
+    """Print rows as a table (with an optional title line) or as a JSON list."""
+    rows = list(rows)
+    if as_json:
+        emit_json(rows)
+        return
+    if title:
+        typer.echo(title)
+    typer.echo(format_table(rows, columns))

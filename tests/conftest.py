@@ -1,0 +1,34 @@
+"""Shared fixtures: where the real data lives, and skipping cleanly where it is absent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+SHARED_PTBXL = SHARED_DATA / "ptbxl"
+SHARED_CPSC = SHARED_DATA / "cpsc2018"
+#: The 50 PTB-XL records that ship inside the package (real data, CC BY 4.0).
+EXAMPLE_PTBXL = ROOT / "etp_search" / "examples" / "ptbxl"
+
+
+@pytest.fixture(scope="session")
+def shared_ptbxl() -> Path:
+    if not (SHARED_PTBXL / "ptbxl_database.csv").exists():
+        pytest.skip("../shared/data/ptbxl is absent (only present on the development machines)")
+    return SHARED_PTBXL
+
+
+@pytest.fixture(scope="session")
+def shared_cpsc() -> Path:
+    if not (SHARED_CPSC / "REFERENCE.csv").exists():
+        pytest.skip("../shared/data/cpsc2018 is absent (only present on the development machines)")
+    return SHARED_CPSC
+
+
+@pytest.fixture(scope="session")
+def example_ptbxl() -> Path:
+    assert (EXAMPLE_PTBXL / "ptbxl_database.csv").exists(), "shipped example data is missing"
+    return EXAMPLE_PTBXL
