@@ -1,0 +1,1 @@
+"""Contrastive ECG-text pretraining: loss, augmentation, text-feature cache, task, trainer, DDP."""

@@ -1,0 +1,205 @@
+"""Checkpoints: config.json + model.safetensors, written atomically, loaded without unpickling."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from etp_search.errors import ModelError
+from etp_search.models.config import EtpConfig
+from etp_search.models.etp import EtpModel
+from etp_search.models.text_encoder import text_model_fingerprint
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT = "etp-search-checkpoint"
+FORMAT_VERSION = 1
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def default_checkpoint() -> Path:
+    """The starter checkpoint shipped inside the package (trained on PTB-XL folds 1-8)."""
+    return Path(__file__).resolve().parents[1] / "checkpoints" / "etp-ptbxl"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a file via a temp file in the same folder + os.replace, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors save_file through a temp file + os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _unwrap(model: torch.nn.Module) -> EtpModel:
+    return getattr(model, "module", model)  # DDP wraps the model in .module
+
+
+def save_checkpoint(
+    model: torch.nn.Module, out_dir: str | Path, extra: dict[str, Any] | None = None, dtype: str = "float32"
+) -> Path:
+    """Write out_dir/config.json + out_dir/model.safetensors (weights first, config last).
+
+    Args:
+        model: An EtpModel (or a DDP wrapper of one).
+        out_dir: Folder to write; created if needed.
+        extra: JSON-able provenance (training command, metrics, ...) stored under "extra".
+        dtype: Storage dtype of floating weights ("float32", or "float16" to halve the size;
+            loading casts back to float32).
+    """
+    model = _unwrap(model)
+    if dtype not in _DTYPES:
+        raise ModelError(f"unknown checkpoint dtype {dtype!r}; choose one of {sorted(_DTYPES)}")
+    out = Path(out_dir)
+    state = model.state_dict()
+    tensors = {
+        k: (v.to(_DTYPES[dtype]) if v.is_floating_point() and k != "logit_scale" else v) for k, v in state.items()
+    }
+    atomic_save_tensors(tensors, out / WEIGHTS_NAME, metadata={"format": FORMAT})
+    doc = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": model.cfg.to_dict(),
+        "weights_dtype": dtype,
+        "text_model_fingerprint": text_model_fingerprint(model.cfg.text.model_name),
+        "text_tower_stored": not model.cfg.text.frozen,
+        "extra": extra or {},
+    }
+    atomic_write_bytes(out / CONFIG_NAME, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+    return out
+
+
+def _resolve_dir(path: str | Path) -> Path:
+    p = Path(path)
+    if p.is_file() and p.name in {CONFIG_NAME, WEIGHTS_NAME}:
+        p = p.parent
+    if not (p / CONFIG_NAME).is_file() or not (p / WEIGHTS_NAME).is_file():
+        raise ModelError(
+            f"{p} is not an etp-search checkpoint (needs {CONFIG_NAME} + {WEIGHTS_NAME}); "
+            "pass the folder written by `etp-search train` (RUN_DIR/best)"
+        )
+    return p
+
+
+def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
+    """The parsed config.json of a checkpoint folder."""
+    p = _resolve_dir(path)
+    try:
+        doc = json.loads((p / CONFIG_NAME).read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{p / CONFIG_NAME} is not valid JSON ({exc.msg}); re-export the checkpoint") from None
+    if doc.get("format") != FORMAT:
+        raise ModelError(f"{p / CONFIG_NAME} is not an etp-search checkpoint config (format {doc.get('format')!r})")
+    return doc
+
+
+def checkpoint_fingerprint(path: str | Path) -> str:
+    """sha256 over the weights file and the architecture config: the store's provenance key."""
+    p = _resolve_dir(path)
+    doc = read_checkpoint_config(p)
+    h = hashlib.sha256()
+    with open(p / WEIGHTS_NAME, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    h.update(json.dumps(doc["model"], sort_keys=True).encode())
+    h.update(str(doc.get("text_model_fingerprint", "")).encode())
+    return h.hexdigest()
+
+
+def _arch_mismatch(have: EtpConfig, want: EtpConfig) -> list[str]:
+    a, b = have.architecture(), want.architecture()
+    return [f"{k} {a[k]!r} != {b[k]!r}" for k in a if a[k] != b[k]]
+
+
+def load_state_into(model: EtpModel, weights: Path, where: str) -> None:
+    """Copy safetensors weights into a built model, naming missing/unexpected/mis-shaped keys."""
+    own = model.state_dict()
+    with safe_open(str(weights), framework="pt", device="cpu") as fh:
+        keys = set(fh.keys())
+        missing = sorted(set(own) - keys)
+        unexpected = sorted(keys - set(own))
+        if missing or unexpected:
+            parts = []
+            if missing:
+                parts.append(f"missing keys {missing[:3]}{' ...' if len(missing) > 3 else ''}")
+            if unexpected:
+                parts.append(f"unexpected keys {unexpected[:3]}{' ...' if len(unexpected) > 3 else ''}")
+            raise ModelError(
+                f"checkpoint {where} does not match its model architecture ({'; '.join(parts)}); "
+                "it was written for another architecture — use the config.json saved with these weights"
+            )
+        new_state = {}
+        for k in own:
+            t = fh.get_tensor(k)
+            if tuple(t.shape) != tuple(own[k].shape):
+                raise ModelError(
+                    f"checkpoint {where}: {k} has shape {tuple(t.shape)} but the model expects "
+                    f"{tuple(own[k].shape)}; the weights belong to another architecture"
+                )
+            new_state[k] = t.to(own[k].dtype) if t.is_floating_point() else t
+    model.load_state_dict(new_state, strict=True)
+
+
+def load_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu", expect: EtpConfig | None = None, load_text: bool = True
+) -> EtpModel:
+    """Build the model its config.json describes and load model.safetensors into it (never unpickles).
+
+    Args:
+        path: Checkpoint folder (or its config.json / model.safetensors).
+        device: Where to put the model; it is returned in eval mode.
+        expect: If given, the architecture the caller needs; a checkpoint of another one raises.
+        load_text: Load the text tower now (False defers it to the first encode_text call).
+
+    Raises:
+        ModelError: not a checkpoint, another architecture than ``expect``, or weights that do not fit.
+    """
+    p = _resolve_dir(path)
+    doc = read_checkpoint_config(p)
+    cfg = EtpConfig.from_dict(doc["model"])
+    if expect is not None:
+        diff = _arch_mismatch(cfg, expect)
+        if diff:
+            raise ModelError(f"checkpoint {p} is another architecture: {', '.join(diff)}; pass a matching checkpoint or config")
+    fp = doc.get("text_model_fingerprint")
+    if fp and cfg.text.frozen and load_text and fp != text_model_fingerprint(cfg.text.model_name):
+        log.warning(
+            "text model %s differs from the one the checkpoint was trained with (fingerprint %s != %s)",
+            cfg.text.model_name, text_model_fingerprint(cfg.text.model_name), fp,
+        )
+    model = EtpModel(cfg, load_text=load_text)
+    load_state_into(model, p / WEIGHTS_NAME, str(p))
+    return model.to(device).eval()

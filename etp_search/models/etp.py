@@ -1,0 +1,126 @@
+"""The ETP model: ECG tower + text tower, projection heads into one space, learnable temperature."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from etp_search.models.config import EtpConfig
+from etp_search.models.ecg_encoders import create_ecg_encoder
+from etp_search.models.text_encoder import TextEncoder
+
+
+def _head(cin: int, dim: int, hidden: int) -> nn.Module:
+    if hidden <= 0:
+        return nn.Linear(cin, dim)
+    return nn.Sequential(nn.Linear(cin, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+
+class EtpModel(nn.Module):
+    """ECG-text dual encoder (open_clip's CLIP layout: encode_ecg / encode_text / logit_scale).
+
+    Args:
+        cfg: Model config (saved as config.json beside the weights).
+        load_text: Load the text tower now. Pass False for ECG-only use (embedding an archive);
+            ``encode_text`` then loads it on first call. ``encode_text_features`` never needs it.
+    """
+
+    def __init__(self, cfg: EtpConfig, load_text: bool = True) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.ecg_encoder = create_ecg_encoder(cfg.ecg.name, in_channels=cfg.ecg.in_channels, drop_rate=cfg.ecg.drop_rate)
+        self.ecg_proj = _head(self.ecg_encoder.out_dim, cfg.embed_dim, cfg.proj_hidden)
+        # Text width must be known without loading the tower; read it from the HF config when deferred.
+        self.text_encoder: TextEncoder | None = None
+        self._text_holder: list[TextEncoder] = []
+        if load_text or not cfg.text.frozen:
+            self._attach_text(TextEncoder(cfg.text))
+            text_dim = self.text.out_dim
+        else:
+            text_dim = _text_width(cfg)
+        self.text_proj = _head(text_dim, cfg.embed_dim, cfg.proj_hidden)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(cfg.init_logit_scale), dtype=torch.float32))
+
+    def _attach_text(self, enc: TextEncoder) -> None:
+        if enc.cfg.frozen:
+            # The frozen tower has no parameters of ours, so keep it out of the module tree.
+            self._text_holder = [enc]
+        else:
+            self.text_encoder = enc
+
+    @property
+    def text(self) -> TextEncoder:
+        """The text tower, loaded on first use when the model was built with ``load_text=False``."""
+        if self.text_encoder is not None:
+            return self.text_encoder
+        if not self._text_holder:
+            enc = TextEncoder(self.cfg.text)
+            enc.to(self.logit_scale.device)
+            self._text_holder = [enc]
+        return self._text_holder[0]
+
+    @property
+    def text_loaded(self) -> bool:
+        return self.text_encoder is not None or bool(self._text_holder)
+
+    def to(self, *args, **kwargs):  # type: ignore[override]
+        super().to(*args, **kwargs)
+        if self._text_holder:
+            self._text_holder[0].to(*args, **kwargs)
+        return self
+
+    def scale(self) -> torch.Tensor:
+        """exp(logit_scale), clamped at cfg.max_logit_scale."""
+        return self.logit_scale.clamp(max=math.log(self.cfg.max_logit_scale)).exp()
+
+    def encode_ecg(self, x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """(B, 12, L) preprocessed signals -> (B, embed_dim)."""
+        z = self.ecg_proj(self.ecg_encoder(x))
+        return F.normalize(z, dim=-1) if normalize else z
+
+    def text_features(self, texts: Sequence[str]) -> torch.Tensor:
+        """Pooled text-tower features (B, text width) before the projection head."""
+        return self.text(texts)
+
+    def encode_text_features(self, feats: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Project cached pooled text features (B, text width) -> (B, embed_dim)."""
+        z = self.text_proj(feats.to(self.logit_scale.device, dtype=self.text_proj_dtype))
+        return F.normalize(z, dim=-1) if normalize else z
+
+    @property
+    def text_proj_dtype(self) -> torch.dtype:
+        return next(self.text_proj.parameters()).dtype
+
+    def encode_text(self, texts: Sequence[str], normalize: bool = True) -> torch.Tensor:
+        """Raw report texts -> (B, embed_dim)."""
+        return self.encode_text_features(self.text_features(texts), normalize=normalize)
+
+    def forward(self, ecg: torch.Tensor, text_feats: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Both embeddings and the scale, in the form the contrastive loss takes."""
+        return {
+            "ecg": self.encode_ecg(ecg),
+            "text": self.encode_text_features(text_feats),
+            "logit_scale": self.scale(),
+        }
+
+
+def _text_width(cfg: EtpConfig) -> int:
+    """Hidden size of the text model from its config.json alone (no weights loaded)."""
+    from transformers import AutoConfig
+
+    from etp_search.errors import ModelError
+    from etp_search.models.text_encoder import resolve_text_model
+
+    try:
+        hf_cfg = AutoConfig.from_pretrained(resolve_text_model(cfg.text.model_name), local_files_only=cfg.text.local_files_only)
+    except Exception as exc:  # noqa: BLE001 - transformers raises several types for a missing model
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelError(
+            f"cannot load text model {cfg.text.model_name!r} ({first[:160]}); pass a local folder with "
+            "config.json + weights, or a Hugging Face name with network access and local_files_only=False"
+        ) from None
+    return int(hf_cfg.hidden_size)
