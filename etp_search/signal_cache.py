@@ -114,6 +114,8 @@ def _process(ref: str) -> tuple[str, str | None, Any]:
     pid = meta.get("patient_id")
     if isinstance(pid, float) and pid.is_integer():
         pid = int(pid)  # PTB-XL stores patient ids as floats ("15709.0")
+    if isinstance(pid, (int, np.integer)) and pid < 0:
+        pid = None  # readers use -1 for unknown ids, like sex and strat_fold
     row = {
         "id": str(rec.id),
         "signal": sig,
