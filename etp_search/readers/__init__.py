@@ -1,0 +1,124 @@
+"""Dataset readers: each published ECG layout -> a stream of ``EcgRecord``.
+
+    reader = open_dataset("ptbxl/")            # layout detected from the folder
+    for rec in reader: ...                     # skips bad records, counting them
+    print(reader.summary.line())
+
+Layouts (``detect_format`` names): "ptbxl", "mimic-iv-ecg", "cinc" (PhysioNet/CinC 2020/2021
+.hea/.mat with #Dx SNOMED codes), "cpsc2018" (original MATLAB structs + REFERENCE.csv) and
+"wfdb" (any folder of WFDB records, searched recursively).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from pathlib import Path
+
+from etp_search.errors import DataError
+from etp_search.readers.base import ReadSummary, Reader, SkipRecord, standard_lead
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["open_dataset", "detect_format", "list_formats", "Reader", "ReadSummary", "SkipRecord",
+           "standard_lead"]
+
+# format name -> "module:Class", imported on use so one layout's code never slows another.
+_READERS = {
+    "ptbxl": "etp_search.readers.ptbxl:PtbxlReader",
+    "mimic-iv-ecg": "etp_search.readers.mimic:MimicReader",
+    "cinc": "etp_search.readers.cpsc:CincReader",
+    "cpsc2018": "etp_search.readers.cpsc:Cpsc2018Reader",
+    "wfdb": "etp_search.readers.wfdb_folder:WfdbFolderReader",
+}
+_LOOKED_FOR = ("PTB-XL (ptbxl_database.csv), MIMIC-IV-ECG (record_list.csv), CinC 2020/2021 (.hea + .mat), "
+               "CPSC2018 (.mat structs + REFERENCE.csv), WFDB (.hea + .dat)")
+
+
+def list_formats() -> list[str]:
+    """Layout names accepted by ``open_dataset(fmt=...)``."""
+    return list(_READERS)
+
+
+def _first_header(root: Path) -> Path | None:
+    for dirpath, dirnames, files in os.walk(root):
+        dirnames.sort()
+        for f in sorted(files):
+            if f.endswith(".hea"):
+                return Path(dirpath) / f
+    return None
+
+
+def _has_bare_mat(root: Path) -> bool:
+    """A .mat with no .hea beside it, in root or one level down (the original CPSC2018 release)."""
+    for folder in [root, *sorted(p for p in root.iterdir() if p.is_dir())]:
+        names = set(os.listdir(folder))
+        if any(n.endswith(".mat") and n[:-4] + ".hea" not in names for n in names):
+            return True
+    return False
+
+
+def _is_cinc_header(path: Path) -> bool:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return False
+    lines = text.splitlines()
+    signal_lines = lines[1:3]
+    return any(".mat" in ln.split(" ")[0] for ln in signal_lines if ln and not ln.startswith("#")) or \
+        any(ln.lstrip("# ").lower().startswith("dx:") for ln in lines if ln.startswith("#"))
+
+
+def detect_format(path: str | Path) -> str:
+    """Name the layout of a dataset folder.
+
+    Raises:
+        DataError: the path is missing, not a folder, or holds no known layout.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise DataError(f"{root} does not exist; pass the dataset folder")
+    if not root.is_dir():
+        raise DataError(f"{root} is a file; pass the folder that holds the dataset")
+    if (root / "ptbxl_database.csv").exists():
+        return "ptbxl"
+    if (root / "record_list.csv").exists():
+        return "mimic-iv-ecg"
+    header = _first_header(root)
+    if header is not None and _is_cinc_header(header):
+        return "cinc"
+    if _has_bare_mat(root):
+        return "cpsc2018"
+    if header is not None:
+        return "wfdb"
+    raise DataError(f"no ECG dataset found in {root}; looked for {_LOOKED_FOR}")
+
+
+def open_dataset(path: str | Path, *, fmt: str | None = None, sampling_rate: int | None = None,
+                 text_source: str = "scp_en") -> Reader:
+    """Open a dataset folder as a streaming reader.
+
+    Args:
+        path: Dataset folder.
+        fmt: Layout name (see ``list_formats``); detected when None.
+        sampling_rate: PTB-XL only: 100 (default) or 500.
+        text_source: "scp_en" (default), "report" or "column:<name>". Layouts without SCP codes
+            have no "scp_en" text; they use their own English report ("report") instead.
+
+    Raises:
+        DataError: unknown layout or format name, or a broken table.
+    """
+    name = detect_format(path) if fmt is None else fmt
+    if name not in _READERS:
+        raise DataError(f"unknown dataset format '{fmt}'; known formats: {', '.join(_READERS)}")
+    if not Path(path).is_dir():
+        raise DataError(f"{path} is not a folder; pass the dataset folder")
+    module, cls = _READERS[name].split(":")
+    reader_cls = getattr(importlib.import_module(module), cls)
+    if name == "ptbxl":
+        return reader_cls(path, sampling_rate=sampling_rate, text_source=text_source)
+    if sampling_rate is not None:
+        # Only PTB-XL ships two rates; elsewhere the preprocessing preset resamples.
+        logger.info("sampling_rate=%s ignored: %s records keep their native rate", sampling_rate, name)
+    return reader_cls(path, text_source=text_source)

@@ -1,0 +1,149 @@
+"""PTB-XL: ptbxl_database.csv + scp_statements.csv + records100/ or records500/ (WFDB).
+
+A partial download is normal: rows whose signal files are absent are left out of ``refs()`` and
+counted once in ``summary.missing_files`` rather than reported row by row.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from etp_search.errors import DataError
+from etp_search.readers.base import COLUMN_PREFIX, REPORT, SCP_EN, Reader, SkipRecord, require_columns
+from etp_search.readers.wfdb_io import read_wfdb
+from etp_search.records import EcgRecord
+from etp_search.text import SCP_STATEMENTS_CSV, check_text_source, compose_scp_report, load_scp_statements, \
+    parse_scp_codes
+
+logger = logging.getLogger(__name__)
+
+DATABASE_CSV = "ptbxl_database.csv"
+STATEMENTS_CSV = "scp_statements.csv"
+_FILENAME_COLUMN = {100: "filename_lr", 500: "filename_hr"}
+
+
+def _existing_records(root: Path, top: str) -> set[str]:
+    """Relative record paths (no extension) that have both .hea and .dat under ``root/top``."""
+    found: set[str] = set()
+    base = root / top
+    if not base.is_dir():
+        return found
+    for dirpath, _, files in os.walk(base):
+        names = set(files)
+        rel = Path(dirpath).relative_to(root)
+        for f in names:
+            if f.endswith(".hea") and f[:-4] + ".dat" in names:
+                found.add((rel / f[:-4]).as_posix())
+    return found
+
+
+def _as_float(v) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return math.nan
+    return f
+
+
+def _as_int(v, default: int = -1) -> int:
+    f = _as_float(v)
+    return default if math.isnan(f) else int(f)
+
+
+class PtbxlReader(Reader):
+    """Reader for the PTB-XL folder layout.
+
+    Args:
+        root: Folder holding ptbxl_database.csv.
+        sampling_rate: 100 (records100/, default) or 500 (records500/).
+        text_source: "scp_en" (default), "report", or "column:<name>" of ptbxl_database.csv.
+
+    Labels are the record's ``scp_codes`` (code -> likelihood); meta holds age, sex, strat_fold,
+    patient_id, source, missing_leads and texts (every text source for the record).
+    """
+
+    format_name = "ptbxl"
+
+    def __init__(self, root: str | Path, sampling_rate: int | None = None, text_source: str = SCP_EN) -> None:
+        super().__init__(root, text_source)
+        rate = 100 if sampling_rate is None else int(sampling_rate)
+        if rate not in _FILENAME_COLUMN:
+            raise DataError(f"PTB-XL has sampling rates 100 and 500, not {sampling_rate}; pass --sampling-rate 100 or 500")
+        self.sampling_rate = rate
+        self.fs = float(rate)
+        db_path = self.root / DATABASE_CSV
+        if not db_path.exists():
+            raise DataError(f"{db_path} not found; point to the PTB-XL folder that holds {DATABASE_CSV}")
+        try:
+            table = pd.read_csv(db_path, dtype=str, keep_default_na=False)
+        except Exception as exc:  # an empty or binary file
+            raise DataError(f"{db_path} cannot be read as CSV ({type(exc).__name__}); re-download it") from None
+        self._filename_col = _FILENAME_COLUMN[rate]
+        require_columns(table.columns, ["ecg_id", "scp_codes", self._filename_col], db_path)
+        columns = tuple(table.columns)
+        available = (SCP_EN, REPORT) if "report" in columns else (SCP_EN,)
+        check_text_source(text_source, available, columns)
+        self._text_column = text_source[len(COLUMN_PREFIX):] if text_source.startswith(COLUMN_PREFIX) else None
+        # Only the columns a record needs travel with the reader (it is pickled to workers).
+        keep = [c for c in ("ecg_id", "patient_id", "age", "sex", "strat_fold", "report", "scp_codes",
+                            self._filename_col, self._text_column) if c and c in columns]
+        self._table = table[list(dict.fromkeys(keep))].set_index("ecg_id", drop=False)
+        if not self._table.index.is_unique:
+            raise DataError(f"{db_path} has duplicate ecg_id values; re-download it")
+        statements_path = self.root / STATEMENTS_CSV
+        if not statements_path.exists():
+            logger.warning("%s not found; using the copy shipped with etp-search", statements_path)
+            statements_path = SCP_STATEMENTS_CSV
+        self._statements = load_scp_statements(statements_path)
+
+    def _list_refs(self) -> tuple[list[str], int]:
+        top = f"records{self.sampling_rate}"
+        existing = _existing_records(self.root, top)
+        files = self._table[self._filename_col]
+        present = files.isin(existing)
+        ids = self._table.index[present.to_numpy()]
+        refs = sorted(ids, key=lambda s: (len(s), s))  # numeric order without parsing
+        return refs, int((~present).sum())
+
+    def texts_for(self, row: pd.Series, scp_codes: dict[str, float]) -> dict[str, str]:
+        texts = {SCP_EN: compose_scp_report(scp_codes, self._statements)}
+        if "report" in row.index:
+            texts[REPORT] = str(row["report"]).strip()
+        if self._text_column:
+            texts[self.text_source] = str(row[self._text_column]).strip()
+        return texts
+
+    def read(self, ref: str) -> EcgRecord:
+        try:
+            row = self._table.loc[str(ref)]
+        except KeyError:
+            raise SkipRecord("unknown record", f"ecg_id {ref} is not in {DATABASE_CSV}") from None
+        try:
+            scp_codes = parse_scp_codes(row["scp_codes"])
+        except (ValueError, SyntaxError):
+            raise SkipRecord("malformed scp_codes", f"ecg_id {ref}") from None
+        rel = row[self._filename_col]
+        sig = read_wfdb(self.root / rel)
+        if abs(sig.fs - self.fs) > 1e-6:
+            raise SkipRecord("unexpected sampling rate", f"{rel}: {sig.fs} Hz, expected {self.fs}")
+        texts = self.texts_for(row, scp_codes)
+        meta = {
+            "age": _as_float(row.get("age")),
+            "sex": _as_int(row.get("sex")),
+            "strat_fold": _as_int(row.get("strat_fold")),
+            "patient_id": _as_int(row.get("patient_id")),
+            "source": rel,
+            "missing_leads": sig.missing_leads,
+            "texts": texts,
+        }
+        if sig.nan_samples:
+            meta["nan_samples"] = sig.nan_samples
+        if sig.dropped_channels:
+            meta["dropped_channels"] = sig.dropped_channels
+        return EcgRecord(id=str(ref), signal=sig.signal, fs=sig.fs, text=texts[self.text_source],
+                         labels=scp_codes, meta=meta)

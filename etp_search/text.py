@@ -1,0 +1,122 @@
+"""Report text sources: the raw report, English composed from SCP codes, or a user column.
+
+PTB-XL's ``report`` column is mostly German (some English and Swedish) and partly machine
+generated. ``scp_en`` composes an English report from the record's SCP-ECG statements instead,
+using the ``description`` column of scp_statements.csv, in a fixed order:
+
+1. rhythm statements, 2. diagnostic statements, 3. form-only statements
+   (a statement flagged both diagnostic and form counts as diagnostic);
+within a group by likelihood, highest first, ties in the order of scp_statements.csv.
+
+Likelihoods: PTB-XL gives 0 when the likelihood is unknown, which the annotators used for
+statements they did not qualify, so 0 is treated as certain; a likelihood strictly between 0
+and 50 is phrased "possible <description>". Statements are joined with ", ".
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import logging
+from pathlib import Path
+from typing import Mapping
+
+import pandas as pd
+
+from etp_search.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+RESOURCES = Path(__file__).resolve().parent / "resources"
+#: scp_statements.csv shipped with the package (PTB-XL 1.0.1, CC BY 4.0).
+SCP_STATEMENTS_CSV = RESOURCES / "scp_statements.csv"
+
+#: Text sources of the readers (``column:<name>`` selects any table column).
+TEXT_SOURCES = ("report", "scp_en", "column:<name>")
+DEFAULT_TEXT_SOURCE = "scp_en"
+#: Likelihood below which a statement is phrased as possible (0 means "unknown": certain).
+POSSIBLE_BELOW = 50.0
+
+_GROUP_ORDER = ("rhythm", "diagnostic", "form")
+
+
+@functools.lru_cache(maxsize=4)
+def _load_statements(path: str) -> pd.DataFrame:
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p} not found; PTB-XL's scp_statements.csv must sit beside ptbxl_database.csv")
+    df = pd.read_csv(p, index_col=0)
+    for col in ("description", "diagnostic", "form", "rhythm", "diagnostic_class", "diagnostic_subclass"):
+        if col not in df.columns:
+            raise DataError(f"{p} has no column '{col}'; use the scp_statements.csv of PTB-XL")
+    return df
+
+
+def load_scp_statements(path: str | Path | None = None) -> pd.DataFrame:
+    """scp_statements.csv indexed by SCP code (default: the copy shipped in etp_search/resources)."""
+    return _load_statements(str(Path(path) if path is not None else SCP_STATEMENTS_CSV)).copy()
+
+
+def parse_scp_codes(literal: str) -> dict[str, float]:
+    """Parse PTB-XL's ``scp_codes`` (a Python dict literal) safely, never with eval.
+
+    Raises:
+        ValueError: when the text is not a dict literal of code -> number.
+    """
+    if not isinstance(literal, str) or not literal.strip():
+        return {}
+    value = ast.literal_eval(literal)
+    if not isinstance(value, dict):
+        raise ValueError(f"scp_codes is not a dict literal: {literal[:60]!r}")
+    return {str(k): float(v) for k, v in value.items()}
+
+
+def _group(row: pd.Series) -> int:
+    if row.get("rhythm") == 1.0:
+        return 0
+    if row.get("diagnostic") == 1.0:
+        return 1
+    return 2
+
+
+def _phrase(description: str, likelihood: float) -> str:
+    if 0.0 < likelihood < POSSIBLE_BELOW:
+        return f"possible {description}"
+    return description
+
+
+def compose_scp_report(scp_codes: Mapping[str, float], statements: pd.DataFrame | None = None) -> str:
+    """Compose an English report from SCP codes (order and phrasing: see the module docstring).
+
+    Args:
+        scp_codes: SCP code -> likelihood (0..100; 0 = unknown, read as certain).
+        statements: scp_statements.csv indexed by code; default the shipped copy.
+
+    Returns:
+        E.g. ``"sinus rhythm, normal ECG"``; "" when no code is known.
+    """
+    if statements is None:
+        statements = _load_statements(str(SCP_STATEMENTS_CSV))
+    order = {code: i for i, code in enumerate(statements.index)}
+    items = []
+    for code, likelihood in scp_codes.items():
+        if code not in order:
+            logger.debug("SCP code %r not in scp_statements.csv; left out of the text", code)
+            continue
+        row = statements.loc[code]
+        lk = float(likelihood) if likelihood == likelihood else 0.0  # NaN -> unknown
+        certainty = 100.0 if lk == 0.0 else lk
+        items.append((_group(row), -certainty, order[code], _phrase(str(row["description"]), lk)))
+    items.sort()
+    return ", ".join(text for *_, text in items)
+
+
+def check_text_source(source: str, available: tuple[str, ...], columns: tuple[str, ...] = ()) -> None:
+    """Fail with one line when a text source is unknown or names an absent column."""
+    if source.startswith("column:"):
+        name = source[len("column:"):]
+        if name not in columns:
+            raise DataError(f"text source '{source}': no column '{name}' (columns: {', '.join(columns) or 'none'})")
+        return
+    if source not in available:
+        raise DataError(f"unknown text source '{source}'; known: {', '.join(available)}, column:<name>")
