@@ -22,6 +22,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -83,6 +84,13 @@ _WORKER: dict[str, Any] = {}
 def _init_worker(reader: Any, preset: Preset) -> None:
     _WORKER["reader"] = reader
     _WORKER["preset"] = preset
+
+
+def _init_pool_worker(reader: Any, preset: Preset) -> None:
+    # Ctrl-C goes to the whole process group: only the parent handles it (stops the pool and keeps
+    # the committed batches); workers would otherwise each print a KeyboardInterrupt traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _init_worker(reader, preset)
 
 
 def _scalar(value: Any, fill: Any) -> Any:
@@ -244,7 +252,7 @@ def _iter_results(reader: Any, preset: Preset, refs: Sequence[str], workers: int
     # A worker process gets ~8 chunks per pass so the pool stays busy without holding many records.
     chunksize = max(1, min(32, len(refs) // (workers * 8) or 1))
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(reader, preset)) as pool:
+    with ctx.Pool(workers, initializer=_init_pool_worker, initargs=(reader, preset)) as pool:
         yield from pool.imap(_process, refs, chunksize=chunksize)
 
 

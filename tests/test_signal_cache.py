@@ -41,8 +41,8 @@ class Head:
 
 
 @pytest.fixture(scope="module")
-def reader(shared_ptbxl):
-    return Head(open_dataset(shared_ptbxl), N)
+def reader(example_ptbxl):
+    return Head(open_dataset(example_ptbxl), N)
 
 
 @pytest.fixture(scope="module")
