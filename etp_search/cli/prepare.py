@@ -1,0 +1,91 @@
+"""`etp-search prepare DATA_DIR`: read, preprocess and cache every record in one HDF5 file."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+import typer
+
+from etp_search.cli.common import emit, emit_json, user_errors
+
+if TYPE_CHECKING:
+    from etp_search.preprocess import Preset
+    from etp_search.readers import Reader
+
+logger = logging.getLogger(__name__)
+
+CACHE_DIR = Path("etp-data")
+
+
+def default_cache_path(fmt: str, preset: str) -> Path:
+    """Where `prepare` writes when no --out is given (relative to the working directory)."""
+    return CACHE_DIR / f"signals-{fmt}-{preset}.h5"
+
+
+def open_reader(data_dir: Path, preset: Preset, *, sampling_rate: int | None = None, text_source: str = "scp_en",
+                fmt: str | None = None) -> Reader:
+    """Open the dataset, reading PTB-XL's files at the preset's rate unless a rate is given."""
+    from etp_search.readers import detect_format, open_dataset
+
+    name = fmt or detect_format(data_dir)
+    if sampling_rate is None and name == "ptbxl" and preset.fs in (100, 500):
+        sampling_rate = preset.fs  # never upsample PTB-XL's 100 Hz files when 500 Hz ones exist
+    reader = open_dataset(data_dir, fmt=name, sampling_rate=sampling_rate, text_source=text_source)
+    if reader.fs and reader.fs < preset.fs:
+        logger.warning("upsampling %s Hz records to %s Hz adds no information", reader.fs, preset.fs)
+    return reader
+
+
+def _summary_rows(s: dict[str, Any]) -> list[dict[str, Any]]:
+    skipped = s.get("skipped") or {}
+    rows = [
+        {"field": "cache", "value": s["out"]},
+        {"field": "status", "value": "up to date (use --force to rebuild)" if s["up_to_date"] else "written"},
+        {"field": "format", "value": s["format"]},
+        {"field": "preset", "value": s["preset"]},
+        {"field": "records written", "value": s["records"]},
+        {"field": "records found", "value": s["refs"]},
+        {"field": "skipped", "value": sum(skipped.values())},
+    ]
+    rows += [{"field": f"  skipped: {reason}", "value": n} for reason, n in sorted(skipped.items())]
+    rows.append({"field": "listed without files", "value": s["missing_files"]})
+    if s.get("resumed_from"):
+        rows.append({"field": "resumed after", "value": f"{s['resumed_from']} records"})
+    if s.get("records_per_s"):
+        rows.append({"field": "records/s", "value": f"{s['records_per_s']:.1f} ({s['seconds']:.1f} s)"})
+    return rows
+
+
+@user_errors
+def prepare(
+    data_dir: Annotated[Path, typer.Argument(help="Dataset folder (PTB-XL, CPSC2018, CinC, MIMIC-IV-ECG, WFDB).")],
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="Cache file [default: etp-data/signals-<format>-<preset>.h5 under the working directory].")] = None,
+    preset: Annotated[str, typer.Option(help="Preprocessing preset: etp-100hz, etp-500hz, raw-100hz, raw-500hz.")] = "etp-100hz",
+    sampling_rate: Annotated[Optional[int], typer.Option(
+        "--sampling-rate", help="PTB-XL files to read: 100 or 500 [default: the preset's rate].")] = None,
+    text_source: Annotated[str, typer.Option(
+        "--text-source", help="Default text: scp_en, report or column:<name>; all sources are cached.")] = "scp_en",
+    fmt: Annotated[Optional[str], typer.Option("--format", help="Dataset layout; detected when omitted.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Worker processes [default: all cores].", min=0)] = None,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", help="Records per committed batch; an interruption loses at most one.", min=1)] = 256,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if the cache is up to date.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Preprocess every record of DATA_DIR into one HDF5 signal cache (parallel, resumable)."""
+    from etp_search.preprocess import get_preset
+    from etp_search.signal_cache import build_cache
+
+    p = get_preset(preset)
+    reader = open_reader(data_dir, p, sampling_rate=sampling_rate, text_source=text_source, fmt=fmt)
+    target = out if out is not None else default_cache_path(reader.format_name, p.name)
+    summary = build_cache(reader, target, p, workers=workers, batch_size=batch_size, progress=True, force=force)
+    if as_json:
+        emit_json(summary)
+        return
+    if summary["up_to_date"]:
+        typer.echo(f"{target} is up to date ({summary['records']} records); use --force to rebuild", err=True)
+    emit(_summary_rows(summary), as_json=False)
