@@ -42,10 +42,11 @@ CPSC2018_DESCRIPTIONS = {
     "STE": "ST-segment elevation",
 }
 # CinC 2020/2021 SNOMED abbreviations that mean a CPSC class, so records read from #Dx headers
-# (without REFERENCE.csv) get the same task vector. CRBBB/RBBB, SVPB/PAC and VPB/PVC are the
-# challenge's equivalence pairs; VEB (164884008) is what CinC used for CPSC's PVC class.
+# (without REFERENCE.csv) get the same task vector. CRBBB/RBBB, CLBBB/LBBB, SVPB/PAC and VPB/PVC
+# are the challenge's equivalence pairs; VEB (164884008) is what CinC used for CPSC's PVC class.
 CPSC2018_ALIASES = {
-    "SNR": "NORM", "IAVB": "I-AVB", "CRBBB": "RBBB", "SVPB": "PAC", "VPB": "PVC", "VEB": "PVC",
+    "NSR": "NORM", "SNR": "NORM", "IAVB": "I-AVB", "CRBBB": "RBBB", "CLBBB": "LBBB",
+    "SVPB": "PAC", "VPB": "PVC", "VEB": "PVC",
 }
 
 # Descriptions of diagnostic subclasses/superclasses that are not themselves SCP codes.

@@ -214,3 +214,45 @@ def require_columns(columns: Sequence[str], needed: Sequence[str], path: Path) -
     for col in needed:
         if col not in columns:
             raise DataError(f"{path} has no column '{col}'; is it the unmodified file of this dataset?")
+
+
+def native_text_source(source: str, format_name: str, columns: Sequence[str] = ()) -> str:
+    """Resolve a text source for a layout whose only built-in text is its own English "report".
+
+    "scp_en" (the toolkit default) means "English statements"; datasets without SCP codes have
+    their statements in English already (CPSC class names, CinC diagnoses, MIMIC machine reports),
+    so it resolves to "report".
+    """
+    from etp_search.text import check_text_source
+
+    if source == SCP_EN:
+        logger.debug("%s has no SCP codes: text source 'scp_en' reads its English 'report'", format_name)
+        return REPORT
+    check_text_source(source, (REPORT,), tuple(columns))
+    return source
+
+
+def parse_age_sex(comments: Sequence[str]) -> tuple[float, int]:
+    """Age and sex from ``Age: 74`` / ``Sex: Male`` comment lines (CinC style); (nan, -1) when absent."""
+    age, sex = float("nan"), -1
+    for line in comments:
+        key, _, value = line.partition(":")
+        key, value = key.strip().lower(), value.strip()
+        if key == "age":
+            try:
+                age = float(value)
+            except ValueError:
+                pass
+        elif key == "sex":
+            sex = sex_code(value)
+    return age, sex
+
+
+def sex_code(value: object) -> int:
+    """PTB-XL convention: 0 male, 1 female, -1 unknown."""
+    v = str(value).strip().lower()
+    if v in ("male", "m", "0"):
+        return 0
+    if v in ("female", "f", "1"):
+        return 1
+    return -1

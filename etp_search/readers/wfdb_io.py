@@ -53,7 +53,7 @@ class WfdbSignal:
 
 def read_header(record: Path) -> wfdb.Record:
     """Parse ``record.hea``; a missing or malformed header becomes a SkipRecord."""
-    if not record.with_suffix(".hea").exists():
+    if not Path(f"{record}.hea").exists():
         raise SkipRecord("missing header", str(record))
     try:
         header = wfdb.rdheader(str(record))
