@@ -1,0 +1,29 @@
+"""The `etp-search` command line: one module per verb, registered here.
+
+Heavy libraries (torch, transformers, faiss) are imported inside the verbs so that `--help`
+answers at once.
+"""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="etp-search",
+    help="ECG-text embeddings (ETP): prepare data, train, index, query, zero-shot, probe.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register() -> None:
+    from etp_search.cli import info, prepare
+
+    app.command("info")(info.info)
+    app.command("prepare")(prepare.prepare)
+
+
+def main() -> None:
+    _register()
+    app()
