@@ -99,8 +99,17 @@ class EtpModel(nn.Module):
         """Raw report texts -> (B, embed_dim)."""
         return self.encode_text_features(self.text_features(texts), normalize=normalize)
 
-    def forward(self, ecg: torch.Tensor, text_feats: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Both embeddings and the scale, in the form the contrastive loss takes."""
+    def forward(
+        self, ecg: torch.Tensor, text_feats: torch.Tensor | None = None, texts: Sequence[str] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Both embeddings and the scale, in the form the contrastive loss takes.
+
+        Pass cached pooled ``text_feats`` (frozen tower) or raw ``texts`` (trainable tower).
+        """
+        if text_feats is None:
+            if texts is None:
+                raise ValueError("forward needs text_feats or texts")
+            text_feats = self.text_features(texts)
         return {
             "ecg": self.encode_ecg(ecg),
             "text": self.encode_text_features(text_feats),

