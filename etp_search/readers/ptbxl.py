@@ -108,6 +108,10 @@ class PtbxlReader(Reader):
         present = files.isin(existing)
         ids = self._table.index[present.to_numpy()]
         refs = sorted(ids, key=lambda s: (len(s), s))  # numeric order without parsing
+        if not refs:
+            other = 500 if self.sampling_rate == 100 else 100
+            raise DataError(f"none of the {len(files)} records of {DATABASE_CSV} has its signal files under "
+                            f"{self.root / top}; download {top}/ or try --sampling-rate {other}")
         return refs, int((~present).sum())
 
     def texts_for(self, row: pd.Series, scp_codes: dict[str, float]) -> dict[str, str]:

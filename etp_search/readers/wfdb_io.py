@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,26 @@ _BYTES_PER_SAMPLE = {"8": 1.0, "16": 2.0, "24": 3.0, "32": 4.0, "61": 2.0, "80":
                      "212": 1.5, "310": 4 / 3, "311": 4 / 3}
 # Digital value WFDB uses for "no sample" in 16-bit formats.
 _INVALID_16 = -32768
+# Record line fields 2-4 (WFDB header spec): n_sig[/...]? fs[/counter_freq[(base)]] sig_len.
+# wfdb's own parser accepts a line like "rec 12 abc" and falls back to 250 Hz, so check first.
+_NUMBER = r"\d+(\.\d*)?([eE][-+]?\d+)?"
+_FS = re.compile(rf"^{_NUMBER}(/{_NUMBER}(\({_NUMBER}\))?)?$")
+
+
+def _check_record_line(path: Path) -> None:
+    try:
+        with open(path, "r", errors="replace") as f:
+            line = next((ln for ln in f if ln.strip() and not ln.lstrip().startswith("#")), "")
+    except OSError as exc:
+        raise SkipRecord("malformed header", f"{path}: {exc}") from None
+    fields = line.split()
+    ok = len(fields) >= 2 and fields[1].isdigit()
+    if ok and len(fields) >= 3:
+        ok = bool(_FS.match(fields[2]))
+    if ok and len(fields) >= 4:
+        ok = fields[3].isdigit()
+    if not ok:
+        raise SkipRecord("malformed header", f"{path}: first line {line.strip()[:60]!r} is no WFDB record line")
 
 
 @dataclass
@@ -53,8 +74,10 @@ class WfdbSignal:
 
 def read_header(record: Path) -> wfdb.Record:
     """Parse ``record.hea``; a missing or malformed header becomes a SkipRecord."""
-    if not Path(f"{record}.hea").exists():
+    hea = Path(f"{record}.hea")
+    if not hea.exists():
         raise SkipRecord("missing header", str(record))
+    _check_record_line(hea)
     try:
         header = wfdb.rdheader(str(record))
     except Exception as exc:  # wfdb raises HeaderSyntaxError, IndexError, ValueError, ... here
