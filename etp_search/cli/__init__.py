@@ -18,10 +18,13 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from etp_search.cli import info, prepare
+    from etp_search.cli import index, info, prepare, query, train
 
     app.command("info")(info.info)
     app.command("prepare")(prepare.prepare)
+    app.command("train")(train.train)
+    app.command("index")(index.index)
+    app.command("query")(query.query)
 
 
 def main() -> None:

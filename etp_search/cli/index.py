@@ -1,0 +1,46 @@
+"""`etp-search index DATA_DIR`: embed a dataset folder (or signal cache) into the store and index it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from etp_search.cli.common import DEFAULT_STORE, emit_json, format_table, setup_logging, user_errors
+
+
+@user_errors
+def index(
+    data_dir: Annotated[Path, typer.Argument(help="Dataset folder (PTB-XL, CPSC2018, CinC, WFDB folder, MIMIC-IV-ECG) or a signal cache .h5 from `prepare`.", exists=True)],
+    store: Annotated[Path, typer.Option(help="Embedding store to create or append to.")] = DEFAULT_STORE,
+    checkpoint: Annotated[Optional[str], typer.Option(help="Checkpoint folder; default: the shipped starter checkpoint; 'random' = random-init baseline.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="ECGs per encoder batch.")] = 64,
+    workers: Annotated[Optional[int], typer.Option(min=0, help="Reader processes (default: cores - 1, at least 1).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 (default: cuda when available).")] = None,
+    sampling_rate: Annotated[Optional[int], typer.Option(help="PTB-XL: read records100 (100) or records500 (500); default from the checkpoint's preset.")] = None,
+    text_source: Annotated[Optional[str], typer.Option(help="scp_en, report or column:<name>; default: the checkpoint's.")] = None,
+    factory: Annotated[str, typer.Option(help="FAISS index: 'auto' (exact, IVF past the threshold) or a factory string like 'IVF1024,Flat'.")] = "auto",
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Start the store afresh (e.g. after changing checkpoint).")] = False,
+    rebuild_index: Annotated[bool, typer.Option("--rebuild-index", help="Rebuild the FAISS indexes from the store.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Read -> preprocess -> encode ECGs and reports -> store -> FAISS index. Resumable; never duplicates."""
+    setup_logging(verbose)
+    from etp_search.export import index_data
+
+    summary = index_data(data_dir, store, checkpoint, batch_size=batch_size, workers=workers, device=device,
+                         rebuild=rebuild, rebuild_index=rebuild_index, sampling_rate=sampling_rate,
+                         text_source=text_source, factory=factory)
+    if json_out:
+        emit_json(summary)
+        return
+    rows = [{"field": k, "value": v} for k, v in summary.items() if not isinstance(v, dict)]
+    for which in ("ecg_index", "text_index"):
+        if which in summary:
+            info = summary[which]
+            rows.append({"field": which, "value": f"{info['factory']} over {info['n_rows']} rows, recall@10 {info['recall_at_10']}"})
+    if summary["skipped"]:
+        rows.append({"field": "skipped", "value": ", ".join(f"{k}: {v}" for k, v in summary["skipped"].items())})
+    typer.echo(format_table(rows, max_width=100))

@@ -1,0 +1,86 @@
+"""`etp-search query`: text -> ECG, ECG -> ECG, ECG -> report over the store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from etp_search.cli.common import DEFAULT_STORE, emit, fail, setup_logging, user_errors
+from etp_search.errors import DataError
+
+
+def _label_str(labels: dict[str, float]) -> str:
+    return " ".join(sorted(labels, key=lambda c: -float(labels[c] or 0)))
+
+
+@user_errors
+def query(
+    text: Annotated[Optional[str], typer.Option("--text", "-t", help="Report text to search with.")] = None,
+    ecg: Annotated[Optional[Path], typer.Option("--ecg", help="An ECG file to search with: WFDB record (.hea) or .mat.")] = None,
+    record: Annotated[Optional[str], typer.Option("--record", help="Id of an ECG already in the store.")] = None,
+    target: Annotated[str, typer.Option(help="What to return: 'ecg' or 'report'.")] = "ecg",
+    k: Annotated[int, typer.Option("-k", "--k", help="Number of results.")] = 10,
+    where: Annotated[Optional[list[str]], typer.Option("--where", "-w", help="Metadata filter, repeatable: strat_fold=10, sex=0, age>=60, label=AFIB.")] = None,
+    store: Annotated[Path, typer.Option(help="Embedding store written by `etp-search index`.")] = DEFAULT_STORE,
+    checkpoint: Annotated[Optional[str], typer.Option(help="Checkpoint for encoding the query; default: the store's.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: auto).")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Draw the query and top hits as 12-lead ECGs (PNG or PDF).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Search the store with a text, an ECG file or a stored ECG; prints id, score, labels, report."""
+    setup_logging(verbose)
+    given = [name for name, v in (("--text", text), ("--ecg", ecg), ("--record", record)) if v is not None]
+    if len(given) != 1:
+        raise fail("give exactly one of --text, --ecg or --record" + (f" (got {', '.join(given)})" if given else ""))
+    from etp_search.search import Searcher, read_ecg_file
+
+    with Searcher.open(store, checkpoint=checkpoint, device=device) as s:
+        query_signal = None
+        if text is not None:
+            hits = s.query_text(text, k, target, where or ())
+            title = f'text: "{text}"'
+        elif ecg is not None:
+            rec = read_ecg_file(ecg)
+            query_signal = (rec.signal, rec.fs)
+            hits = s.query_signal(rec.signal, rec.fs, k, target, where or ())
+            title = f"ECG file: {ecg}"
+        else:
+            hits = s.query_record(str(record), k, target, where or ())
+            title = f"record {record}"
+        if plot is not None:
+            _plot(s, hits, title, query_signal, plot, record)
+        if json_out:
+            from etp_search.cli.common import emit_json
+
+            emit_json({"query": title, "target": target, "k": k, "where": where or [], "hits": [h.as_dict() for h in hits]})
+            return
+        rows = [{"rank": h.rank, "id": h.id, "score": h.score, "labels": _label_str(h.labels), "report": h.text} for h in hits]
+        emit(rows, False, title=f"{title} -> top {len(hits)} {target}s in {store}")
+
+
+def _plot(searcher, hits, title: str, query_signal, out: Path, record: Optional[str]) -> None:
+    """Re-read the hits' raw signals from the dataset the store was built from and draw them."""
+    from etp_search.plotting import plot_query_results
+    from etp_search.readers import open_dataset
+
+    prov = searcher.store.provenance
+    data_dir = prov.get("data_dir")
+    if not data_dir or not Path(data_dir).is_dir():
+        raise DataError(f"--plot needs the signals of the dataset the store was built from ({data_dir}), which is not there; "
+                        "re-index from the dataset folder or drop --plot")
+    rate = int(prov.get("sampling_rate") or 0) or None
+    reader = open_dataset(data_dir, fmt=prov.get("dataset_format"), sampling_rate=rate if rate in (100, 500) else None)
+    if record is not None:
+        r = reader.read(str(record))
+        query_signal = (r.signal, r.fs)
+    panels = []
+    for h in hits:
+        r = reader.read(h.id)
+        panels.append((r.signal, r.fs, f"#{h.rank} {h.id}  score {h.score:.3f}  {_label_str(h.labels)}"))
+    qsig, qfs = query_signal if query_signal is not None else (None, None)
+    plot_query_results(qsig, title, panels, out, fs=qfs)
+    typer.echo(f"plot written to {out}", err=True)

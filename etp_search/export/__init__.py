@@ -1,0 +1,11 @@
+"""Embedding export: reader -> mapper -> writer (clip-retrieval's split), run by ``runner.index_data``.
+
+- ``source``  reads records (a dataset folder through worker processes, or a signal cache) and
+  preprocesses them into batches;
+- ``mapper``  turns a batch into ECG and report vectors with an ETP model;
+- ``writer``  appends whole batches to the embedding store and keeps its FAISS indexes current.
+"""
+
+from etp_search.export.runner import index_data, resolve_checkpoint
+
+__all__ = ["index_data", "resolve_checkpoint"]

@@ -1,0 +1,57 @@
+"""Mapper stage: batches of preprocessed ECGs and report texts -> L2-normalised vectors."""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from etp_search.models import EtpModel
+
+logger = logging.getLogger(__name__)
+
+
+class EtpMapper:
+    """Encode ECG batches and report texts with one ETP model.
+
+    Report texts repeat a lot (PTB-XL has ~21k records but far fewer distinct reports), so text
+    vectors are memoised in a bounded LRU keyed by the exact string.
+
+    Args:
+        model: The ETP model, in eval mode.
+        device: Where to run it.
+        text_cache_size: How many distinct report vectors to keep.
+    """
+
+    def __init__(self, model: EtpModel, device: str | torch.device = "cpu", text_cache_size: int = 100_000):
+        self.model = model.to(device).eval()
+        self.device = torch.device(device)
+        self._text: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._max = text_cache_size
+        # fp16/bf16 autocast only where it pays: on CUDA. CPU stays fp32 so CPU and GPU stores agree closely.
+        self._autocast = self.device.type == "cuda"
+
+    @torch.inference_mode()
+    def ecg(self, signals: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(signals, dtype=np.float32)).to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._autocast):
+            z = self.model.encode_ecg(x)
+        return torch.nn.functional.normalize(z.float(), dim=-1).cpu().numpy()
+
+    @torch.inference_mode()
+    def texts(self, texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
+        new = list(dict.fromkeys(t for t in texts if t not in self._text))
+        for s in range(0, len(new), batch_size):
+            chunk = new[s:s + batch_size]
+            z = self.model.encode_text(chunk).float().cpu().numpy()
+            for t, v in zip(chunk, z):
+                self._text[t] = v
+        out = np.stack([self._text[t] for t in texts]) if texts else np.empty((0, self.model.cfg.embed_dim), np.float32)
+        for t in texts:
+            self._text.move_to_end(t)
+        while len(self._text) > self._max:
+            self._text.popitem(last=False)
+        return out.astype(np.float32, copy=False)

@@ -1,0 +1,70 @@
+"""Writer stage: whole batches into the embedding store, then the FAISS indexes brought up to date."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from etp_search.export.source import META_SCHEMA, Batch
+from indexing.faiss_index import open_or_build
+from indexing.store import EmbeddingStore
+
+logger = logging.getLogger(__name__)
+
+#: Provenance fields that must match between a store and the model/preset that append to it.
+CHECKED_FIELDS = ("checkpoint_sha256", "preset", "text_source", "embed_dim")
+
+
+class StoreWriter:
+    """Open (or create) a store for appending, refusing one written by another model or preset.
+
+    Args:
+        path: Store file.
+        dim: Embedding dimension.
+        provenance: How the vectors are made (see ``runner.provenance_for``).
+        rebuild: Start the store afresh instead of appending to it.
+    """
+
+    def __init__(self, path: str | Path, dim: int, provenance: Mapping[str, Any], rebuild: bool = False):
+        self.path = Path(path)
+        if self.path.exists() and not rebuild:
+            self.store = EmbeddingStore.open(self.path)
+            self.store.check_provenance({k: provenance.get(k) for k in CHECKED_FIELDS})
+        else:
+            self.store = EmbeddingStore.create(self.path, dim, dict(provenance), META_SCHEMA, overwrite=rebuild)
+        self.done_ids: set[str] = set(self.store.ids)
+        self.written = 0
+
+    def write(self, batch: Batch, ecg: np.ndarray, text: np.ndarray) -> int:
+        """Append the rows of ``batch`` not yet stored; returns how many were written."""
+        keep = [i for i, rid in enumerate(batch.ids) if rid not in self.done_ids]
+        # Ids repeated inside one batch keep their first occurrence.
+        seen: set[str] = set()
+        keep = [i for i in keep if not (batch.ids[i] in seen or seen.add(batch.ids[i]))]
+        if not keep:
+            return 0
+        ids = [batch.ids[i] for i in keep]
+        meta = {col: [batch.meta[i][col] for i in keep] for col in batch.meta[0]}
+        self.store.append(ids, ecg[keep], text[keep], texts=[batch.texts[i] for i in keep],
+                          labels=[batch.labels[i] for i in keep], meta=meta)
+        self.done_ids.update(ids)
+        self.written += len(ids)
+        return len(ids)
+
+    def finish(self, *, build_index: bool = True, factory: str = "auto", rebuild_index: bool = False,
+               use_gpu: bool | str = "auto") -> dict[str, Any]:
+        """Fold appended parts into the main file and bring the ECG and report indexes up to date."""
+        if self.written:
+            self.store.compact()
+        out: dict[str, Any] = {"rows": len(self.store)}
+        if build_index and len(self.store):
+            for which in ("ecg", "text"):
+                _, info = open_or_build(self.store, which, factory=factory, rebuild=rebuild_index, use_gpu=use_gpu)
+                out[f"{which}_index"] = {k: info.get(k) for k in ("factory", "n_rows", "recall_at_10", "nprobe", "on_gpu")}
+        return out
+
+    def close(self) -> None:
+        self.store.close()

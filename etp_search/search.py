@@ -1,0 +1,239 @@
+"""The search API the CLI's `query` mirrors: text -> ECG, ECG -> ECG, ECG -> report.
+
+    from etp_search.search import Searcher
+    s = Searcher.open("etp-data/store.h5")
+    hits = s.query_text("atrial fibrillation", k=10, where=["strat_fold=10"])
+    hits = s.query_record("1234", k=5)                 # ECG -> ECG, from a stored ECG
+    hits = s.query_file("rec.hea", target="report")    # ECG -> report, from a WFDB/.mat file
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from etp_search.errors import DataError, EtpError, ModelError, StoreMismatchError
+from etp_search.records import EcgRecord
+
+logger = logging.getLogger(__name__)
+
+TARGETS = ("ecg", "report")
+
+
+@dataclass
+class Hit:
+    """One search result: a store row with its id, cosine score, labels, report and metadata."""
+
+    rank: int
+    row: int
+    id: str
+    score: float
+    labels: dict[str, float]
+    text: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rank": self.rank, "id": self.id, "score": round(self.score, 6), "labels": self.labels,
+                "report": self.text, "row": self.row, **self.meta}
+
+
+def read_ecg_file(path: str | Path) -> EcgRecord:
+    """Read one ECG from a WFDB record (``X.hea`` / ``X.dat`` / ``X`` with a header beside it) or a
+    CPSC2018-style ``.mat`` struct, in the standard lead order, in mV.
+
+    Raises:
+        DataError: the file is missing, unreadable, or lacks standard leads.
+    """
+    from etp_search.readers.base import SkipRecord
+    from etp_search.readers.cpsc import Cpsc2018Reader
+    from etp_search.readers.wfdb_folder import WfdbFolderReader
+
+    p = Path(path)
+    stem = p.with_suffix("") if p.suffix in (".hea", ".dat", ".mat") else p
+    if not (p.exists() or Path(f"{stem}.hea").exists()):
+        raise DataError(f"ECG file {path} does not exist; pass a WFDB record (.hea) or a .mat file")
+    try:
+        if Path(f"{stem}.hea").exists():
+            rec = WfdbFolderReader(stem.parent).read(stem.name)
+        elif p.suffix == ".mat":
+            rec = Cpsc2018Reader(stem.parent).read(stem.name)
+        else:
+            raise DataError(f"{path} is neither a WFDB record (no {stem.name}.hea beside it) nor a .mat file")
+    except SkipRecord as exc:
+        raise DataError(f"cannot read ECG {path}: {exc.reason} ({getattr(exc, 'detail', '')})".rstrip(" ()")) from None
+    missing = rec.meta.get("missing_leads") or []
+    if missing:
+        raise DataError(f"ECG {path} has {12 - len(missing)} of the 12 standard leads (missing: {', '.join(missing)}); "
+                        "the model needs all 12 (I, II, III, aVR, aVL, aVF, V1-V6)")
+    return rec
+
+
+class Searcher:
+    """Searches one embedding store; loads the model only for queries that need encoding.
+
+    Args:
+        store: An open ``indexing.store.EmbeddingStore``.
+        checkpoint: Checkpoint folder for encoding queries; by default the one the store was built
+            with (its provenance), else the shipped starter checkpoint. Its fingerprint must match
+            the store's, or queries would land in another embedding space.
+        device: "cpu", "cuda" or None (auto).
+        factory: FAISS index factory ("auto": exact below the IVF threshold).
+    """
+
+    def __init__(self, store: Any, checkpoint: str | Path | None = None, device: str | None = None,
+                 factory: str = "auto"):
+        self.store = store
+        self._checkpoint = checkpoint
+        self._device = device
+        self._factory = factory
+        self._model = None
+        self._indexes: dict[str, Any] = {}
+
+    @classmethod
+    def open(cls, store_path: str | Path, checkpoint: str | Path | None = None, device: str | None = None,
+             factory: str = "auto") -> Searcher:
+        from indexing.store import EmbeddingStore
+
+        return cls(EmbeddingStore.open(store_path), checkpoint, device, factory)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Searcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ model and indexes
+
+    def checkpoint_path(self) -> Path:
+        from etp_search.export.runner import resolve_checkpoint
+
+        if self._checkpoint is not None:
+            return resolve_checkpoint(self._checkpoint)
+        stored = self.store.provenance.get("checkpoint_path")
+        if stored and (Path(stored) / "config.json").exists():
+            return Path(stored)
+        return resolve_checkpoint(None)
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            from etp_search.export.runner import pick_device
+            from etp_search.models import checkpoint_fingerprint, load_checkpoint
+
+            path = self.checkpoint_path()
+            want = self.store.provenance.get("checkpoint_sha256")
+            have = checkpoint_fingerprint(path)
+            if want and have != want:
+                raise StoreMismatchError(
+                    f"store {self.store.path} was written by checkpoint {want[:12]}, but {path} is {have[:12]}; "
+                    f"pass the store's checkpoint with --checkpoint, or re-index with `etp-search index DATA_DIR --checkpoint {path} --rebuild`")
+            self._model = load_checkpoint(path, device=pick_device(self._device))
+        return self._model
+
+    def index(self, which: str) -> Any:
+        if which not in self._indexes:
+            from indexing.faiss_index import open_or_build
+
+            self._indexes[which], _ = open_or_build(self.store, which, factory=self._factory)
+        return self._indexes[which]
+
+    # ------------------------------------------------------------------ queries
+
+    def query_text(self, text: str, k: int = 10, target: str = "ecg", where: Sequence[str] = ()) -> list[Hit]:
+        """Report text -> nearest ECGs (target "ecg") or reports (target "report")."""
+        if not text or not text.strip():
+            raise EtpError("the query text is empty; pass words to search for, e.g. --text \"atrial fibrillation\"")
+        import torch
+
+        with torch.inference_mode():
+            vec = self.model.encode_text([text.strip()]).float().cpu().numpy()
+        return self._search(vec, k, target, where)
+
+    def query_signal(self, signal: np.ndarray, fs: float, k: int = 10, target: str = "ecg",
+                     where: Sequence[str] = ()) -> list[Hit]:
+        """A raw (12, L) ECG in mV at ``fs`` Hz -> nearest ECGs or reports (preprocessed like the store)."""
+        import torch
+
+        from etp_search.preprocess import get_preset, preprocess
+
+        signal = np.asarray(signal, dtype=np.float32)
+        if signal.ndim != 2 or signal.shape[0] != 12:
+            raise DataError(f"an ECG query must be (12, samples) in the standard lead order; got shape {signal.shape}")
+        x, _ = preprocess(signal, fs, get_preset(self.model.cfg.preset))
+        with torch.inference_mode():
+            dev = next(self.model.parameters()).device
+            vec = self.model.encode_ecg(torch.from_numpy(x)[None].to(dev)).float().cpu().numpy()
+        return self._search(vec, k, target, where)
+
+    def query_file(self, path: str | Path, k: int = 10, target: str = "ecg", where: Sequence[str] = ()) -> list[Hit]:
+        """An ECG file (WFDB record or .mat) -> nearest ECGs or reports."""
+        rec = read_ecg_file(path)
+        return self.query_signal(rec.signal, rec.fs, k, target, where)
+
+    def query_record(self, record_id: str, k: int = 10, target: str = "ecg", where: Sequence[str] = ()) -> list[Hit]:
+        """An ECG already in the store (by id) -> nearest other ECGs or reports; needs no model."""
+        row = self.store.row_of(str(record_id))
+        vec = self.store.ecg(np.array([row]))
+        # ECG -> ECG leaves the query itself out; ECG -> report keeps its own report as a fair hit.
+        return self._search(vec, k, target, where, exclude_row=row if target == "ecg" else None)
+
+    # ------------------------------------------------------------------ internals
+
+    def check_k(self, k: int) -> None:
+        n = len(self.store)
+        if k <= 0:
+            raise EtpError(f"k must be at least 1 (got {k}); pass e.g. -k 10")
+        if k > n:
+            raise EtpError(f"k={k} is larger than the store ({n} records); pass -k {n} or less")
+
+    def allowed_rows(self, where: Sequence[str]) -> np.ndarray | None:
+        if not where:
+            return None
+        from indexing.filters import filter_rows
+
+        mask = filter_rows(self.store, list(where))
+        return mask
+
+    def _search(self, vec: np.ndarray, k: int, target: str, where: Sequence[str],
+                exclude_row: int | None = None) -> list[Hit]:
+        from indexing.faiss_index import search
+
+        if target not in TARGETS:
+            raise EtpError(f"unknown target {target!r}; use one of: {', '.join(TARGETS)}")
+        self.check_k(k)
+        allowed = self.allowed_rows(where)
+        if exclude_row is not None:
+            if allowed is None:
+                allowed = np.ones(len(self.store), dtype=bool)
+            allowed[exclude_row] = False
+        if allowed is not None and not allowed.any():
+            return []
+        which = "ecg" if target == "ecg" else "text"
+        scores, rows = search(self.index(which), vec, k, allowed_rows=allowed)
+        return self.hits(rows[0], scores[0])
+
+    def hits(self, rows: np.ndarray, scores: np.ndarray) -> list[Hit]:
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return []
+        ids = self.store.ids
+        texts = self.store.texts(rows)
+        labels = self.store.labels(rows)
+        cols = [c for c in ("age", "sex", "strat_fold", "source") if c in self.store.meta_columns]
+        meta = {c: self.store.meta(c, rows) for c in cols}
+        out = []
+        for i, (r, s) in enumerate(zip(rows.tolist(), scores.tolist())):
+            m = {c: _scalar(meta[c][i]) for c in cols}
+            out.append(Hit(i + 1, r, ids[r], float(s), labels[i], texts[i], m))
+        return out
+
+
+def _scalar(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
