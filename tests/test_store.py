@@ -1,0 +1,162 @@
+"""EmbeddingStore: round trips, validation, provenance, tiered merges and compaction."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from indexing.errors import ProvenanceMismatchError, RecordNotFoundError, StoreError
+from indexing.store import _FANOUT, EmbeddingStore
+
+DIM = 8
+PROV = {"checkpoint_sha256": "a" * 64, "model_config": {"embed_dim": DIM, "ecg": {"name": "test_tiny"}},
+        "preprocessing": {"name": "etp-100hz", "fs": 100}, "sampling_rate": 100, "package_version": "0.1.0"}
+
+
+def _batch(start: int, n: int, seed: int = 0):
+    rng = np.random.default_rng(seed + start)
+    ids = [f"rec{start + i:05d}" for i in range(n)]
+    return ids, rng.standard_normal((n, DIM)).astype(np.float32), rng.standard_normal((n, DIM)).astype(np.float32)
+
+
+@pytest.fixture()
+def store(tmp_path):
+    s = EmbeddingStore.create(tmp_path / "store.h5", DIM, PROV, {"site": "str", "leads": "json"})
+    yield s
+    s.close()
+
+
+def test_round_trip_across_parts_and_reopen(store):
+    ids1, e1, t1 = _batch(0, 5)
+    store.append(ids1, e1, t1, texts=[f"report {i}" for i in ids1], labels=[{"AFIB": 100.0}] * 5,
+                 meta={"age": [60, 61, None, 63, 64], "sex": [0, 1, -1, 0, 1], "site": ["a"] * 5})
+    ids2, e2, t2 = _batch(5, 3)
+    # per-record dicts, as EcgRecord.meta carries them (extra keys such as "texts" are ignored)
+    store.append(ids2, e2, t2, meta=[{"age": 50.0, "strat_fold": 10, "leads": ["I"], "texts": {}}] * 3)
+    reopened = EmbeddingStore.open(store.path)
+    assert len(reopened) == 8 and reopened.ids == ids1 + ids2
+    assert np.array_equal(reopened.ecg(), np.vstack([e1, e2]))
+    assert np.array_equal(reopened.text(), np.vstack([t1, t2]))
+    # unsorted, repeated, negative rows and bool masks, across the part boundary
+    rows = [6, 0, 6, -1, 4]
+    assert np.array_equal(reopened.ecg(rows), np.vstack([e1, e2])[rows])
+    mask = np.zeros(8, bool)
+    mask[[1, 7]] = True
+    assert np.array_equal(reopened.text(mask), np.vstack([t1, t2])[[1, 7]])
+    assert reopened.texts(slice(0, 2)) == ["report rec00000", "report rec00001"]
+    assert reopened.texts([7]) == [""]
+    assert reopened.labels([0]) == [{"AFIB": 100.0}] and reopened.labels([6]) == [{}]
+    assert json.loads(reopened.labels_json([1])[0]) == {"AFIB": 100.0}
+    age = reopened.meta("age")
+    assert age.dtype == np.float64 and np.isnan(age[2]) and age[5] == 50.0
+    assert reopened.meta("sex").tolist() == [0, 1, -1, 0, 1, -1, -1, -1]
+    assert reopened.meta("strat_fold", [5]).tolist() == [10]
+    assert reopened.meta("site").tolist() == ["a"] * 5 + [""] * 3
+    assert reopened.meta("leads", [0, 5]) == [None, ["I"]]
+    assert reopened.row_of("rec00006") == 6
+    assert reopened.rows_of(["rec00002", "rec00000"]).tolist() == [2, 0]
+    assert reopened.contains(["rec00001", "nope"]).tolist() == [True, False]
+
+
+def test_many_batches_merge_in_tiers_then_compact(store):
+    all_e = []
+    for b in range(_FANOUT * 2 + 3):
+        ids, e, t = _batch(b * 4, 4)
+        store.append(ids, e, t)
+        all_e.append(e)
+    expected = np.vstack(all_e)
+    parts = sorted(p.name for p in store.parts_dir.iterdir())
+    assert len(parts) == 2 + 3, parts  # two level-1 merges of _FANOUT batches + 3 fresh batches
+    assert np.array_equal(EmbeddingStore.open(store.path).ecg(), expected)
+    store.compact()
+    assert list(store.parts_dir.iterdir()) == []
+    store.close()  # hand the writer lock over
+    again = EmbeddingStore.open(store.path)
+    assert np.array_equal(again.ecg(), expected) and again.ids == [f"rec{i:05d}" for i in range(len(expected))]
+    with h5py.File(store.path) as f:  # resizable, chunked datasets in the main file
+        assert f["ecg"].maxshape == (None, DIM) and f["ecg"].chunks is not None
+    ids, e, t = _batch(1000, 2)  # appending after compaction continues the sequence
+    again.append(ids, e, t)
+    assert len(EmbeddingStore.open(store.path)) == len(expected) + 2
+    again.close()
+
+
+def test_append_rejects_bad_batches(store):
+    ids, e, t = _batch(0, 3)
+    store.append(ids, e, t)
+    with pytest.raises(StoreError, match="already stored"):
+        store.append(ids[:1], e[:1], t[:1])
+    with pytest.raises(StoreError, match="repeat"):
+        store.append(["x", "x"], e[:2], t[:2])
+    with pytest.raises(StoreError, match=r"expects \(2, 8\)"):
+        store.append(["y", "z"], e[:2, :4], t[:2])
+    bad = e[:1].copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(StoreError, match="NaN"):
+        store.append(["y"], bad, t[:1])
+    with pytest.raises(StoreError, match="text="):
+        store.append(["y"], e[:1])
+    with pytest.raises(StoreError, match="unknown metadata column.*age, sex"):
+        store.append(["y"], e[:1], t[:1], meta={"weight": [1.0]})
+    assert len(store) == 3 and len(EmbeddingStore.open(store.path)) == 3
+
+
+def test_missing_record_id(store):
+    with pytest.raises(RecordNotFoundError, match="'nope' is not in store") as err:
+        store.row_of("nope")
+    assert isinstance(err.value, KeyError) and "\n" not in str(err.value)
+
+
+def test_missing_and_corrupt_store_give_one_line_fix(tmp_path):
+    with pytest.raises(StoreError, match="etp-search index") as err:
+        EmbeddingStore.open(tmp_path / "absent.h5")
+    assert "\n" not in str(err.value)
+    garbage = tmp_path / "garbage.h5"
+    garbage.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
+    with pytest.raises(StoreError, match="rebuild") as err:
+        EmbeddingStore.open(garbage)
+    assert "\n" not in str(err.value)
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["x"] = 1
+    with pytest.raises(StoreError, match="not an etp-search embedding store"):
+        EmbeddingStore.open(tmp_path / "other.h5")
+
+
+def test_create_refuses_to_clobber(store):
+    with pytest.raises(StoreError, match="already exists"):
+        EmbeddingStore.create(store.path, DIM, PROV)
+    ids, e, t = _batch(0, 2)
+    store.append(ids, e, t)
+    store.close()
+    fresh = EmbeddingStore.create(store.path, 4, {}, overwrite=True, has_text=False)
+    assert len(fresh) == 0 and fresh.dim == 4 and fresh.uuid != store.uuid and not fresh.has_text
+    with pytest.raises(StoreError, match="no report vectors"):
+        fresh.text()
+
+
+def test_provenance_round_trip_and_mismatch_named(store):
+    again = EmbeddingStore.open(store.path)
+    assert again.provenance["checkpoint_sha256"] == "a" * 64 and "created" in again.provenance
+    again.check_provenance(dict(PROV, sampling_rate=100.0))  # 100 == 100.0; JSON key order ignored
+    again.check_provenance({"preprocessing": json.dumps({"fs": 100, "name": "etp-100hz"}), "model_config": None})
+    with pytest.raises(ProvenanceMismatchError) as err:
+        again.check_provenance(dict(PROV, checkpoint_sha256="b" * 64, preprocessing={"name": "etp-500hz", "fs": 500}))
+    assert err.value.fields == ["checkpoint_sha256", "preprocessing"]
+    msg = str(err.value)
+    assert "checkpoint_sha256 (store: aaaaaaaaaaaa…, now: bbbbbbbbbbbb…)" in msg and "--rebuild" in msg
+    assert "\n" not in msg
+
+
+def test_single_writer_lock(store):
+    ids, e, t = _batch(0, 2)
+    store.append(ids, e, t)  # takes the lock
+    other = EmbeddingStore.open(store.path)
+    with pytest.raises(StoreError, match="another process is writing"):
+        other.append(["z"], e[:1], t[:1])
+    store.close()
+    other.append(["z"], e[:1], t[:1])
+    other.close()
+    assert EmbeddingStore.open(store.path).ids == ids + ["z"]
