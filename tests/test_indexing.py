@@ -1,0 +1,240 @@
+"""FAISS layer: exact and IVF search against brute force, in-FAISS filters, persistence, updates, GPU choice."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import faiss
+import numpy as np
+import pytest
+
+import indexing.faiss_index as fi
+from indexing.errors import IndexingError, IndexStaleError
+from indexing.faiss_index import (build_index, load_index, measure_recall, normalized, open_or_build, save_index,
+                                  search, update_index)
+from indexing.store import EmbeddingStore
+
+faiss.omp_set_num_threads(1)  # tests share 2 cores with other jobs
+
+
+def _clustered(n: int, d: int = 32, clusters: int = 50, seed: int = 0) -> np.ndarray:
+    """Normalised vectors around a few centres, like class-structured ECG embeddings."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, d)).astype(np.float32)
+    x = centres[rng.integers(0, clusters, n)] + 0.6 * rng.standard_normal((n, d)).astype(np.float32)
+    return normalized(x)
+
+
+def _brute(q: np.ndarray, x: np.ndarray, k: int, allowed: np.ndarray | None = None):
+    s = normalized(q) @ normalized(x).T
+    if allowed is not None:
+        s[:, ~allowed] = -np.inf
+    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(s, order, axis=1), order
+
+
+def test_exact_search_equals_brute_force():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3000, 32)).astype(np.float32)  # not normalised: build/search normalise
+    q = rng.standard_normal((25, 32)).astype(np.float32)
+    index, info = build_index(x)
+    assert info["factory"] == "Flat" and info["recall_at_10"] == 1.0 and index.ntotal == 3000
+    scores, rows = search(index, q, 10)
+    ref_s, ref_r = _brute(q, x, 10)
+    assert np.array_equal(rows, ref_r)
+    np.testing.assert_allclose(scores, ref_s, atol=1e-5)
+
+
+@pytest.mark.parametrize("as_rows", [False, True])
+def test_filtered_search_equals_brute_force_on_subset(as_rows):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2000, 16)).astype(np.float32)
+    q = rng.standard_normal((10, 16)).astype(np.float32)
+    allowed = rng.random(2000) < 0.1
+    index, _ = build_index(x)
+    _, rows = search(index, q, 10, np.flatnonzero(allowed) if as_rows else allowed)
+    _, ref = _brute(q, x, 10, allowed)
+    assert allowed[rows].all() and np.array_equal(rows, ref)
+
+
+def test_k_larger_than_allowed_rows_or_store():
+    x = _clustered(50, d=8)
+    index, _ = build_index(x)
+    scores, rows = search(index, x[:3], 500)
+    assert rows.shape == (3, 50) and (rows >= 0).all()
+    assert np.array_equal(np.sort(rows[0]), np.arange(50))
+    allowed = np.zeros(50, bool)
+    allowed[[3, 17, 40]] = True
+    scores, rows = search(index, x[:2], 10, allowed)
+    assert rows.shape == (2, 3) and set(rows[0]) == {3, 17, 40} and np.isfinite(scores).all()
+    _, rows = search(index, x[:2], 10, np.zeros(50, bool))
+    assert rows.shape == (2, 0)
+
+
+def test_filter_of_wrong_length_is_an_error():
+    index, _ = build_index(_clustered(20, d=8))
+    with pytest.raises(IndexingError, match="out of date"):
+        search(index, _clustered(1, d=8), 5, np.ones(21, bool))
+
+
+def test_ivf_reaches_its_stored_recall_on_fresh_queries():
+    x = _clustered(6000)
+    index, info = build_index(x, factory="IVF64,Flat", recall_queries=200)
+    assert info["nlist"] == 64 and info["nprobe"] >= 1 and 0.95 <= info["recall_at_10"] <= 1.0
+    assert fi._ivf(index).nprobe == info["nprobe"]
+    fresh = measure_recall(index, x, nq=200, seed=7)  # other queries than the build used
+    assert fresh >= info["recall_at_10"] - 0.05
+
+
+def test_auto_switches_to_ivf_past_threshold():
+    x = _clustered(3000)
+    _, info = build_index(x, ivf_threshold=2000, recall_queries=100)
+    assert info["factory"].startswith("IVF") and info["factory_requested"] == "auto"
+    assert info["nlist"] == fi.auto_nlist(3000)
+
+
+def test_ivf_selective_filter_returns_every_allowed_row():
+    """Few allowed rows spread over many lists: nprobe widens instead of returning too few."""
+    x = _clustered(4000)
+    index, info = build_index(x, factory="IVF64,Flat", nprobe=1, recall_queries=50)
+    allowed = np.zeros(4000, bool)
+    allowed[np.random.default_rng(3).choice(4000, 8, replace=False)] = True
+    _, rows = search(index, x[:4], 5, allowed)
+    _, ref = _brute(x[:4], x, 5, allowed)
+    assert rows.shape == (4, 5) and np.array_equal(rows, ref)
+
+
+def test_pq_index_by_factory_string():
+    x = _clustered(3000, d=16)
+    index, info = build_index(x, factory="IVF16,PQ4x4", recall_queries=100)
+    assert info["factory"] == "IVF16,PQ4x4" and 0.0 < info["recall_at_10"] <= 1.0
+    _, rows = search(index, x[:2], 5)
+    assert rows.shape == (2, 5)
+
+
+def test_bad_factory_names_the_fix():
+    with pytest.raises(IndexingError, match="index-factory string"):
+        build_index(_clustered(100, d=8), factory="NoSuchIndex")
+
+
+def test_save_load_and_stale_or_corrupt_detection(tmp_path):
+    x = _clustered(500, d=16)
+    index, info = build_index(x)
+    path = tmp_path / "ecg.faiss"
+    save_index(index, path, dict(info, store_uuid="u1"))
+    side = json.loads((tmp_path / "ecg.faiss.json").read_text())
+    assert side["n_rows"] == 500 and side["store_uuid"] == "u1" and side["factory"] == "Flat"
+    loaded, linfo = load_index(path, "u1", 500)
+    assert np.array_equal(search(loaded, x[:3], 5)[1], search(index, x[:3], 5)[1])
+    with pytest.raises(IndexStaleError, match="another store"):
+        load_index(path, "u2", 500)
+    with pytest.raises(IndexStaleError, match="holds 500 rows but the store has 400"):
+        load_index(path, "u1", 400)
+    with pytest.raises(IndexStaleError, match="store has 600"):
+        load_index(path, "u1", 600)
+    assert load_index(path, "u1", 600, allow_behind=True)[0].ntotal == 500
+    path.write_bytes(path.read_bytes()[:1000])  # an interrupted copy
+    with pytest.raises(IndexStaleError, match="rebuild") as err:
+        load_index(path, "u1", 500)
+    assert "\n" not in str(err.value)
+    garbage = tmp_path / "garbage.faiss"
+    garbage.write_bytes(b"x" * 64)
+    (tmp_path / "garbage.faiss.json").write_text(json.dumps(dict(side, file_bytes=64)))
+    with pytest.raises(IndexStaleError, match="corrupt"):
+        load_index(garbage, "u1", 500)
+    with pytest.raises(IndexStaleError, match="no index"):
+        load_index(tmp_path / "absent.faiss", "u1", 500)
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF16,Flat"])
+def test_update_index_adds_without_rebuilding(factory):
+    x = _clustered(1200, d=16)
+    index, info = build_index(x[:1000], factory=factory, recall_queries=50)
+    update_index(index, x[1000:], 1000)
+    assert index.ntotal == 1200
+    _, rows = search(index, x[1100:1105], 1, nprobe=16)
+    assert rows[:, 0].tolist() == list(range(1100, 1105))
+    with pytest.raises(IndexStaleError, match="holds 1200 rows"):
+        update_index(index, x[:5], 1000)
+
+
+def _store(tmp_path, x, t=None):
+    s = EmbeddingStore.create(tmp_path / "store.h5", x.shape[1], {"checkpoint_sha256": "c"})
+    s.append([f"r{i}" for i in range(len(x))], x, x[::-1] if t is None else t)
+    return s
+
+
+def test_open_or_build_builds_updates_and_rebuilds(tmp_path, caplog):
+    x = _clustered(900, d=16)
+    store = _store(tmp_path, x[:600])
+    index, info = open_or_build(store, "ecg")
+    path = tmp_path / "store.h5.ecg.faiss"
+    assert path.exists() and info["n_rows"] == 600 and info["store_uuid"] == store.uuid and info["which"] == "ecg"
+    store.append([f"r{i}" for i in range(600, 900)], x[600:], x[600:])
+    index, info = open_or_build(store, "ecg")  # incremental: no rebuild
+    assert index.ntotal == 900 and info["added_since_build"] == 300
+    _, rows = search(index, x[[650, 899]], 1)
+    assert rows[:, 0].tolist() == [650, 899]
+    tindex, tinfo = open_or_build(store, "text")
+    assert np.array_equal(search(tindex, x[:1], 1)[1], [[599]])  # text vectors were x reversed
+    path.write_bytes(b"corrupt")
+    with caplog.at_level(logging.WARNING, logger="indexing.faiss_index"):
+        index, info = open_or_build(store, "ecg")
+    assert "rebuilding" in caplog.text and "damaged" in caplog.text
+    assert index.ntotal == 900 and info["added_since_build"] == 0
+    index, info = open_or_build(store, "ecg", ivf_threshold=800)  # the store crossed the IVF threshold
+    assert info["factory"].startswith("IVF")
+    index, info = open_or_build(store, "ecg", factory="Flat")  # another factory asked for
+    assert info["factory"] == "Flat"
+    store.close()
+
+
+def test_gpu_selection_on_a_cpu_machine(monkeypatch):
+    assert fi.resolve_use_gpu(False) is False
+    assert fi.resolve_use_gpu("auto") is fi.gpu_available()
+    monkeypatch.setattr(fi, "gpu_available", lambda: False)
+    with pytest.raises(IndexingError, match="faiss-gpu"):
+        fi.resolve_use_gpu(True)
+    with pytest.raises(IndexingError, match="use_gpu"):
+        fi.resolve_use_gpu("maybe")
+
+
+class GpuFakeIndex:
+    """Stands in for a faiss GpuIndex that, like many GPU builds, rejects IDSelectors."""
+
+    def __init__(self, cpu):
+        self.cpu, self.searches = cpu, []
+
+    def __getattr__(self, name):
+        return getattr(self.cpu, name)
+
+    def search(self, q, k, params=None):
+        if params is not None and params.sel is not None:
+            raise RuntimeError("GPU index does not support IDSelector")
+        self.searches.append(len(q))
+        return self.cpu.search(q, k, params=params) if params is not None else self.cpu.search(q, k)
+
+
+def test_gpu_path_builds_saves_from_cpu_and_falls_back_for_filters(monkeypatch, tmp_path):
+    moved = []
+
+    def fake_to_gpu(res, device, index):
+        moved.append(type(index).__name__)
+        return GpuFakeIndex(faiss.clone_index(index))
+
+    monkeypatch.setattr(fi, "gpu_available", lambda: True)
+    monkeypatch.setattr(fi, "_gpu_resources", lambda: object())
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu", fake_to_gpu, raising=False)
+    monkeypatch.setattr(faiss, "index_gpu_to_cpu", lambda idx: faiss.clone_index(idx.cpu), raising=False)
+    x = _clustered(800, d=16)
+    index, info = build_index(x, use_gpu=True)
+    assert moved == ["IndexFlat"] and info["on_gpu"] and isinstance(index, GpuFakeIndex)
+    _, rows = search(index, x[:3], 4)
+    assert index.searches and np.array_equal(rows, _brute(x[:3], x, 4)[1])
+    allowed = np.arange(800) % 2 == 1
+    _, rows = search(index, x[:3], 4, allowed)  # GPU rejects the selector: CPU copy answers
+    assert np.array_equal(rows, _brute(x[:3], x, 4, allowed)[1])
+    save_index(index, tmp_path / "g.faiss", dict(info, store_uuid="u"))  # written via index_gpu_to_cpu
+    loaded, linfo = load_index(tmp_path / "g.faiss", "u", 800, use_gpu=True)
+    assert isinstance(loaded, GpuFakeIndex) and linfo["on_gpu"]
