@@ -79,6 +79,23 @@ def _group(row: pd.Series) -> int:
     return 2
 
 
+# id(statements) -> (statements, code -> (group, csv row, description)); the frame is kept so its
+# id cannot be reused. Looking codes up in pandas per record cost more than reading the signal.
+_LOOKUPS: dict[int, tuple[pd.DataFrame, dict[str, tuple[int, int, str]]]] = {}
+
+
+def _lookup(statements: pd.DataFrame) -> dict[str, tuple[int, int, str]]:
+    hit = _LOOKUPS.get(id(statements))
+    if hit is not None and hit[0] is statements:
+        return hit[1]
+    table = {str(code): (_group(row), i, str(row["description"]))
+             for i, (code, row) in enumerate(statements.iterrows())}
+    if len(_LOOKUPS) > 8:
+        _LOOKUPS.clear()
+    _LOOKUPS[id(statements)] = (statements, table)
+    return table
+
+
 def _phrase(description: str, likelihood: float) -> str:
     if 0.0 < likelihood < POSSIBLE_BELOW:
         return f"possible {description}"
@@ -97,16 +114,17 @@ def compose_scp_report(scp_codes: Mapping[str, float], statements: pd.DataFrame 
     """
     if statements is None:
         statements = _load_statements(str(SCP_STATEMENTS_CSV))
-    order = {code: i for i, code in enumerate(statements.index)}
+    lookup = _lookup(statements)
     items = []
     for code, likelihood in scp_codes.items():
-        if code not in order:
+        entry = lookup.get(code)
+        if entry is None:
             logger.debug("SCP code %r not in scp_statements.csv; left out of the text", code)
             continue
-        row = statements.loc[code]
+        group, order, description = entry
         lk = float(likelihood) if likelihood == likelihood else 0.0  # NaN -> unknown
         certainty = 100.0 if lk == 0.0 else lk
-        items.append((_group(row), -certainty, order[code], _phrase(str(row["description"]), lk)))
+        items.append((group, -certainty, order, _phrase(description, lk)))
     items.sort()
     return ", ".join(text for *_, text in items)
 

@@ -116,3 +116,13 @@ def test_mimic_missing_column_and_missing_measurements(example_ptbxl: Path, tmp_
     with pytest.raises(DataError) as err:
         open_dataset(tmp_path)
     assert "'path'" in str(err.value) and "record_list.csv" in str(err.value)
+
+
+@pytest.mark.parametrize("fmt", ["212", "16", "80", "32"])
+def test_every_sample_format_agrees_with_wfdb(example_ptbxl: Path, tmp_path: Path, fmt: str) -> None:
+    raw = _real(example_ptbxl)
+    gain = {"80": 10.0, "212": 500.0}.get(fmt, 1000.0)  # narrow formats need a coarse gain to fit
+    wfdb.wrsamp("rec", fs=100, units=["mV"] * 12, sig_name=list(raw.sig_name), p_signal=raw.p_signal,
+                fmt=[fmt] * 12, adc_gain=[gain] * 12, baseline=[0] * 12, write_dir=str(tmp_path))
+    expected = wfdb.rdrecord(str(tmp_path / "rec")).p_signal.T
+    np.testing.assert_allclose(open_dataset(tmp_path).read("rec").signal, expected, atol=1e-6)

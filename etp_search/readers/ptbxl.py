@@ -92,9 +92,12 @@ class PtbxlReader(Reader):
         # Only the columns a record needs travel with the reader (it is pickled to workers).
         keep = [c for c in ("ecg_id", "patient_id", "age", "sex", "strat_fold", "report", "scp_codes",
                             self._filename_col, self._text_column) if c and c in columns]
-        self._table = table[list(dict.fromkeys(keep))].set_index("ecg_id", drop=False)
-        if not self._table.index.is_unique:
+        keep = list(dict.fromkeys(keep))
+        if table["ecg_id"].duplicated().any():
             raise DataError(f"{db_path} has duplicate ecg_id values; re-download it")
+        # Plain dict of tuples: a pandas .loc per record cost more than reading the signal.
+        self._columns = {c: i for i, c in enumerate(keep)}
+        self._rows = {row[0]: row for row in table[keep].itertuples(index=False, name=None)}
         statements_path = self.root / STATEMENTS_CSV
         if not statements_path.exists():
             logger.warning("%s not found; using the copy shipped with etp-search", statements_path)
@@ -104,29 +107,33 @@ class PtbxlReader(Reader):
     def _list_refs(self) -> tuple[list[str], int]:
         top = f"records{self.sampling_rate}"
         existing = _existing_records(self.root, top)
-        files = self._table[self._filename_col]
-        present = files.isin(existing)
-        ids = self._table.index[present.to_numpy()]
+        col = self._columns[self._filename_col]
+        ids = [ecg_id for ecg_id, row in self._rows.items() if row[col] in existing]
         refs = sorted(ids, key=lambda s: (len(s), s))  # numeric order without parsing
         if not refs:
             other = 500 if self.sampling_rate == 100 else 100
-            raise DataError(f"none of the {len(files)} records of {DATABASE_CSV} has its signal files under "
+            raise DataError(f"none of the {len(self._rows)} records of {DATABASE_CSV} has its signal files under "
                             f"{self.root / top}; download {top}/ or try --sampling-rate {other}")
-        return refs, int((~present).sum())
+        return refs, len(self._rows) - len(refs)
 
-    def texts_for(self, row: pd.Series, scp_codes: dict[str, float]) -> dict[str, str]:
+    def row(self, ref: str) -> dict[str, str]:
+        """The record's ptbxl_database.csv cells (the columns the reader keeps), as text."""
+        try:
+            values = self._rows[str(ref)]
+        except KeyError:
+            raise SkipRecord("unknown record", f"ecg_id {ref} is not in {DATABASE_CSV}") from None
+        return dict(zip(self._columns, values))
+
+    def texts_for(self, row: dict[str, str], scp_codes: dict[str, float]) -> dict[str, str]:
         texts = {SCP_EN: compose_scp_report(scp_codes, self._statements)}
-        if "report" in row.index:
-            texts[REPORT] = str(row["report"]).strip()
+        if "report" in row:
+            texts[REPORT] = row["report"].strip()
         if self._text_column:
-            texts[self.text_source] = str(row[self._text_column]).strip()
+            texts[self.text_source] = row[self._text_column].strip()
         return texts
 
     def read(self, ref: str) -> EcgRecord:
-        try:
-            row = self._table.loc[str(ref)]
-        except KeyError:
-            raise SkipRecord("unknown record", f"ecg_id {ref} is not in {DATABASE_CSV}") from None
+        row = self.row(ref)
         try:
             scp_codes = parse_scp_codes(row["scp_codes"])
         except (ValueError, SyntaxError):
