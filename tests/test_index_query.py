@@ -1,0 +1,188 @@
+"""The index pipeline (reader -> mapper -> writer) and the query side, on the shipped real PTB-XL records."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import wfdb
+from typer.testing import CliRunner
+
+from etp_search.cli import _register, app
+from etp_search.errors import DataError, EtpError, StoreMismatchError
+from etp_search.export import index_data
+from etp_search.export import runner as runner_mod
+from etp_search.models import EcgEncoderConfig, EtpConfig, EtpModel, save_checkpoint
+from etp_search.search import Searcher
+from indexing.errors import ProvenanceMismatchError
+from indexing.store import EmbeddingStore
+
+_register()
+cli = CliRunner()
+
+
+def _tiny_checkpoint(path: Path, seed: int) -> Path:
+    torch.manual_seed(seed)
+    save_checkpoint(EtpModel(EtpConfig(ecg=EcgEncoderConfig(name="test_tiny")), load_text=False), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("ckpt")
+    return _tiny_checkpoint(d / "a", 0), _tiny_checkpoint(d / "b", 1)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, ckpts, example_ptbxl) -> tuple[Path, dict]:
+    store = tmp_path_factory.mktemp("store") / "store.h5"
+    summary = index_data(example_ptbxl, store, ckpts[0], batch_size=16, workers=1, progress=False)
+    return store, summary
+
+
+def test_index_embeds_every_example_record_once(built, ckpts, example_ptbxl):
+    store, summary = built
+    assert summary["written"] == 50 and summary["rows"] == 50 and summary["skipped"] == {}
+    with EmbeddingStore.open(store) as s:
+        ids = s.ids
+        ecg, text = s.ecg(), s.text()
+        assert len(set(ids)) == 50
+        np.testing.assert_allclose(np.linalg.norm(ecg, axis=1), 1.0, atol=1e-5)
+        np.testing.assert_allclose(np.linalg.norm(text, axis=1), 1.0, atol=1e-5)
+        assert set(s.meta("strat_fold").tolist()) <= {9, 10}  # held out of training
+        assert s.provenance["preset"]["name"] == "etp-100hz"
+    again = index_data(example_ptbxl, store, ckpts[0], batch_size=16, workers=1, progress=False)
+    assert again["written"] == 0 and again["already_stored"] == 50 and again["rows"] == 50
+
+
+def test_interrupted_index_resumes_to_the_same_store(tmp_path, ckpts, example_ptbxl, built, monkeypatch):
+    store = tmp_path / "store.h5"
+    real_write = runner_mod.StoreWriter.write
+    calls = {"n": 0}
+
+    def crash_after_two(self, *a, **kw):
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # the user pressing Ctrl-C between batches
+        calls["n"] += 1
+        return real_write(self, *a, **kw)
+
+    monkeypatch.setattr(runner_mod.StoreWriter, "write", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        index_data(example_ptbxl, store, ckpts[0], batch_size=16, workers=0, progress=False)
+    with EmbeddingStore.open(store) as s:
+        assert len(s) == 32  # two whole batches, nothing of the third
+    monkeypatch.setattr(runner_mod.StoreWriter, "write", real_write)
+    resumed = index_data(example_ptbxl, store, ckpts[0], batch_size=16, workers=0, progress=False)
+    assert resumed["written"] == 18
+    with EmbeddingStore.open(store) as a, EmbeddingStore.open(built[0]) as b:
+        assert a.ids == b.ids
+        np.testing.assert_allclose(a.ecg(), b.ecg(), atol=1e-6)
+        assert a.texts() == b.texts()
+
+
+def test_store_from_another_checkpoint_is_refused(built, ckpts, example_ptbxl):
+    with pytest.raises(ProvenanceMismatchError) as exc:
+        index_data(example_ptbxl, built[0], ckpts[1], workers=0, progress=False)
+    assert "checkpoint_sha256" in str(exc.value)
+    with pytest.raises(StoreMismatchError):
+        Searcher.open(built[0], checkpoint=ckpts[1]).query_text("sinus rhythm")
+
+
+def test_search_matches_brute_force_and_filters(built):
+    store, _ = built
+    with Searcher.open(store) as s:
+        vecs = s.store.ecg()
+        q = s.model.encode_text(["sinus rhythm"]).detach().numpy()
+        hits = s.query_text("sinus rhythm", k=7)
+        expect = np.argsort(-(vecs @ q[0]), kind="stable")[:7]
+        assert [h.row for h in hits] == expect.tolist()
+        np.testing.assert_allclose([h.score for h in hits], (vecs @ q[0])[expect], atol=1e-5)
+        males = s.query_text("sinus rhythm", k=50, where=["sex=0"])
+        sex = s.store.meta("sex")
+        assert males and all(sex[h.row] == 0 for h in males) and len(males) == int((sex == 0).sum())
+        rid = s.store.ids[3]
+        own = s.query_record(rid, k=5)
+        assert rid not in [h.id for h in own] and len(own) == 5
+        reports = s.query_record(rid, k=3, target="report")
+        assert len(reports) == 3
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda s: s.query_text("   "), "query text is empty"),
+    (lambda s: s.query_text("afib", k=0), "k must be at least 1"),
+    (lambda s: s.query_text("afib", k=51), "larger than the store"),
+    (lambda s: s.query_record("no-such-id"), "not in store"),
+    (lambda s: s.query_text("afib", target="wave"), "unknown target"),
+])
+def test_bad_queries_say_how_to_fix(built, call, message):
+    with Searcher.open(built[0]) as s:
+        with pytest.raises(Exception) as exc:
+            call(s)
+    assert message in str(exc.value)
+
+
+def test_query_ecg_file_with_missing_leads_is_one_line(built, example_ptbxl, tmp_path):
+    rec = wfdb.rdrecord(str(next((example_ptbxl / "records100").rglob("*.hea")).with_suffix("")))
+    wfdb.wrsamp("eight", fs=100, units=["mV"] * 8, sig_name=rec.sig_name[:8], p_signal=rec.p_signal[:, :8],
+                fmt=["16"] * 8, write_dir=str(tmp_path))
+    res = cli.invoke(app, ["query", "--store", str(built[0]), "--ecg", str(tmp_path / "eight.hea")])
+    assert res.exit_code == 1
+    assert "has 8 of the 12 standard leads" in res.stderr and "Traceback" not in res.output
+    wfdb.wrsamp("twelve", fs=100, units=["mV"] * 12, sig_name=rec.sig_name, p_signal=rec.p_signal,
+                fmt=["16"] * 12, write_dir=str(tmp_path))
+    ok = cli.invoke(app, ["query", "--store", str(built[0]), "--ecg", str(tmp_path / "twelve.hea"), "-k", "3", "--json"])
+    assert ok.exit_code == 0, ok.output
+    hits = json.loads(ok.stdout)["hits"]
+    # The same signal is in the store, so it must come back first with cosine ~1.
+    assert hits[0]["id"] == rec.record_name.split("_")[0].lstrip("0") and hits[0]["score"] > 0.999
+
+
+def test_cli_index_and_query_errors(built, tmp_path):
+    res = cli.invoke(app, ["query", "--store", str(built[0]), "--text", "atrial fibrillation", "-k", "3", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert len(out["hits"]) == 3 and {"id", "score", "labels", "report"} <= set(out["hits"][0])
+    table = cli.invoke(app, ["query", "--store", str(built[0]), "--text", "atrial fibrillation", "-k", "2"])
+    assert table.exit_code == 0 and "rank" in table.stdout and "score" in table.stdout
+    for args, msg in [
+        (["query", "--store", str(tmp_path / "none.h5"), "--text", "x"], "no embedding store"),
+        (["query", "--store", str(built[0])], "exactly one of --text"),
+        (["index", str(tmp_path), "--store", str(tmp_path / "s.h5")], "error:"),
+    ]:
+        r = cli.invoke(app, args)
+        assert r.exit_code != 0 and msg in r.stderr and "Traceback" not in r.output, (args, r.output)
+    assert not (tmp_path / "s.h5").exists()  # a wrong folder creates no store
+
+
+def test_corrupt_index_file_is_rebuilt_from_the_store(built, tmp_path):
+    store = tmp_path / "store.h5"
+    shutil.copy(built[0], store)
+    for side in Path(built[0]).parent.glob(Path(built[0]).name + ".*"):
+        dst = tmp_path / side.name
+        shutil.copytree(side, dst) if side.is_dir() else shutil.copy(side, dst)
+    ecg_index = tmp_path / "store.h5.ecg.faiss"
+    ecg_index.write_bytes(b"not a faiss index")
+    with Searcher.open(store) as s:
+        hits = s.query_record(s.store.ids[0], k=3)
+    assert len(hits) == 3 and ecg_index.stat().st_size > 100
+
+
+def test_random_baseline_checkpoint_is_materialised_once(tmp_path):
+    if not (runner_mod.default_checkpoint() / "config.json").exists():
+        pytest.skip("starter checkpoint not shipped yet")
+    a = runner_mod.resolve_checkpoint("random", tmp_path / "s.h5")
+    b = runner_mod.resolve_checkpoint("random", tmp_path / "s.h5")
+    assert a == b and (a / "model.safetensors").exists()
+
+
+def test_missing_checkpoint_is_one_line(tmp_path):
+    with pytest.raises(EtpError, match="does not exist"):
+        runner_mod.resolve_checkpoint(tmp_path / "nope")
+    with pytest.raises(DataError):
+        from etp_search.search import read_ecg_file
+
+        read_ecg_file(tmp_path / "missing.hea")
