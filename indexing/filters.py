@@ -1,0 +1,179 @@
+"""``--where`` filters over store rows: parse ``COLUMN OP VALUE`` and turn them into a row mask.
+
+The mask goes to ``faiss_index.search(allowed_rows=...)``, which applies it inside FAISS.
+
+    strat_fold=10        age>=60           sex!=1          source~records100
+    label=AFIB           label in AFIB,AFLT                strat_fold not in 9,10
+    id in 00001_lr,00002_lr                text~fibrillation
+
+Columns: ``id``, ``label`` (a key of the record's labels, case-insensitive), ``text`` (the report)
+and every metadata column of the store. Rows with an unknown value (nan age, -1 sex) never match
+a comparison, as in SQL. Several filters are combined with AND.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import weakref
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from indexing.errors import FilterError
+
+logger = logging.getLogger(__name__)
+
+OPS = ("<=", ">=", "!=", "==", "=", "<", ">", "~")
+_SYNTAX = ("use COLUMN OP VALUE with OP one of = != < <= > >= ~ (contains), or COLUMN in A,B / not in A,B; "
+           "e.g. strat_fold=10, age>=60, label in AFIB,AFLT")
+_IN_RE = re.compile(r"^\s*([A-Za-z_][\w.]*)\s+(not\s+in|in)\s+(.+?)\s*$", re.IGNORECASE)
+_OP_RE = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(<=|>=|!=|==|=|<|>|~)\s*(.*?)\s*$")
+_SPECIAL = ("id", "label", "text")
+
+
+@dataclass(frozen=True)
+class Where:
+    """One parsed condition. ``op`` is one of OPS, "in" or "not in"; ``values`` are raw strings."""
+
+    column: str
+    op: str
+    values: tuple[str, ...]
+    expr: str = ""
+
+
+def _unquote(v: str) -> str:
+    v = v.strip()
+    if len(v) >= 2 and v[0] == v[-1] and v[0] in "'\"":
+        return v[1:-1]
+    return v
+
+
+def parse_where(expr: str) -> Where:
+    """Parse one ``--where`` expression; FilterError explains the syntax when it does not parse."""
+    m = _IN_RE.match(expr)
+    if m:
+        col, op, rest = m.group(1), " ".join(m.group(2).lower().split()), m.group(3).strip()
+        if rest[:1] in "[(" and rest[-1:] in "])":
+            rest = rest[1:-1]
+        values = tuple(_unquote(v) for v in rest.split(",") if v.strip())
+        if not values:
+            raise FilterError(f"--where {expr!r} lists no values; {_SYNTAX}")
+        return Where(col.lower() if col.lower() in ("label", "labels") else col, op, values, expr)
+    m = _OP_RE.match(expr)
+    if not m or m.group(3) == "" or m.group(3)[0] in "<>=!~":
+        raise FilterError(f"cannot parse --where {expr!r}; {_SYNTAX}")
+    col, op, value = m.group(1), m.group(2), _unquote(m.group(3))
+    if op == "==":
+        op = "="
+    if col.lower() in ("label", "labels"):
+        col = "label"
+    return Where(col, op, (value,), expr)
+
+
+# Columns read for filtering are cached per store object (queries filter again and again); the
+# cache is dropped when the store's row count changes.
+_CACHE: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def _column(store: Any, name: str) -> Any:
+    cache = _CACHE.get(store)
+    if cache is None or cache.get("__n__") != len(store):
+        cache = {"__n__": len(store)}
+        _CACHE[store] = cache
+    if name not in cache:
+        if name == "id":
+            cache[name] = np.array(store.ids, dtype=object)
+        elif name == "label":
+            cache[name] = store.labels_json()
+        elif name == "text":
+            cache[name] = np.array(store.texts(), dtype=object)
+        else:
+            cache[name] = store.meta(name)
+    return cache[name]
+
+
+def columns(store: Any) -> list[str]:
+    """Names a ``--where`` can use on this store."""
+    return list(_SPECIAL) + [c for c in store.meta_columns if store.meta_schema.get(c) != "json"]
+
+
+def filter_rows(store: Any, wheres: str | Where | Iterable[str | Where]) -> np.ndarray:
+    """Boolean mask over the store's rows where every condition holds (AND)."""
+    if isinstance(wheres, (str, Where)):
+        wheres = [wheres]
+    mask = np.ones(len(store), dtype=bool)
+    for w in wheres:
+        w = parse_where(w) if isinstance(w, str) else w
+        mask &= _match(store, w)
+    logger.debug("filters %s keep %d of %d rows", wheres, int(mask.sum()), len(store))
+    return mask
+
+
+def _match(store: Any, w: Where) -> np.ndarray:
+    known = columns(store)
+    if w.column not in known:
+        raise FilterError(f"unknown column {w.column!r} in --where {w.expr or w.column!r}; "
+                          f"columns: {', '.join(known)}")
+    if w.column == "label":
+        return _match_labels(_column(store, "label"), w)
+    kind = "str" if w.column in ("id", "text") else store.meta_schema[w.column]
+    col = _column(store, w.column)
+    if w.op == "~":
+        if kind != "str":
+            raise FilterError(f"--where {w.expr!r}: '~' (contains) works on text columns; "
+                              f"{w.column} holds numbers, use = < > instead")
+        needle = w.values[0].lower()
+        return np.array([needle in str(v).lower() for v in col], dtype=bool)
+    values = [_convert(v, kind, w) for v in w.values]
+    if kind in ("float", "int"):
+        arr = np.asarray(col, dtype=np.float64 if kind == "float" else np.int64)
+        known_mask = ~np.isnan(arr) if kind == "float" else np.ones(len(arr), bool)
+        # int columns encode "unknown" as -1; it matches only when asked for explicitly
+        if kind == "int" and -1 not in values:
+            known_mask = arr != -1
+    else:
+        arr = np.asarray(col, dtype=object)
+        known_mask = np.ones(len(arr), bool)
+    if w.op in ("in", "not in"):
+        hit = np.isin(arr, np.array(values, dtype=arr.dtype))
+        return known_mask & (hit if w.op == "in" else ~hit)
+    v = values[0]
+    ops = {"=": np.equal, "!=": np.not_equal, "<": np.less, "<=": np.less_equal,
+           ">": np.greater, ">=": np.greater_equal}
+    return known_mask & np.asarray(ops[w.op](arr, v), dtype=bool)
+
+
+def _convert(value: str, kind: str, w: Where) -> Any:
+    try:
+        if kind == "float":
+            out = float(value)
+            if math.isnan(out):
+                raise ValueError
+            return out
+        if kind == "int":
+            f = float(value)
+            if not f.is_integer():
+                raise ValueError
+            return int(f)
+    except ValueError:
+        raise FilterError(f"--where {w.expr!r}: column {w.column} holds {kind} values, {value!r} is not one") from None
+    return value
+
+
+def _match_labels(labels_json: Sequence[str], w: Where) -> np.ndarray:
+    if w.op not in ("=", "!=", "in", "not in"):
+        raise FilterError(f"--where {w.expr!r}: label supports = != in / not in (e.g. label=AFIB), not {w.op!r}")
+    wanted = {v.lower() for v in w.values}
+    out = np.zeros(len(labels_json), dtype=bool)
+    for i, s in enumerate(labels_json):
+        low = s.lower()
+        if not any(f'"{v}"' in low for v in wanted):
+            continue  # cheap substring pre-check; json.loads only for candidate rows
+        keys = {k.lower() for k in json.loads(s)} if s else set()
+        out[i] = bool(keys & wanted)
+    return out if w.op in ("=", "in") else ~out
