@@ -13,6 +13,7 @@ import wfdb
 
 from etp_search.labels import get_task
 from etp_search.readers import detect_format, open_dataset
+from etp_search.readers.cpsc import Cpsc2018Reader
 from etp_search.records import STANDARD_LEADS
 
 pytestmark = pytest.mark.needs_shared_data
@@ -87,6 +88,8 @@ def test_original_matlab_struct_layout(shared_cpsc: Path, tmp_path: Path) -> Non
     assert recs[1].labels == {"AF": 1.0} and recs[1].text == "atrial fibrillation"
     assert recs[0].meta["sex"] == 0 and recs[0].meta["age"] == 74.0 and recs[1].meta["sex"] == 1
     assert reader.summary.missing_files == 6877 - 2
+    single = Cpsc2018Reader(root)  # one file, as `query --ecg X.mat` reads it: no folder listing
+    assert single.read("A0003").labels == {"AF": 1.0} and single._refs is None
 
 
 def test_original_layout_multi_label_text(shared_cpsc: Path, tmp_path: Path) -> None:

@@ -85,6 +85,18 @@ class _CpscBase(Reader):
         self._reference = load_reference(ref) if ref is not None else {}
         self._paths: dict[str, str] = {}
 
+    def _resolve(self, ref: str, ext: str) -> str:
+        """Relative path of a record; a direct path works without listing the folder first."""
+        rel = self._paths.get(ref)
+        if rel is None and Path(f"{self.root / ref}{ext}").exists():
+            rel = ref
+        if rel is None and self._refs is None:
+            self.refs()
+            rel = self._paths.get(ref)
+        if rel is None:
+            raise SkipRecord("unknown record", ref)
+        return rel
+
     def _meta(self, rel: str, age: float, sex: int, text: str, missing: list[str]) -> dict:
         return {"age": age, "sex": sex, "strat_fold": -1, "source": rel, "missing_leads": missing,
                 "texts": {REPORT: text}}
@@ -123,11 +135,7 @@ class CincReader(_CpscBase):
         return sorted(self._paths), missing
 
     def read(self, ref: str) -> EcgRecord:
-        if not self._paths:
-            self.refs()
-        rel = self._paths.get(ref)
-        if rel is None:
-            raise SkipRecord("unknown record", ref)
+        rel = self._resolve(ref, ".hea")
         sig = read_wfdb(self.root / rel)
         age, sex = parse_age_sex(sig.comments)
         codes = parse_dx(sig.comments)
@@ -172,7 +180,7 @@ class Cpsc2018Reader(_CpscBase):
         super().__init__(root, text_source)
         self.fs = CPSC_FS
         if not self._reference:
-            logger.warning("%s: no %s beside the records; records get no labels and no text",
+            logger.info("%s: no %s beside the records; records get no labels and no text",
                            self.root, REFERENCE_CSV)
 
     def _list_refs(self) -> tuple[list[str], int]:
@@ -186,11 +194,9 @@ class Cpsc2018Reader(_CpscBase):
         return sorted(paths), missing
 
     def read(self, ref: str) -> EcgRecord:
-        if not self._paths:
-            self.refs()
-        rel = self._paths.get(ref)
-        if rel is None:
-            raise SkipRecord("unknown record", ref)
+        rel = self._resolve(ref, ".mat")
+        if not rel.endswith(".mat"):
+            rel += ".mat"
         path = self.root / rel
         try:
             mat = scipy.io.loadmat(str(path), squeeze_me=True, struct_as_record=False)
