@@ -56,7 +56,7 @@ def test_round_trip_across_parts_and_reopen(store):
     assert reopened.meta("strat_fold", [5]).tolist() == [10]
     assert reopened.meta("site").tolist() == ["a"] * 5 + [""] * 3
     assert reopened.meta("leads", [0, 5]) == [None, ["I"]]
-    assert reopened.row_of("rec00006") == 6
+    assert reopened.row_of("rec00006") == 6 and reopened.ids_at([6, 0]) == ["rec00006", "rec00000"]
     assert reopened.rows_of(["rec00002", "rec00000"]).tolist() == [2, 0]
     assert reopened.contains(["rec00001", "nope"]).tolist() == [True, False]
 
