@@ -205,7 +205,7 @@ def build_index(vectors: np.ndarray, *, factory: str = "auto", ivf_threshold: in
         index.train(x[train_rows])
         info["train_seconds"] = round(time.perf_counter() - t_train, 3)
     index.add(x)
-    info["n_rows"] = int(index.ntotal)
+    info["n_rows"] = info["n_rows_at_build"] = int(index.ntotal)
     info["on_gpu"] = is_gpu_index(index)
     if ivf is None and spec == "Flat":
         info.update(recall_at_10=1.0, recall_exact=True)
@@ -530,6 +530,9 @@ def open_or_build(store: Any, which: str = "ecg", index_path: str | os.PathLike 
             reason = f"factory {factory!r} requested, the index was built with {info.get('factory_requested')!r}"
         elif factory == "auto" and info.get("factory") == "Flat" and n >= ivf_threshold:
             reason = f"the store grew past {ivf_threshold} rows: switching from exact to IVF"
+        elif factory == "auto" and "nlist" in info and n > 4 * int(info.get("n_rows_at_build", n)):
+            # IVF lists trained on a quarter of today's rows are too few and too long to stay fast
+            reason = f"the store grew more than 4x since the IVF lists were trained ({info['n_rows_at_build']} rows)"
     if reason is None and index is not None and info is not None:
         have = int(index.ntotal)
         if have < n:

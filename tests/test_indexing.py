@@ -185,6 +185,9 @@ def test_open_or_build_builds_updates_and_rebuilds(tmp_path, caplog):
     assert index.ntotal == 900 and info["added_since_build"] == 0
     index, info = open_or_build(store, "ecg", ivf_threshold=800)  # the store crossed the IVF threshold
     assert info["factory"].startswith("IVF")
+    store.append([f"n{i}" for i in range(2800)], np.tile(x, (4, 1))[:2800], np.tile(x, (4, 1))[:2800])
+    index, info = open_or_build(store, "ecg", ivf_threshold=800)  # grew > 4x: IVF lists retrained
+    assert info["n_rows_at_build"] == 3700 and info["added_since_build"] == 0
     index, info = open_or_build(store, "ecg", factory="Flat")  # another factory asked for
     assert info["factory"] == "Flat"
     store.close()

@@ -160,3 +160,23 @@ def test_single_writer_lock(store):
     other.append(["z"], e[:1], t[:1])
     other.close()
     assert EmbeddingStore.open(store.path).ids == ids + ["z"]
+
+
+def test_exception_mid_append_leaves_store_unchanged(store, monkeypatch):
+    import indexing.store as st
+
+    ids, e, t = _batch(0, 4)
+    store.append(ids[:2], e[:2], t[:2])
+
+    def boom(point: str) -> None:
+        if point == "mid-write":
+            raise RuntimeError("disk full")
+
+    monkeypatch.setattr(st, "crash_hook", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        store.append(ids[2:], e[2:], t[2:])
+    monkeypatch.setattr(st, "crash_hook", None)
+    assert len(store) == 2 and len(EmbeddingStore.open(store.path)) == 2
+    assert not [p for p in store.parts_dir.iterdir() if p.name.startswith(".tmp-")]
+    store.append(ids[2:], e[2:], t[2:])  # the retry succeeds: no duplicates, no gap
+    assert np.array_equal(EmbeddingStore.open(store.path).ecg(), e)
