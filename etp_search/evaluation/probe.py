@@ -230,17 +230,20 @@ class ProbeResult:
 
 
 def _fit_all(probes: dict, X: np.ndarray, Y_train: np.ndarray, train: np.ndarray, X_val: np.ndarray,
-             Y_val: np.ndarray, fractions: Sequence[float], seeds: int, config: ProbeConfig) -> None:
+             Y_val: np.ndarray, fractions: Sequence[float], seeds: int, config: ProbeConfig,
+             progress: bool = False) -> None:
     """Fit every (fraction, seed) probe from training and validation rows only."""
-    for fraction in fractions:
-        for seed in range(seeds):
-            if fraction >= 100 and seed > 0:  # the full training set and L-BFGS are deterministic
-                probes[(fraction, seed)] = probes[(fraction, 0)]
-                continue
-            local = stratified_subsample(Y_train, fraction / 100.0, seed)
-            probes[(fraction, seed)] = fit_probe(X[train[local]], Y_train[local], X_val, Y_val, config)
-            logger.debug("probe fraction=%s%% seed=%d: n=%d lam=%g val=%.4f", fraction, seed, len(local),
-                         probes[(fraction, seed)].lam, probes[(fraction, seed)].val_auc)
+    from tqdm import tqdm
+
+    grid = [(fraction, seed) for fraction in fractions for seed in range(seeds)]
+    for fraction, seed in tqdm(grid, unit="fit", desc="probe", disable=not progress, leave=False):
+        if fraction >= 100 and seed > 0:  # the full training set and L-BFGS are deterministic
+            probes[(fraction, seed)] = probes[(fraction, 0)]
+            continue
+        local = stratified_subsample(Y_train, fraction / 100.0, seed)
+        probes[(fraction, seed)] = fit_probe(X[train[local]], Y_train[local], X_val, Y_val, config)
+        logger.debug("probe fraction=%s%% seed=%d: n=%d lam=%g val=%.4f", fraction, seed, len(local),
+                     probes[(fraction, seed)].lam, probes[(fraction, seed)].val_auc)
 
 
 def run_probe(
@@ -251,6 +254,7 @@ def run_probe(
     seeds: int = 3,
     classes: Sequence[str] | None = None,
     config: ProbeConfig = ProbeConfig(),
+    progress: bool = False,
 ) -> ProbeResult:
     """Linear-probe protocol on cached vectors.
 
@@ -261,6 +265,7 @@ def run_probe(
         fractions: training fractions in percent of the training folds.
         seeds: number of seeds (0..seeds-1) for the subsample.
         classes: class names (default "0", "1", ...).
+        progress: show a tqdm bar (stderr) over the fits.
 
     Raises:
         DataError: when the train, validation or test fold is empty.
@@ -280,7 +285,7 @@ def run_probe(
     untrainable = [classes[c] for c in np.flatnonzero(~(Y_train > 0).any(axis=0))]
     probes: dict[tuple[float, int], LinearProbe] = {}
     with _torch_threads(config.threads):
-        _fit_all(probes, X, Y_train, train, X[val], Y_val, fractions, seeds, config)
+        _fit_all(probes, X, Y_train, train, X[val], Y_val, fractions, seeds, config, progress)
     scores = score_probes(probes, X[test], np.asarray(Y)[test])
     rows, per_class = [], {}
     skipped = sorted({classes[i] for v in scores.values() for i in v[2]}, key=classes.index)
