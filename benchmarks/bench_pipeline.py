@@ -1,0 +1,151 @@
+"""Index build rate against the encoder's forward-only rate, and end-to-end query latency.
+
+    python benchmarks/bench_pipeline.py [--data DIR] [--checkpoint CKPT] [--limit N] [--repeats 3]
+
+- build: `index_data` (read + preprocess in worker processes, encode ECG + report, store, FAISS)
+  in records/s, against `encode_ecg` alone on pre-made batches of the same size (the ceiling).
+- query: `Searcher.query_text` latency p50/p95 split into text encoding, search and metadata,
+  over distinct queries after one warm-up.
+Writes benchmarks/results/pipeline.json and pipeline.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from etp_search.export import index_data  # noqa: E402
+from etp_search.export.runner import resolve_checkpoint  # noqa: E402
+from etp_search.models import load_checkpoint  # noqa: E402
+from etp_search.preprocess import get_preset  # noqa: E402
+from etp_search.search import Searcher  # noqa: E402
+
+QUERIES = ["atrial fibrillation", "sinus rhythm normal ECG", "left bundle branch block", "inferior myocardial infarction",
+           "left ventricular hypertrophy", "sinus bradycardia", "ST depression", "right bundle branch block",
+           "premature ventricular complex", "first degree AV block", "T wave inversion", "sinus tachycardia"]
+
+
+def _limited_copy(data: Path, limit: int, out: Path) -> Path:
+    """A PTB-XL folder view with only the first `limit` rows that have signal files (symlinked)."""
+    import pandas as pd
+
+    db = pd.read_csv(data / "ptbxl_database.csv")
+    have = db[[(data / f"{p}.hea").exists() for p in db["filename_lr"]]].head(limit)
+    out.mkdir(parents=True, exist_ok=True)
+    have.to_csv(out / "ptbxl_database.csv", index=False)
+    shutil.copy(data / "scp_statements.csv", out / "scp_statements.csv")
+    for p in have["filename_lr"]:
+        dst = out / p
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        for ext in (".hea", ".dat"):
+            os.symlink(data / f"{p}{ext}", f"{dst}{ext}")
+    return out
+
+
+def bench_encoder(model, n: int, batch: int, length: int, repeats: int) -> float:
+    x = torch.randn(batch, 12, length)
+    with torch.inference_mode():
+        model.encode_ecg(x)  # warm-up
+        rates = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            done = 0
+            while done < n:
+                model.encode_ecg(x)
+                done += batch
+            rates.append(done / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "ptbxl")
+    ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--limit", type=int, default=400)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = ap.parse_args()
+    if not (args.data / "ptbxl_database.csv").exists():
+        args.data = ROOT / "etp_search" / "examples" / "ptbxl"
+    ckpt = resolve_checkpoint(args.checkpoint)
+    model = load_checkpoint(ckpt, load_text=False)
+    preset = get_preset(model.cfg.preset)
+    tmp = Path(tempfile.mkdtemp(prefix="etp-bench-"))
+    try:
+        data = _limited_copy(args.data, args.limit, tmp / "data")
+        n = sum(1 for _ in (data / "records100").rglob("*.hea"))
+        build = []
+        for r in range(args.repeats):
+            store = tmp / f"store{r}.h5"
+            t0 = time.perf_counter()
+            s = index_data(data, store, ckpt, batch_size=args.batch_size, progress=False)
+            build.append(s["written"] / (time.perf_counter() - t0))
+        enc = bench_encoder(model, n, args.batch_size, preset.length, args.repeats)
+
+        lat = {"encode_ms": [], "search_ms": [], "metadata_ms": [], "total_ms": []}
+        with Searcher.open(tmp / "store0.h5", checkpoint=ckpt) as s:
+            s.query_text("warm up", k=10)
+            from indexing.faiss_index import search
+
+            index = s.index("ecg")
+            for rep in range(args.repeats):
+                for q in QUERIES:
+                    t0 = time.perf_counter()
+                    with torch.inference_mode():
+                        v = s.model.encode_text([f"{q} ({rep})" if rep else q]).float().numpy()
+                    t1 = time.perf_counter()
+                    scores, rows = search(index, v, 10)
+                    t2 = time.perf_counter()
+                    s.hits(rows[0], scores[0])
+                    t3 = time.perf_counter()
+                    for key, val in zip(lat, (t1 - t0, t2 - t1, t3 - t2, t3 - t0)):
+                        lat[key].append(val * 1e3)
+        pct = {k: {"p50": float(np.percentile(v, 50)), "p95": float(np.percentile(v, 95))} for k, v in lat.items()}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    build_med = statistics.median(build)
+    result = {
+        "command": "python benchmarks/bench_pipeline.py " + " ".join(sys.argv[1:]),
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+                    "cuda": torch.cuda.is_available()},
+        "checkpoint": str(ckpt), "encoder": model.cfg.ecg.name, "preset": preset.name, "records": n,
+        "repeats": args.repeats, "batch_size": args.batch_size,
+        "index_build_records_per_s": {"median": build_med, "runs": build},
+        "encoder_forward_records_per_s": enc,
+        "build_over_forward": build_med / enc,
+        "query_latency_ms": pct, "queries": len(lat["total_ms"]),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "pipeline.json").write_text(json.dumps(result, indent=2))
+    md = [
+        f"# Index build and query latency ({n} PTB-XL records, {preset.name}, encoder {model.cfg.ecg.name})", "",
+        f"Command: `{result['command']}`; {args.repeats} repeats, median; {os.cpu_count()} CPUs, CUDA: {torch.cuda.is_available()}.", "",
+        "| stage | records/s | ratio |", "|---|---:|---:|",
+        f"| encoder forward only (ceiling) | {enc:,.0f} | 1.00 |",
+        f"| `etp-search index` end to end (read, preprocess, ECG + report encode, store, FAISS) | {build_med:,.0f} | {build_med / enc:.2f} |",
+        "", f"Query latency over {len(lat['total_ms'])} text queries, k=10, exact index over {n} rows:", "",
+        "| part | p50 ms | p95 ms |", "|---|---:|---:|",
+    ]
+    md += [f"| {k.replace('_ms', '')} | {v['p50']:.2f} | {v['p95']:.2f} |" for k, v in pct.items()]
+    (args.out / "pipeline.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
