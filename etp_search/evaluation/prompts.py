@@ -151,16 +151,17 @@ def free_label_prompts(labels: str | list[str]) -> dict[str, list[str]]:
 
 
 def match_label_keys(
-    classes: list[str], label_keys: set[str], descriptions: Mapping[str, str] | None = None
+    classes: list[str], label_keys: set[str], descriptions: Mapping[str, str | list[str]] | None = None
 ) -> dict[str, str | None]:
     """Which stored label key gives each free class its ground truth (None: no match).
 
-    A class matches a key equal to it (case-insensitive), or a key whose description (e.g. an
-    SCP statement's) equals the class text — so "atrial fibrillation" finds PTB-XL's "AFIB".
+    A class matches a key equal to it (case-insensitive), or a key one of whose descriptions
+    (e.g. an SCP statement's) equals the class text — so "atrial fibrillation" finds "AFIB".
     """
     by_lower = {k.lower(): k for k in label_keys}
     by_desc: dict[str, str] = {}
-    for key, desc in (descriptions or {}).items():
+    for key, descs in (descriptions or {}).items():
         if key in label_keys:
-            by_desc.setdefault(str(desc).strip().lower(), key)
+            for desc in [descs] if isinstance(descs, str) else descs:
+                by_desc.setdefault(str(desc).strip().lower(), key)
     return {c: by_lower.get(c.lower()) or by_desc.get(c.strip().lower()) for c in classes}

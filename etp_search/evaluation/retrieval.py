@@ -98,7 +98,7 @@ def evaluate_retrieval(
     uniq_vecs = np.asarray(text_vecs)[uniq_rows]
     e2r = recall_at_k(ecg_vecs, uniq_vecs, texts, uniq_texts, ks)
     r2e = recall_at_k(uniq_vecs, ecg_vecs, uniq_texts, texts, ks)
-    logger.info("retrieval on %d records, %d unique reports", len(texts), len(uniq_texts))
+    logger.debug("retrieval on %d records, %d unique reports", len(texts), len(uniq_texts))
     return {
         "ecg_to_report": e2r,
         "report_to_ecg": r2e,
