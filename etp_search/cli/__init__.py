@@ -18,13 +18,16 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from etp_search.cli import index, info, prepare, query, train
+    from etp_search.cli import evaluate, index, info, prepare, query, train
 
     app.command("info")(info.info)
     app.command("prepare")(prepare.prepare)
     app.command("train")(train.train)
     app.command("index")(index.index)
     app.command("query")(query.query)
+    app.command("zeroshot")(evaluate.zeroshot)
+    app.command("probe")(evaluate.probe)
+    app.command("retrieval")(evaluate.retrieval)
 
 
 def main() -> None:
