@@ -37,7 +37,7 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/bench_results.py
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache
