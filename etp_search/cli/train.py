@@ -32,6 +32,15 @@ def _ensure_cache(data: Path, preset: str, cache: Optional[Path], text_source: s
     p = get_preset(preset)
     fmt = detect_format(data)
     target = cache or default_cache_path(fmt, p.name)
+    if is_signal_cache(target):
+        from etp_search.signal_cache import SignalCache
+
+        with SignalCache.open(target) as existing:
+            same_data = Path(str(existing.attrs.get("data_dir", ""))).resolve() == data.resolve()
+            if same_data and existing.preset.name == p.name and text_source in existing.text_sources:
+                # Every text source is cached, so a cache built for another default source serves too.
+                logger.info("signal cache %s: %d records (reused)", target, len(existing))
+                return target
     if is_main:
         rate = p.fs if fmt == "ptbxl" and p.fs in (100, 500) else None
         reader = open_dataset(data, fmt=fmt, sampling_rate=rate, text_source=text_source)
@@ -40,6 +49,13 @@ def _ensure_cache(data: Path, preset: str, cache: Optional[Path], text_source: s
                     "reused" if summary["up_to_date"] else "built")
     barrier()
     return target
+
+
+def _folds(text: str, flag: str) -> list[int]:
+    try:
+        return [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise EtpError(f"{flag} takes comma-separated fold numbers such as 1,2,3; got {text!r}") from None
 
 
 @user_errors
@@ -64,10 +80,13 @@ def train(
     embed_dim: Annotated[int, typer.Option("--embed-dim", min=2, help="Shared embedding dimension.")] = 256,
     amp: Annotated[str, typer.Option(help="Mixed precision on CUDA: auto, bf16, fp16, off.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed of init, batch order and augmentation.")] = 0,
+    train_folds: Annotated[str, typer.Option("--train-folds", help="strat_fold values that train (PTB-XL: 1-8).")] = "1,2,3,4,5,6,7,8",
+    val_folds: Annotated[str, typer.Option("--val-folds", help="strat_fold values that validate and pick best/ (PTB-XL: 9).")] = "9",
     select: Annotated[str, typer.Option(help="Validation figure that picks best/: val_loss or a val_* metric.")] = "val_loss",
     no_augment: Annotated[bool, typer.Option("--no-augment", help="Train without augmentation.")] = False,
     weights_dtype: Annotated[str, typer.Option("--weights-dtype", help="best/ and last/ weights: float32 or float16.")] = "float32",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    threads: Annotated[int, typer.Option(min=0, help="CPU threads (0 = torch default; 1 is fastest on a busy shared CPU).")] = 0,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the final validation figures as JSON.")] = False,
 ) -> None:
@@ -94,12 +113,16 @@ def train(
             raise EtpError("pass DATA_DIR and --out RUN_DIR (or --resume RUN_DIR to continue a run)")
         if (out / CONFIG_FILE).exists() or has_state(out):
             raise EtpError(f"{out} already holds a run; continue it with --resume {out} or choose another --out")
+        from etp_search.models import create_ecg_encoder
+
+        create_ecg_encoder(encoder)  # an unknown name fails now, not after minutes of caching
         cache_path = _ensure_cache(data_dir, preset, cache, text_source, env.is_main, progress)
         cfg = TrainConfig(
             cache=str(cache_path), out=str(out), encoder=encoder, text_model=text_model,
             text_trainable_layers=text_trainable_layers, text_source=text_source, embed_dim=embed_dim,
             epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, amp=amp, seed=seed,
-            select=select, weights_dtype=weights_dtype, device=device,
+            train_folds=_folds(train_folds, "--train-folds"), val_folds=_folds(val_folds, "--val-folds"),
+            select=select, weights_dtype=weights_dtype, device=device, threads=threads,
             augment=AugmentConfig.off() if no_augment else AugmentConfig(),
         )
     try:

@@ -58,6 +58,9 @@ class TextEncoderConfig:
     trainable_layers: int = 0
     # Only load files already on disk (no network); set False to let transformers download a name.
     local_files_only: bool = True
+    # Hidden size of the text model (0 = read it from the model's config). Filled in when the model
+    # is built and saved with the checkpoint, so ECG-only use never has to touch transformers.
+    width: int = 0
 
     @property
     def frozen(self) -> bool:

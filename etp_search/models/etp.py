@@ -41,7 +41,15 @@ class EtpModel(nn.Module):
             self._attach_text(TextEncoder(cfg.text))
             text_dim = self.text.out_dim
         else:
-            text_dim = _text_width(cfg)
+            text_dim = cfg.text.width or _text_width(cfg)
+        if cfg.text.width and cfg.text.width != text_dim:
+            from etp_search.errors import ModelError
+
+            raise ModelError(
+                f"text model {cfg.text.model_name!r} has width {text_dim} but the config says {cfg.text.width}; "
+                "the checkpoint was trained with another text model"
+            )
+        cfg.text.width = text_dim
         self.text_proj = _head(text_dim, cfg.embed_dim, cfg.proj_hidden)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(cfg.init_logit_scale), dtype=torch.float32))
 
