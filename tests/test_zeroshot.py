@@ -76,6 +76,7 @@ def test_every_task_has_default_and_ensemble_prompts(name):
         assert list(cp) == task.classes
         assert all(cp[c] and all(isinstance(p, str) and p for p in cp[c]) for c in task.classes)
     assert P.class_prompts(task, "default") == {c: [task.description[c]] for c in task.classes}
+    assert Z.class_prompts(name, "ensemble") == P.class_prompts(task, "ensemble")  # a task name works too
 
 
 @pytest.mark.parametrize("name", ["superdiagnostic", "subdiagnostic", "rhythm", "form", "cpsc2018"])

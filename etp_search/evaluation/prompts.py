@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from etp_search.errors import DataError
-from etp_search.labels import Task
+from etp_search.labels import Task, get_task
 
 logger = logging.getLogger(__name__)
 
@@ -114,12 +114,15 @@ def _templated(description: str, templates: tuple[str, ...]) -> list[str]:
     return _dedup([t.format(description=description) for t in templates])
 
 
-def class_prompts(task: Task, prompt_set: str | Path = "default") -> dict[str, list[str]]:
-    """Prompts per class of ``task`` for a built-in set name or a prompt file path.
+def class_prompts(task: Task | str, prompt_set: str | Path = "default") -> dict[str, list[str]]:
+    """Prompts per class of ``task`` (a Task or its name) for a built-in set name or a prompt file path.
 
     Raises:
         DataError: for a missing/invalid file or class names that are not the task's.
+        EtpError: for an unknown task name.
     """
+    if isinstance(task, str):
+        task = get_task(task)
     if str(prompt_set) == "default":
         return {c: [task.description[c]] for c in task.classes}
     if str(prompt_set) == "ensemble":
