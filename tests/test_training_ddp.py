@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -71,3 +72,32 @@ def test_two_process_step_equals_one_process_global_batch(tmp_path: Path, local_
         assert set(got) == set(want)
         for name in want:
             torch.testing.assert_close(got[name], want[name], atol=1e-6, rtol=1e-4, msg=f"rank {rank} {name}")
+
+
+@pytest.mark.slow
+def test_torchrun_trains_the_same_command(example_ptbxl, tmp_path: Path):
+    """`torchrun --nproc_per_node 2 etp-search train ...` runs DDP on gloo to the end; only rank 0 writes."""
+    import shutil
+    import subprocess
+    import sys
+
+    from etp_search.readers import open_dataset
+    from etp_search.signal_cache import build_cache
+
+    cache = tmp_path / "example.h5"
+    build_cache(open_dataset(example_ptbxl, sampling_rate=100), cache, "etp-100hz", workers=0, progress=False)
+    bindir = Path(sys.executable).parent
+    torchrun, cli = bindir / "torchrun", bindir / "etp-search"
+    if not (torchrun.exists() and cli.exists()):
+        pytest.skip("torchrun / etp-search console scripts not installed")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29561", str(cli), "train", str(cache),
+           "--out", str(tmp_path / "run"), "--encoder", "test_tiny", "--epochs", "2", "--batch-size", "16",
+           "--train-folds", "10", "--val-folds", "9", "--no-progress", "--json"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "rank 1/2 joined the gloo process group" in res.stderr
+    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[-1]["step"] == 6  # 48 records / global batch 16
+    assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
+    shutil.rmtree(tmp_path / "run")

@@ -46,10 +46,13 @@ class ClipLoss(nn.Module):
         local_loss: Each rank scores only its own rows against all gathered columns (memory
             O(B x N) instead of O(N x N)); with ``gather_with_grad`` still the exact global gradient.
         gather_with_grad: See ``gather_features``.
+        gather: Gather across ranks at all; False for a per-process loss (validation on rank 0 alone
+            must not wait for a collective the other ranks never join).
     """
 
-    def __init__(self, local_loss: bool = True, gather_with_grad: bool = True) -> None:
+    def __init__(self, local_loss: bool = True, gather_with_grad: bool = True, gather: bool = True) -> None:
         super().__init__()
+        self.gather = gather
         if local_loss and not gather_with_grad:
             raise ValueError("local_loss needs gather_with_grad, else the cross-rank gradient terms are lost")
         self.local_loss = local_loss
@@ -59,8 +62,9 @@ class ClipLoss(nn.Module):
         self, ecg: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Scaled logits per ECG and per text, and the index of each row's positive column."""
-        all_ecg, all_text = gather_features(ecg, text, self.gather_with_grad)
-        if self.local_loss and _dist_ready():
+        distributed = self.gather and _dist_ready()
+        all_ecg, all_text = gather_features(ecg, text, self.gather_with_grad) if distributed else (ecg, text)
+        if self.local_loss and distributed:
             offset = dist.get_rank() * ecg.shape[0]
             per_ecg = logit_scale * ecg @ all_text.T
             per_text = logit_scale * text @ all_ecg.T

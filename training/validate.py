@@ -80,7 +80,7 @@ def validate(
     ecg = embed_ecgs(model, signals, n, device)
     txt = model.encode_text_features(text_feats.to(device)).float().cpu()
     scale = model.scale().float().cpu()
-    loss_fn = ClipLoss()
+    loss_fn = ClipLoss(gather=False)  # runs on rank 0 only
     losses, weights = [], []
     for s in range(0, n, loss_chunk):
         e, t = ecg[s : s + loss_chunk], txt[s : s + loss_chunk]

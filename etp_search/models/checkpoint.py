@@ -63,8 +63,8 @@ def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: 
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
     os.close(fd)
     try:
-        os.chmod(tmp, _umask_mode())
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.chmod(tmp, _umask_mode())  # save_file recreates the file, so set the mode afterwards
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
