@@ -74,9 +74,9 @@ def evaluate_checkpoint(ckpt: Path, cache_path: Path, prompt_sets=("default", "e
             for ps in prompt_sets:
                 rep = evaluate(ecg[keep], y, prompt_vecs[(task_name, ps)], n_boot=200, seed=0)
                 res["zeroshot"][f"{task_name}/{ps}"] = {
-                    "macro_auc": rep.macro, "n": int(keep.sum()),
+                    "macro_auc": rep.macro_auc, "n": int(keep.sum()),
                     "classes_scored": int(len(task.classes) - len(rep.skipped)), "classes": len(task.classes),
-                    "ci95": [rep.ci_low, rep.ci_high] if hasattr(rep, "ci_low") else None,
+                    "ci95": [rep.ci_low, rep.ci_high],
                 }
         out["splits"][split] = res
     return out

@@ -138,3 +138,19 @@ def test_config_roundtrip_and_unknown_fields():
     assert EtpConfig.from_dict(json.loads(cfg.to_json())) == cfg
     with pytest.raises(ModelError, match="unknown config fields"):
         EtpConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+
+
+def test_shipped_starter_checkpoint_loads_without_the_text_tower():
+    from etp_search.models import default_checkpoint, read_checkpoint_config
+
+    ck = default_checkpoint()
+    assert (ck / "model.safetensors").stat().st_size <= 20 * 2**20
+    doc = read_checkpoint_config(ck)
+    assert doc["model"]["preset"] == "etp-100hz" and doc["model"]["text_source"] == "scp_en"
+    assert doc["text_tower_stored"] is False
+    card = (ck / "MODEL_CARD.md").read_text()
+    assert checkpoint_fingerprint(ck) in card  # the card names the exact weights it describes
+    model = load_checkpoint(ck, load_text=False)
+    assert not model.text_loaded
+    e = model.encode_ecg(torch.zeros(2, 12, 1000))
+    assert e.shape == (2, 256) and torch.isfinite(e).all()
