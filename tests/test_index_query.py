@@ -186,3 +186,36 @@ def test_missing_checkpoint_is_one_line(tmp_path):
         from etp_search.search import read_ecg_file
 
         read_ecg_file(tmp_path / "missing.hea")
+
+
+@pytest.fixture(scope="module")
+def shipped_store(tmp_path_factory, example_ptbxl) -> Path:
+    """The README's main job: the shipped checkpoint indexes the shipped records through the CLI."""
+    store = tmp_path_factory.mktemp("shipped") / "store.h5"
+    res = cli.invoke(app, ["index", str(example_ptbxl), "--store", str(store), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["written"] == 50
+    return store
+
+
+@pytest.mark.parametrize("text, code, min_precision", [
+    # P@n over the n records carrying the label; chance = n / 50. Thresholds sit well above chance
+    # and below what the shipped checkpoint reaches (LVH 5/7, NORM 16/20).
+    ("left ventricular hypertrophy", "LVH", 3 / 7),     # n = 7, chance 0.14
+    ("sinus rhythm, normal ECG", "NORM", 0.6),          # n = 20, chance 0.40
+])
+def test_text_query_ranks_records_with_the_label_above_the_rest(shipped_store, text, code, min_precision):
+    res = cli.invoke(app, ["query", "--store", str(shipped_store), "--text", text, "-k", "50", "--json"])
+    assert res.exit_code == 0, res.output
+    hits = json.loads(res.stdout)["hits"]
+    relevant = [code in h["labels"] for h in hits]
+    n = sum(relevant)
+    chance = n / len(hits)
+    precision = sum(relevant[:n]) / n
+    assert n >= 5 and precision >= min_precision and precision >= 2 * chance, (precision, chance)
+
+
+def test_atrial_fibrillation_query_returns_an_af_record_first(shipped_store):
+    res = cli.invoke(app, ["query", "--store", str(shipped_store), "--text", "atrial fibrillation", "-k", "3", "--json"])
+    assert res.exit_code == 0
+    assert "AFIB" in json.loads(res.stdout)["hits"][0]["labels"]  # 4 of the 50 records are AFIB
