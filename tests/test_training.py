@@ -179,3 +179,15 @@ def test_cli_user_errors_are_one_line(example_cache, tmp_path, extra, expect):
 def test_cli_resume_without_a_run_is_one_line(tmp_path):
     res = CliRunner().invoke(_cli(), ["train", "--resume", str(tmp_path)])
     assert res.exit_code == 1 and "holds no training run" in res.output
+
+
+def test_partly_trainable_text_tower_trains_and_is_stored(example_cache, tmp_path):
+    cfg = _tiny_cfg(example_cache, tmp_path / "run", epochs=1, batch_size=16, text_trainable_layers=1)
+    Trainer(cfg, progress=False).run()
+    assert not list((tmp_path / "run").glob("text_features-*"))  # a trainable tower is never cached
+    doc = json.loads((tmp_path / "run" / "last" / "config.json").read_text())
+    assert doc["text_tower_stored"] is True
+    keys = load_file(str(tmp_path / "run" / "last" / "model.safetensors"))
+    assert any(k.startswith("text_encoder.hf.encoder.layer.5.") for k in keys)
+    model = load_checkpoint(tmp_path / "run" / "last")
+    assert model.encode_text(["sinus rhythm"]).shape == (1, 32)

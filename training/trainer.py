@@ -323,11 +323,13 @@ class Trainer:
         return {"loss": float(loss.detach()), "grad_norm": float(gnorm), "logit_scale": float(losses["logit_scale"])}
 
     def _validate(self) -> dict[str, float]:
-        return validate(
-            self.model, self.val.batch, self.val.texts,
-            self.val_feats if self.frozen_text else self.model.text_features(self.val.texts),
-            self.val_labels, self.val_task, device=self.device,
-        )
+        if self.frozen_text:
+            feats = self.val_feats
+        else:
+            self.model.eval()
+            with torch.no_grad():
+                feats = torch.cat([self.model.text_features(self.val.texts[i : i + 128]) for i in range(0, len(self.val), 128)])
+        return validate(self.model, self.val.batch, self.val.texts, feats, self.val_labels, self.val_task, device=self.device)
 
     def run(self) -> dict[str, Any]:
         """Train to the end (or resume and train to the end); returns the last progress dict."""
