@@ -154,3 +154,43 @@ def test_shipped_starter_checkpoint_loads_without_the_text_tower():
     assert not model.text_loaded
     e = model.encode_ecg(torch.zeros(2, 12, 1000))
     assert e.shape == (2, 256) and torch.isfinite(e).all()
+
+
+def test_damaged_weights_file_is_one_line(tiny_model, tmp_path):
+    save_checkpoint(tiny_model, tmp_path / "ck")
+    (tmp_path / "ck" / "model.safetensors").write_bytes(b"\xff" * 64)  # header length far beyond the file
+    with pytest.raises(ModelError) as exc:
+        load_checkpoint(tmp_path / "ck")
+    msg = str(exc.value)
+    assert "\n" not in msg and "damaged or not safetensors" in msg and "re-copy or re-export" in msg
+
+
+@pytest.mark.parametrize("doc", [{"format": "other"}, ["a", "list"], {"format": "etp-search-checkpoint"}])
+def test_config_of_the_wrong_shape_says_what_is_expected(tiny_model, tmp_path, doc):
+    save_checkpoint(tiny_model, tmp_path / "ck")
+    (tmp_path / "ck" / "config.json").write_text(json.dumps(doc))
+    with pytest.raises(ModelError) as exc:
+        load_checkpoint(tmp_path / "ck")
+    msg = str(exc.value)
+    assert "\n" not in msg and '"format": "etp-search-checkpoint"' in msg and "RUN_DIR/best" in msg
+
+
+@pytest.mark.parametrize("name", ["nonsense", "cuda:x", "gpu", "cuda:-1"])
+def test_unknown_device_string_is_one_line(name):
+    from etp_search.models import resolve_device
+
+    with pytest.raises(ModelError, match="pass auto, cpu, cuda or cuda:N"):
+        resolve_device(name)
+
+
+def test_known_device_strings_resolve():
+    from etp_search.models import resolve_device
+
+    assert resolve_device("cpu") == "cpu" and resolve_device("CPU") == "cpu"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelError, match="no usable CUDA GPU"):
+            resolve_device("cuda:0")
+    else:
+        with pytest.raises(ModelError, match="does not exist"):
+            resolve_device(f"cuda:{torch.cuda.device_count()}")

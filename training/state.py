@@ -125,7 +125,7 @@ def load_state(
         name = json.loads((d / "latest.json").read_text())["name"]
         tensors = load_file(str(d / f"{name}.safetensors"))
         doc = json.loads((d / f"{name}.json").read_text())
-    except (OSError, KeyError, json.JSONDecodeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - OSError, bad JSON, SafetensorError of a damaged file
         raise ModelError(f"cannot read the resume state in {d} ({exc}); start a new run with another --out") from None
     model = getattr(model, "module", model)
     own = model.state_dict()

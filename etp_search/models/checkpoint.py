@@ -129,8 +129,13 @@ def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
         doc = json.loads((p / CONFIG_NAME).read_text())
     except json.JSONDecodeError as exc:
         raise ModelError(f"{p / CONFIG_NAME} is not valid JSON ({exc.msg}); re-export the checkpoint") from None
-    if doc.get("format") != FORMAT:
-        raise ModelError(f"{p / CONFIG_NAME} is not an etp-search checkpoint config (format {doc.get('format')!r})")
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("model"), dict):
+        found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise ModelError(
+            f"{p / CONFIG_NAME} is not an etp-search checkpoint config: expected a JSON object with "
+            f'"format": "{FORMAT}" and a "model" section (found format {found!r}); '
+            "pass the folder written by `etp-search train` (RUN_DIR/best) or re-copy it"
+        )
     return doc
 
 
@@ -154,6 +159,23 @@ def _arch_mismatch(have: EtpConfig, want: EtpConfig) -> list[str]:
 
 def load_state_into(model: EtpModel, weights: Path, where: str) -> None:
     """Copy safetensors weights into a built model, naming missing/unexpected/mis-shaped keys."""
+    try:
+        _load_state_into(model, weights, where)
+    except ModelError:
+        raise
+    except Exception as exc:  # safetensors raises SafetensorError / OSError on a damaged or foreign file
+        raise ModelError(
+            f"checkpoint {where}: weights file {weights} is damaged or not safetensors ({_short(exc)}); "
+            "re-copy or re-export the checkpoint"
+        ) from None
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:120]
+
+
+def _load_state_into(model: EtpModel, weights: Path, where: str) -> None:
     own = model.state_dict()
     with safe_open(str(weights), framework="pt", device="cpu") as fh:
         keys = set(fh.keys())
