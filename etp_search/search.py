@@ -188,6 +188,8 @@ class Searcher:
 
     def check_k(self, k: int) -> None:
         n = len(self.store)
+        if n == 0:
+            raise EtpError(f"store {self.store.path} is empty; add records with `etp-search index DATA_DIR --store {self.store.path}`")
         if k <= 0:
             raise EtpError(f"k must be at least 1 (got {k}); pass e.g. -k 10")
         if k > n:

@@ -31,5 +31,24 @@ def _register() -> None:
 
 
 def main() -> None:
+    """Console entry point: usage mistakes (unknown option, missing argument, bad value) print one
+    `error:` line naming the fix, like every other user error, instead of Click's usage box."""
+    import sys
+
+    from typer.exceptions import TyperException  # base of Typer's (vendored) Click exceptions
+
     _register()
-    app()
+    try:
+        code = app(standalone_mode=False)
+    except TyperException as exc:
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            typer.echo(ctx.get_help())
+            sys.exit(0)
+        where = ctx.command_path if ctx is not None else "etp-search"
+        typer.echo(f"error: {exc.format_message()} (see `{where} --help`)", err=True)
+        sys.exit(getattr(exc, "exit_code", 2) or 2)
+    except typer.Abort:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -62,7 +62,9 @@ def setup_logging(verbose: bool = False) -> None:
 
 def _cell(value: Any) -> str:
     if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.4f}"
+        if math.isnan(value):
+            return "nan"
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
     if isinstance(value, (list, tuple)):
         return ", ".join(_cell(v) for v in value)
     return str(value)

@@ -7,12 +7,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from etp_search.cli.common import DEFAULT_STORE, emit_json, format_table, setup_logging, user_errors
+from etp_search.cli.common import DEFAULT_STORE, emit_json, fail, format_table, setup_logging, user_errors
 
 
 @user_errors
 def index(
-    data_dir: Annotated[Path, typer.Argument(help="Dataset folder (PTB-XL, CPSC2018, CinC, WFDB folder, MIMIC-IV-ECG) or a signal cache .h5 from `prepare`.", exists=True)],
+    data_dir: Annotated[Path, typer.Argument(help="Dataset folder (PTB-XL, CPSC2018, CinC, WFDB folder, MIMIC-IV-ECG) or a signal cache .h5 from `prepare`.")],
     store: Annotated[Path, typer.Option(help="Embedding store to create or append to.")] = DEFAULT_STORE,
     checkpoint: Annotated[Optional[str], typer.Option(help="Checkpoint folder; default: the shipped starter checkpoint; 'random' = random-init baseline.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="ECGs per encoder batch.")] = 64,
@@ -24,10 +24,12 @@ def index(
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Start the store afresh (e.g. after changing checkpoint).")] = False,
     rebuild_index: Annotated[bool, typer.Option("--rebuild-index", help="Rebuild the FAISS indexes from the store.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More log output.")] = False,
 ) -> None:
     """Read -> preprocess -> encode ECGs and reports -> store -> FAISS index. Resumable; never duplicates."""
     setup_logging(verbose)
+    if not data_dir.exists():
+        raise fail(f"{data_dir} does not exist; pass a dataset folder or a signal cache .h5")
     from etp_search.export import index_data
 
     summary = index_data(data_dir, store, checkpoint, batch_size=batch_size, workers=workers, device=device,

@@ -12,6 +12,9 @@ from etp_search.cli.common import DEFAULT_STORE, emit, fail, setup_logging, user
 from etp_search.errors import DataError
 
 
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+
+
 def _label_str(labels: dict[str, float]) -> str:
     return " ".join(sorted(labels, key=lambda c: -float(labels[c] or 0)))
 
@@ -29,13 +32,15 @@ def query(
     device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: auto).")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Draw the query and top hits as 12-lead ECGs (PNG or PDF).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More log output.")] = False,
 ) -> None:
     """Search the store with a text, an ECG file or a stored ECG; prints id, score, labels, report."""
     setup_logging(verbose)
     given = [name for name, v in (("--text", text), ("--ecg", ecg), ("--record", record)) if v is not None]
     if len(given) != 1:
         raise fail("give exactly one of --text, --ecg or --record" + (f" (got {', '.join(given)})" if given else ""))
+    if plot is not None and (plot.is_dir() or plot.suffix.lower() not in PLOT_SUFFIXES):
+        raise fail(f"--plot {plot}: give a file name ending in {', '.join(PLOT_SUFFIXES)}, e.g. --plot hits.png")
     from etp_search.search import Searcher, read_ecg_file
 
     with Searcher.open(store, checkpoint=checkpoint, device=device) as s:
@@ -57,6 +62,9 @@ def query(
             from etp_search.cli.common import emit_json
 
             emit_json({"query": title, "target": target, "k": k, "where": where or [], "hits": [h.as_dict() for h in hits]})
+            return
+        if not hits:
+            typer.echo(f"no records match {' and '.join(where or [])} in {store}", err=True)
             return
         rows = [{"rank": h.rank, "id": h.id, "score": h.score, "labels": _label_str(h.labels), "report": h.text} for h in hits]
         emit(rows, False, title=f"{title} -> top {len(hits)} {target}s in {store}")

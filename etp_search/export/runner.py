@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 import etp_search
-from etp_search.errors import ModelError
+from etp_search.errors import DataError, EtpError, ModelError
 from etp_search.export.mapper import EtpMapper
 from etp_search.export.source import open_source
 from etp_search.export.writer import StoreWriter
@@ -26,10 +26,16 @@ RANDOM = "random"
 
 
 def pick_device(device: str | None = None) -> str:
-    """"auto"/None -> cuda when torch sees a GPU, else cpu."""
-    if device in (None, "auto"):
+    """"auto"/None -> cuda when torch sees a GPU, else cpu; anything else is checked."""
+    if device in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise ModelError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if kind not in ("cpu", "cuda"):
+        raise ModelError(f"device {device!r} is not supported; use auto, cpu, cuda or cuda:N")
+    if kind == "cuda" and not torch.cuda.is_available():
         raise ModelError(f"--device {device} was asked for but torch sees no CUDA GPU; use --device cpu")
     return device
 
@@ -59,6 +65,14 @@ def resolve_checkpoint(checkpoint: str | Path | None, store_path: str | Path | N
     if not path.exists():
         raise ModelError(f"checkpoint {path} does not exist; pass a folder with config.json + model.safetensors")
     return path
+
+
+def _config_of(checkpoint: str | Path | None) -> EtpConfig:
+    """The model config a checkpoint argument stands for, without loading weights or writing files."""
+    if checkpoint is not None and str(checkpoint) == RANDOM:
+        base = default_checkpoint()
+        return EtpConfig.from_dict(read_checkpoint_config(base)["model"]) if (base / "config.json").exists() else EtpConfig()
+    return EtpConfig.from_dict(read_checkpoint_config(resolve_checkpoint(checkpoint))["model"])
 
 
 def provenance_for(ckpt: Path, cfg: EtpConfig, data: Path, fmt: str, text_source: str) -> dict[str, Any]:
@@ -102,17 +116,26 @@ def index_data(
         Summary: records found, written now, skipped by reason, total rows, seconds, rec/s, index info.
     """
     data, store = Path(data), Path(store)
-    ckpt = resolve_checkpoint(checkpoint, store)
     device = pick_device(device)
-    model = load_checkpoint(ckpt, device=device, load_text=True)
-    cfg = model.cfg
-    preset = get_preset(cfg.preset)
-    text_source = text_source or cfg.text_source
+    if store.is_dir():
+        raise EtpError(f"--store {store} is a folder; pass a file path such as {store / 'store.h5'}")
+    # Cheap checks first (the dataset, the factory), so a mistake costs nothing and leaves no files.
+    cfg0 = _config_of(checkpoint)
+    preset = get_preset(cfg0.preset)
+    text_source = text_source or cfg0.text_source
     if sampling_rate is None:
         sampling_rate = int(preset.fs) if int(preset.fs) in (100, 500) else None
-    # Open the source before the store so a wrong folder fails without touching any store.
     probe = open_source(data, preset, text_source=text_source, sampling_rate=sampling_rate, done_ids=set(),
                         batch_size=batch_size, workers=0)
+    if probe.total == 0:
+        raise DataError(f"{data} holds no readable {probe.format_name} records; check the folder (`etp-search info {data}`)")
+    if factory != "auto":
+        from indexing.faiss_index import check_factory
+
+        check_factory(factory, cfg0.embed_dim)
+    ckpt = resolve_checkpoint(checkpoint, store)
+    model = load_checkpoint(ckpt, device=device, load_text=True)
+    cfg = model.cfg
     writer = StoreWriter(store, cfg.embed_dim, provenance_for(ckpt, cfg, data, probe.format_name, text_source),
                          rebuild=rebuild)
     try:
@@ -123,7 +146,7 @@ def index_data(
         t0 = time.perf_counter()
         logger.info("%s; %d to embed, %d already in %s", source.summary_line, source.pending,
                     source.total - source.pending, store)
-        with tqdm(total=source.pending, unit="rec", desc="index", disable=not progress, dynamic_ncols=True) as bar:
+        with tqdm(total=source.pending, unit="rec", desc="index", disable=not progress or source.pending == 0, dynamic_ncols=True) as bar:
             for batch in source.batches():
                 for reason, n in batch.skipped.items():
                     skipped[reason] = skipped.get(reason, 0) + n
