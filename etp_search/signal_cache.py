@@ -310,6 +310,8 @@ def build_cache(
     """
     p = get_preset(preset)
     out = Path(out_path)
+    if out.is_dir():  # checked first: h5py's error for a folder is two raw lines, and --force would leave a .partial
+        raise DataError(f"{out} is a folder; pass a file such as {out / 'signals.h5'}")
     partial = out.with_name(out.name + ".partial")
     refs = list(reader.refs())
     summary_obj = getattr(reader, "summary", None)
