@@ -169,7 +169,7 @@ def info(
     sampling_rate: Annotated[Optional[int], typer.Option("--sampling-rate", help="PTB-XL files to describe: 100 or 500.")] = None,
     fmt: Annotated[Optional[str], typer.Option("--format", help="Dataset layout; detected when omitted.")] = None,
     sample: Annotated[int, typer.Option(help="Records to read for rates, lengths, labels and texts (0 = all).", min=0)] = DEFAULT_SAMPLE,
-    workers: Annotated[Optional[int], typer.Option(help="Worker processes [default: all cores].", min=0)] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Worker processes (default: all cores).", min=0)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """Describe a dataset folder: layout, records, rates, lengths, labels per task, text coverage."""

@@ -62,14 +62,14 @@ def _summary_rows(s: dict[str, Any]) -> list[dict[str, Any]]:
 def prepare(
     data_dir: Annotated[Path, typer.Argument(help="Dataset folder (PTB-XL, CPSC2018, CinC, MIMIC-IV-ECG, WFDB).")],
     out: Annotated[Optional[Path], typer.Option(
-        "--out", "-o", help="Cache file [default: etp-data/signals-<format>-<preset>.h5 under the working directory].")] = None,
+        "--out", "-o", help="Cache file (default: etp-data/signals-<format>-<preset>.h5 under the working directory).")] = None,
     preset: Annotated[str, typer.Option(help="Preprocessing preset: etp-100hz, etp-500hz, raw-100hz, raw-500hz.")] = "etp-100hz",
     sampling_rate: Annotated[Optional[int], typer.Option(
-        "--sampling-rate", help="PTB-XL files to read: 100 or 500 [default: the preset's rate].")] = None,
+        "--sampling-rate", help="PTB-XL files to read: 100 or 500 (default: the preset's rate).")] = None,
     text_source: Annotated[str, typer.Option(
         "--text-source", help="Default text: scp_en, report or column:<name>; all sources are cached.")] = "scp_en",
     fmt: Annotated[Optional[str], typer.Option("--format", help="Dataset layout; detected when omitted.")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Worker processes [default: all cores].", min=0)] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Worker processes (default: all cores).", min=0)] = None,
     batch_size: Annotated[int, typer.Option(
         "--batch-size", help="Records per committed batch; an interruption loses at most one.", min=1)] = 256,
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if the cache is up to date.")] = False,
