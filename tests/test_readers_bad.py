@@ -128,8 +128,25 @@ def test_original_cpsc_mat_without_struct_or_with_nan_lead(example_ptbxl: Path, 
     (tmp_path / "REFERENCE.csv").write_text("Recording,First_label\nA0001,1\nA0002,2\nA0003,1\nA0004,1\n")
     reader = open_dataset(tmp_path)
     assert reader.format_name == "cpsc2018" and list(reader) == []
-    assert reader.summary.skipped == {"missing variable": 1, "all-NaN lead": 1, "bad signal shape": 1,
+    assert reader.summary.skipped == {"missing header": 1, "all-NaN lead": 1, "bad signal shape": 1,
                                       "unreadable signal file": 1}
+
+
+def test_mat_skip_messages_are_one_line_with_a_fix(example_ptbxl: Path, tmp_path: Path) -> None:
+    from etp_search.readers.cpsc import Cpsc2018Reader
+
+    data = wfdb.rdrecord(str(example_ptbxl / REC)).p_signal.T
+    scipy.io.savemat(tmp_path / "A0001.mat", {"val": data})  # CinC .mat whose .hea was left behind
+    scipy.io.savemat(tmp_path / "A0002.mat", {"something": data})
+    reader = Cpsc2018Reader(tmp_path)
+    with pytest.raises(SkipRecord) as cinc:
+        reader.read("A0001")
+    assert cinc.value.reason == "missing header" and "put A0001.hea beside it" in str(cinc.value)
+    with pytest.raises(SkipRecord) as other:
+        reader.read("A0002")
+    msg = str(other.value)
+    assert other.value.reason == "missing variable" and "; pass a CPSC2018 .mat" in msg
+    assert "\n" not in msg and msg.count("(") == msg.count(")")
 
 
 def test_empty_folder_names_the_layouts(tmp_path: Path) -> None:

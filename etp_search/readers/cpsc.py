@@ -205,10 +205,15 @@ class Cpsc2018Reader(_CpscBase):
         ecg = mat.get("ECG")
         data = None if ecg is None else _field(ecg, "data")
         if data is None:
-            raise SkipRecord("missing variable", f"{path} has no struct 'ECG' with field 'data'")
+            if "val" in mat:  # a CinC 2020/2021 .mat: its gains, rate and lead names live in the .hea
+                raise SkipRecord("missing header", f"{path} is a CinC-style .mat (variable 'val') without its "
+                                 f"header; put {path.with_suffix('.hea').name} beside it")
+            raise SkipRecord("missing variable", f"{path} has no struct 'ECG' with field 'data'; pass a CPSC2018 "
+                             ".mat or a WFDB record with its .hea")
         data = np.asarray(data, dtype=np.float32)
         if data.ndim != 2 or data.shape[0] != len(STANDARD_LEADS) or data.shape[1] == 0:
-            raise SkipRecord("bad signal shape", f"{path}: ECG.data is {data.shape}, expected (12, N)")
+            raise SkipRecord("bad signal shape", f"{path}: ECG.data has shape {data.shape}, expected 12 leads "
+                             "by N samples; pass an unmodified CPSC2018 .mat")
         signal = np.ascontiguousarray(data)
         nan_samples = check_finite(signal)
         age_value = _scalar(_field(ecg, "age"))

@@ -233,7 +233,8 @@ def _read_cinc_mat(record: Path, header: Header) -> np.ndarray:
     except Exception as exc:  # scipy raises several types for non-MATLAB bytes
         raise SkipRecord("unreadable signal file", f"{path}: {exc}") from None
     if "val" not in mat:
-        raise SkipRecord("missing variable", f"{path} has no variable 'val'")
+        raise SkipRecord("missing variable", f"{path} has no variable 'val' (the CinC layout); "
+                         "re-download the record or pass its original .mat")
     val = np.asarray(mat["val"])
     if val.ndim != 2 or val.shape[0] != header.n_sig:
         raise SkipRecord("header length mismatch", f"{path}: 'val' is {val.shape}, header says {header.n_sig} signals")
