@@ -107,18 +107,48 @@ def open_dataset(path: str | Path, *, fmt: str | None = None, sampling_rate: int
             have no "scp_en" text; they use their own English report ("report") instead.
 
     Raises:
-        DataError: unknown layout or format name, or a broken table.
+        DataError: unknown layout or format name, a broken table, or an explicit ``fmt`` that finds
+            none of its records (the message names the detected layout).
     """
     name = detect_format(path) if fmt is None else fmt
     if name not in _READERS:
         raise DataError(f"unknown dataset format '{fmt}'; known formats: {', '.join(_READERS)}")
     if not Path(path).is_dir():
         raise DataError(f"{path} is not a folder; pass the dataset folder")
+    # An explicit --format must fit the folder ("wfdb" reads any WFDB-based layout on purpose).
+    checked = fmt is not None and name != "wfdb"
+    detected = _detected_or_none(Path(path)) if checked else name
+    if checked and detected != name and (name in _TABLE_LAYOUTS or detected in _TABLE_LAYOUTS):
+        _wrong_format(Path(path), name, detected)  # a table layout read by another reader has no labels
     module, cls = _READERS[name].split(":")
     reader_cls = getattr(importlib.import_module(module), cls)
     if name == "ptbxl":
-        return reader_cls(path, sampling_rate=sampling_rate, text_source=text_source)
-    if sampling_rate is not None:
-        # Only PTB-XL ships two rates; elsewhere the preprocessing preset resamples.
-        logger.info("sampling_rate=%s ignored: %s records keep their native rate", sampling_rate, name)
-    return reader_cls(path, text_source=text_source)
+        reader = reader_cls(path, sampling_rate=sampling_rate, text_source=text_source)
+    else:
+        if sampling_rate is not None:
+            # Only PTB-XL ships two rates; elsewhere the preprocessing preset resamples.
+            logger.info("sampling_rate=%s ignored: %s records keep their native rate", sampling_rate, name)
+        reader = reader_cls(path, text_source=text_source)
+    if checked and detected != name and not reader.refs():
+        _wrong_format(Path(path), name, detected)
+    return reader
+
+
+# Layouts whose records are defined by a table; another layout's reader would read them without labels.
+_TABLE_LAYOUTS = ("ptbxl", "mimic-iv-ecg")
+
+
+def _detected_or_none(root: Path) -> str | None:
+    try:
+        return detect_format(root)
+    except DataError:
+        return None
+
+
+def _wrong_format(root: Path, name: str, detected: str | None) -> None:
+    """Refuse a --format that finds none of its records, rather than "succeeding" with 0 labels."""
+    if detected is None:
+        raise DataError(f"{root} holds no {name} records and no other known layout; check the folder "
+                        f"(looked for {_LOOKED_FOR})")
+    raise DataError(f"{root} holds no {name} records; it is a {detected} folder: pass --format {detected} "
+                    "or leave --format out")
