@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import typer
 from typer.testing import CliRunner
 
 from etp_search.cli import evaluate as ev
@@ -171,3 +172,19 @@ def test_store_without_folds_zeroshot_uses_all_rows_probe_refuses(tmp_path, ckpt
     small = _synthetic_store(tmp_path / "dim32.h5", codes, np.full(20, -1), dim=32)
     _one_line_error(_run("zeroshot", "--task", "superdiagnostic", "--store", small, "--checkpoint", ckpts[0]),
                     "embeds in 256 dimensions")
+
+
+def test_negative_n_boot_is_refused_before_any_work(tmp_path):
+    res = _run("zeroshot", "--task", "rhythm", "--n-boot", "-5", "--store", tmp_path / "none.h5")
+    assert res.exit_code == 2 and "--n-boot" in res.output and "greater than or equal to 0" in res.output, res.output
+
+
+def test_task_help_lists_tasks_in_list_tasks_order_and_verbose_has_help():
+    from etp_search.labels import list_tasks
+
+    assert list(ev.TASK_NAMES) == list(list_tasks())
+    wanted = "Task: " + ", ".join(list_tasks()) + "."
+    for verb in ("zeroshot", "probe"):
+        params = {p.name: p for p in typer.main.get_command(APP).commands[verb].params}
+        assert params["task"].help == wanted
+        assert params["verbose"].help == "More log output."

@@ -26,7 +26,9 @@ StoreOpt = Annotated[Path, typer.Option("--store", help="Embedding store written
 BaselineOpt = Annotated[Optional[Path], typer.Option(
     "--baseline-store", help="Second store (e.g. indexed with --checkpoint random) evaluated alongside, with a delta column.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
-VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="More log output.")]
+# etp_search.labels.list_tasks() order, spelled out so --help does not import pandas (a test keeps them equal).
+TASK_NAMES = ("all", "diagnostic", "subdiagnostic", "superdiagnostic", "form", "rhythm", "cpsc2018")
 
 
 # ---------------------------------------------------------------------------- store helpers
@@ -137,14 +139,14 @@ def _free_classes(store: Any, rows: np.ndarray, prompts: dict[str, list[str]]) -
 
 @user_errors
 def zeroshot(
-    task: Annotated[Optional[str], typer.Option("--task", help="Task: all, diagnostic, subdiagnostic, superdiagnostic, form, rhythm, cpsc2018.")] = None,
+    task: Annotated[Optional[str], typer.Option("--task", help=f"Task: {', '.join(TASK_NAMES)}.")] = None,
     labels: Annotated[Optional[str], typer.Option("--labels", help='Free classes instead of a task, e.g. "atrial fibrillation,sinus rhythm".')] = None,
     prompts: Annotated[str, typer.Option("--prompts", help="default (class descriptions), ensemble (hand-written phrasings) or a JSON prompt file.")] = "default",
     store: StoreOpt = DEFAULT_STORE,
     baseline_store: BaselineOpt = None,
     checkpoint: Annotated[Optional[str], typer.Option(help="Checkpoint that encodes the prompts; default: the store's.")] = None,
     split: Annotated[str, typer.Option(help="test (fold 10), val (fold 9) or all.")] = "test",
-    n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap resamples for the 95% interval (0: none).")] = 1000,
+    n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap resamples for the 95% interval (0: none).", min=0)] = 1000,
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
     json_out: JsonOpt = False,
     verbose: VerboseOpt = False,
@@ -229,7 +231,7 @@ def _parse_fractions(text: str) -> list[float]:
 
 @user_errors
 def probe(
-    task: Annotated[str, typer.Option("--task", help="Task: superdiagnostic, subdiagnostic, form, rhythm, diagnostic, all, cpsc2018.")],
+    task: Annotated[str, typer.Option("--task", help=f"Task: {', '.join(TASK_NAMES)}.")],
     fractions: Annotated[str, typer.Option(help="Training fractions in percent of folds 1-8.")] = "1,10,100",
     seeds: Annotated[int, typer.Option(help="Seeds per fraction (mean and std are reported).")] = 3,
     store: StoreOpt = DEFAULT_STORE,
