@@ -122,3 +122,44 @@ def test_sample_refs_is_deterministic_and_spread():
     s = sample_refs(refs, 10)
     assert s == sample_refs(refs, 10) and s[0] == "0" and s[-1] == "999" and len(s) == 10
     assert sample_refs(refs, 0) == refs and sample_refs(refs, 5000) == refs
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_prepare_out_folder_is_one_line_error_without_leftovers(app, runner, example_ptbxl, tmp_path, force):
+    out = tmp_path / "caches"
+    out.mkdir()
+    args = ["prepare", str(example_ptbxl), "--workers", "0", "-o", str(out)] + (["--force"] if force else [])
+    res = runner.invoke(app, args)
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    assert res.output.strip() == f"error: {out} is a folder; pass a file such as {out / 'signals.h5'}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["caches"] and not any(out.iterdir())
+
+
+def test_info_explicit_format_of_another_layout_names_the_detected_one(app, runner, example_ptbxl):
+    for fmt in ("cinc", "cpsc2018", "mimic-iv-ecg"):
+        res = runner.invoke(app, ["info", str(example_ptbxl), "--format", fmt])
+        assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+        assert len(res.output.strip().splitlines()) == 1
+        assert f"holds no {fmt} records" in res.output and "--format ptbxl" in res.output
+    res = runner.invoke(app, ["info", str(example_ptbxl), "--format", "wfdb", "--sample", "3"])  # generic WFDB
+    assert res.exit_code == 0, res.output
+
+
+@pytest.mark.parametrize("verb", ["info", "prepare", "zeroshot", "probe", "retrieval"])
+def test_help_shows_defaults_that_rich_would_eat(verb):
+    from etp_search.cli import evaluate
+
+    full_app = typer.Typer(add_completion=False)
+    for name, fn in [("info", info), ("prepare", prepare), ("zeroshot", evaluate.zeroshot),
+                     ("probe", evaluate.probe), ("retrieval", evaluate.retrieval)]:
+        full_app.command(name)(fn)
+    res = CliRunner().invoke(full_app, [verb, "--help"], env={"COLUMNS": "250", "TERMINAL_WIDTH": "250"})
+    assert res.exit_code == 0, res.output
+    assert " .  " not in res.output and " . " not in res.output.replace("...", "")  # "Cache file ." = eaten default
+    if verb in ("info", "prepare"):
+        assert "Worker processes (default: all cores)." in res.output
+    if verb == "prepare":
+        assert "(default: etp-data/signals-<format>-<preset>.h5" in res.output
+        assert "(default: the preset's rate)" in res.output
+    if verb in ("zeroshot", "probe", "retrieval"):
+        assert "More log output." in res.output
