@@ -9,6 +9,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from etp_search.errors import ModelError
+from etp_search.models.device import resolve_device
+
 log = logging.getLogger(__name__)
 
 
@@ -38,16 +41,25 @@ def init_distributed(device: str | None = None) -> DistEnv:
     """Join the process group torchrun set up (RANK/WORLD_SIZE/LOCAL_RANK), or run alone.
 
     Args:
-        device: "cpu", "cuda" or None (CUDA when available).
+        device: "auto"/None (CUDA when available), "cpu", "cuda" or "cuda:N" (N is honoured by a
+            single process; under torchrun each process takes the GPU of its LOCAL_RANK).
+
+    Raises:
+        ModelError: an unknown device string or a GPU this machine does not have.
     """
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device.startswith("cuda"):
-        torch.cuda.set_device(local)
-        device = f"cuda:{local}"
+        index = int(device.split(":")[1]) if ":" in device and world == 1 else local
+        if index >= torch.cuda.device_count():
+            raise ModelError(
+                f"process {rank} needs GPU cuda:{index} but this machine has {torch.cuda.device_count()}; "
+                "start torchrun with --nproc-per-node at most the number of GPUs"
+            )
+        torch.cuda.set_device(index)
+        device = f"cuda:{index}"
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.startswith("cuda") else "gloo"
         dist.init_process_group(backend=backend)
