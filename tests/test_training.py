@@ -170,7 +170,7 @@ def test_cli_trains_from_a_cache_and_refuses_to_overwrite(example_cache, tmp_pat
 )
 def test_cli_user_errors_are_one_line(example_cache, tmp_path, extra, expect):
     res = CliRunner().invoke(_cli(), ["train", str(example_cache), "--out", str(tmp_path / "r"), "--epochs", "1",
-                                      "--train-folds", "10", "--val-folds", "9", "--no-progress", *extra])
+                                      "--batch-size", "16", "--train-folds", "10", "--val-folds", "9", "--no-progress", *extra])
     assert res.exit_code == 1, res.output
     lines = [l for l in res.output.splitlines() if l.startswith("error:")]
     assert len(lines) == 1 and expect in lines[0] and "Traceback" not in res.output
@@ -191,3 +191,87 @@ def test_partly_trainable_text_tower_trains_and_is_stored(example_cache, tmp_pat
     assert any(k.startswith("text_encoder.hf.encoder.layer.5.") for k in keys)
     model = load_checkpoint(tmp_path / "run" / "last")
     assert model.encode_text(["sinus rhythm"]).shape == (1, 32)
+
+
+def _one_error(res, expect: str) -> str:
+    assert res.exit_code == 1, res.output
+    lines = [l for l in res.output.splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and expect in lines[0] and "Traceback" not in res.output, res.output
+    return lines[0]
+
+
+_TINY = ["--encoder", "test_tiny", "--epochs", "1", "--batch-size", "8", "--embed-dim", "16", "--no-progress"]
+
+
+@pytest.mark.parametrize(
+    "extra, expect",
+    [
+        (["--device", "nonsense"], "pass auto, cpu, cuda or cuda:N"),
+        (["--select", "nosuch", "--train-folds", "10", "--val-folds", "9"], "unknown --select 'nosuch'"),
+        (["--train-folds", "10", "--val-folds", "10"], "share fold 10"),
+        (["--train-folds", "10", "--val-folds", "7"], "this data has folds 9, 10"),
+        (["--train-folds", "10", "--val-folds", "9", "--batch-size", "64"], "lower --batch-size"),
+        (["--train-folds", "10", "--val-folds", "9", "--weights-dtype", "int8"], "unknown --weights-dtype"),
+    ],
+)
+def test_cli_refuses_bad_runs_before_writing_anything(example_cache, tmp_path, extra, expect):
+    """Each of these used to train and exit 0 without best/ (or crash); now one line and RUN_DIR stays absent."""
+    res = CliRunner().invoke(_cli(), ["train", str(example_cache), "--out", str(tmp_path / "r"), *_TINY, *extra])
+    _one_error(res, expect)
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_select_lists_the_known_figures(example_cache, tmp_path):
+    res = CliRunner().invoke(_cli(), ["train", str(example_cache), "--out", str(tmp_path / "r"), *_TINY, "--select", "val_auc"])
+    line = _one_error(res, "unknown --select")
+    assert "val_loss" in line and "val_recall@10" in line and "val_zeroshot_auc_superdiagnostic" in line
+
+
+def test_cli_default_folds_on_the_example_name_the_folds_it_has(example_cache, tmp_path):
+    res = CliRunner().invoke(_cli(), ["train", str(example_cache), "--out", str(tmp_path / "r"), *_TINY])
+    line = _one_error(res, "no training records")
+    assert "this data has folds 9, 10" in line and "--train-folds 10 --val-folds 9" in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_refuses_a_non_empty_folder_that_is_not_a_run(example_cache, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my files")
+    res = CliRunner().invoke(_cli(), ["train", str(example_cache), "--out", str(out), *_TINY,
+                                      "--train-folds", "10", "--val-folds", "9"])
+    _one_error(res, "is not empty and holds no training run")
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_cli_ctrl_c_says_how_to_resume(example_cache, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    real = Trainer._end_epoch
+
+    def interrupt_after_first_epoch(self, *a, **kw):
+        out = real(self, *a, **kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_end_epoch", interrupt_after_first_epoch)
+    res = CliRunner().invoke(_cli(), ["train", str(example_cache), "--out", str(run), "--encoder", "test_tiny",
+                                      "--epochs", "2", "--batch-size", "16", "--embed-dim", "16",
+                                      "--train-folds", "10", "--val-folds", "9", "--no-progress"])
+    assert res.exit_code == 130, res.output
+    assert f"continue with `etp-search train --resume {run}`" in res.output and "run the same command" not in res.output
+    monkeypatch.setattr(Trainer, "_end_epoch", real)
+    again = CliRunner().invoke(_cli(), ["train", "--resume", str(run), "--no-progress", "--json"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.output[again.output.index("{"):])["last"]["epoch"] == 2
+
+
+def test_best_follows_the_latest_model_while_the_figure_has_no_value(example_cache, tmp_path):
+    """val_zeroshot_auc needs labelled validation records (PTB-XL has no CPSC labels); with none, best/ must still exist at the end."""
+    cfg = _tiny_cfg(example_cache, tmp_path / "run", epochs=1, batch_size=16, val_task="cpsc2018",
+                    select="val_zeroshot_auc_cpsc2018")
+    Trainer(cfg, progress=False).run()
+    assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
+
+
+def test_help_shows_the_cache_default():
+    res = CliRunner().invoke(_cli(), ["train", "--help"], env={"COLUMNS": "300"})
+    assert "etp-data/signals-<format>-<preset>.h5" in res.output

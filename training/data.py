@@ -30,19 +30,69 @@ def split_indices(
     the record id puts ``val_fraction`` of the records into validation. Records of other folds (PTB-XL
     fold 10, the test fold) are in neither: training never sees them.
     """
+    check_folds(train_folds, val_folds)
     folds = cache.meta("strat_fold") if "strat_fold" in cache.meta_columns else np.full(len(cache), -1)
     folds = np.asarray(folds, dtype=np.int64)
     if (folds > 0).any():
         train = np.flatnonzero(np.isin(folds, list(train_folds)))
         val = np.flatnonzero(np.isin(folds, list(val_folds)))
+        present = sorted(int(f) for f in np.unique(folds[folds > 0]))
+        for rows, flag, asked in ((train, "--train-folds", train_folds), (val, "--val-folds", val_folds)):
+            if len(rows) == 0:
+                what = "training" if flag == "--train-folds" else "validation"
+                raise DataError(
+                    f"{cache.path} has no {what} records in {flag} {format_folds(asked)}; "
+                    f"this data has folds {format_folds(present)}; pass e.g. {suggest_folds(present)}"
+                )
     else:
         h = np.array([int(hashlib.sha1(i.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF for i in cache.ids])
         val = np.flatnonzero(h < val_fraction)
         train = np.flatnonzero(h >= val_fraction)
         log.info("no strat_fold in %s: %d train / %d validation records by id hash", cache.path, len(train), len(val))
-    if len(train) == 0:
-        raise DataError(f"{cache.path} has no training records (folds {list(train_folds)}); check --train-folds")
+        if len(train) == 0 or len(val) == 0:
+            raise DataError(
+                f"{cache.path} has no strat_fold and its {len(cache)} records are too few for a "
+                f"{val_fraction:.0%} validation split by id; add records or a strat_fold column"
+            )
     return train, val
+
+
+def check_folds(train_folds: Sequence[int], val_folds: Sequence[int]) -> None:
+    """Both fold lists non-empty and disjoint (validation must be unseen by training)."""
+    if not list(train_folds):
+        raise DataError("--train-folds is empty; pass the strat_fold values that train, e.g. --train-folds 1,2,3,4,5,6,7,8")
+    if not list(val_folds):
+        raise DataError("--val-folds is empty; pass the strat_fold values that validate and pick best/, e.g. --val-folds 9")
+    shared = sorted(set(train_folds) & set(val_folds))
+    if shared:
+        raise DataError(
+            f"--train-folds and --val-folds share fold {format_folds(shared)}; validation must use records "
+            "training never sees — pass disjoint folds, e.g. --train-folds 1,2,3,4,5,6,7,8 --val-folds 9"
+        )
+
+
+def format_folds(folds: Sequence[int]) -> str:
+    """Folds as "1-8", "9, 10" or "1-3, 7"."""
+    vals = sorted(set(int(f) for f in folds))
+    parts: list[str] = []
+    i = 0
+    while i < len(vals):
+        j = i
+        while j + 1 < len(vals) and vals[j + 1] == vals[j] + 1:
+            j += 1
+        parts.append(f"{vals[i]}-{vals[j]}" if j - i >= 2 else ", ".join(str(v) for v in vals[i : j + 1]))
+        i = j + 1
+    return ", ".join(parts)
+
+
+def suggest_folds(present: Sequence[int]) -> str:
+    """A working --train-folds/--val-folds pair for these folds (PTB-XL habit: validate on 9, keep 10 out)."""
+    present = sorted(set(present))
+    if len(present) < 2:
+        return "more data: one fold cannot both train and validate"
+    val = 9 if 9 in present else present[-1]
+    train = [f for f in present if f not in (val, 10)] or [f for f in present if f != val]
+    return f"--train-folds {','.join(map(str, train))} --val-folds {val}"
 
 
 class _Sized(torch.utils.data.Dataset):
@@ -96,7 +146,7 @@ class EpochBatches:
         self.local_batch = batch_size // world_size
         self.sampler = DistributedSampler(_Sized(n), num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
         if len(self.sampler) < self.local_batch:
-            raise DataError(f"{n} training records are fewer than one batch of {batch_size}; lower --batch-size")
+            raise DataError(f"{n} training records are fewer than one batch of {batch_size}; lower --batch-size to at most {n - n % world_size}")
 
     def __len__(self) -> int:
         return len(self.sampler) // self.local_batch  # drop the last partial batch: CLIP wants full batches

@@ -33,7 +33,7 @@ from training.loss import ClipLoss
 from training.state import has_state, load_state, save_state
 from training.task import ClipTask
 from training.text_cache import TextFeatureCache
-from training.validate import resolve_val_task, validate
+from training.validate import check_select, resolve_val_task, validate
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,22 @@ class TrainConfig:
             preset=preset,
             text_source=self.text_source,
         )
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Every setting that can be checked without the data; raises a one-line EtpError before any work."""
+    from etp_search.models import create_ecg_encoder, resolve_device
+    from etp_search.models.checkpoint import _DTYPES
+    from training.data import check_folds
+
+    resolve_device(cfg.device)
+    if cfg.amp not in {"auto", "bf16", "fp16", "off"}:
+        raise EtpError(f"unknown --amp {cfg.amp!r}; choose auto, bf16, fp16 or off")
+    if cfg.weights_dtype not in _DTYPES:
+        raise EtpError(f"unknown --weights-dtype {cfg.weights_dtype!r}; choose float32 or float16")
+    check_folds(cfg.train_folds, cfg.val_folds)
+    check_select(cfg.select)
+    create_ecg_encoder(cfg.encoder)  # an unknown name fails now, not after minutes of caching
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -212,8 +228,8 @@ class Trainer:
         cfg = self.cfg
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
-        device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        self.env: DistEnv = init_distributed(device)
+        check_config(cfg)
+        self.env: DistEnv = init_distributed(cfg.device)
         self.device = self.env.device
         self.cache = SignalCache.open(cfg.cache)
         try:
@@ -229,6 +245,9 @@ class Trainer:
         labels = self.cache.labels()
         self.val_labels = [labels[r] for r in val_rows]
         self.val_task = resolve_val_task(cfg.val_task, self.cache.attrs.get("format"))
+        check_select(cfg.select, self.val_task)
+        # Checked before the text features are written, so a refused run leaves RUN_DIR untouched.
+        self.batches = EpochBatches(len(self.train), cfg.batch_size, self.env.world_size, self.env.rank, cfg.seed)
         if self.env.is_main:
             log.info("%d training / %d validation pairs (%d / %d unique reports) from %s",
                      len(self.train), len(self.val), len(set(self.train.texts)), len(set(self.val.texts)), cfg.cache)
@@ -241,7 +260,6 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
         self.autocast_dtype, use_scaler = _amp_setup(cfg, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler) if use_scaler else None
-        self.batches = EpochBatches(len(self.train), cfg.batch_size, self.env.world_size, self.env.rank, cfg.seed)
         self.total_steps = cfg.epochs * len(self.batches)
         self.ddp_model: nn.Module = self.model
         if self.env.distributed:
@@ -391,6 +409,11 @@ class Trainer:
             improved = _better(cfg.select, value, progress["best"])
             if improved:
                 progress["best"], progress["best_epoch"] = value, epoch + 1
+            elif progress["best"] is None:
+                # No finite figure yet (e.g. too few labelled validation records for an AUC): best/
+                # follows the latest model until one appears, so a finished run always has best/.
+                log.warning("epoch %d: %s is %s; best/ keeps the latest model until it has a value", epoch + 1, cfg.select, value)
+                improved, progress["best_epoch"] = True, epoch + 1
             record["best_epoch"] = progress["best_epoch"]
             progress["history"].append(record)
             extra = {"epoch": epoch + 1, "step": progress["step"], "metrics": record, "select": cfg.select,

@@ -8,6 +8,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from etp_search.errors import EtpError
 from etp_search.evaluation.metrics import macro_auc
 from etp_search.evaluation.retrieval import recall_at_k
 from etp_search.labels import Task, get_task
@@ -29,6 +30,36 @@ def resolve_val_task(name: str, fmt: str | None) -> Task | None:
         if not name:
             return None
     return get_task(name)
+
+
+#: The k of the val_recall@k figures.
+RECALL_KS = (1, 5, 10)
+
+
+def metric_names(task: Task | None) -> list[str]:
+    """The validation figures ``validate`` reports for this zero-shot task (the names --select accepts)."""
+    names = ["val_loss", *(f"val_recall@{k}" for k in RECALL_KS)]
+    if task is not None:
+        names.append(f"val_zeroshot_auc_{task.name}")
+    return names
+
+
+def check_select(select: str, task: Task | None | str = "any") -> None:
+    """Refuse a --select the trainer never produces (best/ would never be written).
+
+    Args:
+        select: The figure name.
+        task: The resolved validation task (or None: no zero-shot figure); "any" accepts the
+            zero-shot figure of every known task (used before the data is known).
+    """
+    from etp_search.labels import list_tasks
+
+    if task == "any":
+        known = metric_names(None) + [f"val_zeroshot_auc_{t}" for t in list_tasks()]
+    else:
+        known = metric_names(task)  # type: ignore[arg-type]
+    if select not in known:
+        raise EtpError(f"unknown --select {select!r}; this run reports {', '.join(known)} — pass one of them")
 
 
 def class_prompts(task: Task) -> dict[str, list[str]]:
@@ -93,7 +124,7 @@ def validate(
     for i, t in enumerate(texts):
         uniq.setdefault(t, i)
     gallery = txt[list(uniq.values())].numpy()
-    rec = recall_at_k(ecg.numpy(), gallery, list(texts), list(uniq), ks=(1, 5, 10))
+    rec = recall_at_k(ecg.numpy(), gallery, list(texts), list(uniq), ks=RECALL_KS)
     out.update({f"val_recall@{k}": v for k, v in rec.items()})
     if task is not None and labels is not None:
         y = task.matrix(labels)

@@ -51,6 +51,37 @@ def _ensure_cache(data: Path, preset: str, cache: Optional[Path], text_source: s
     return target
 
 
+def _check_new_out(out: Path) -> None:
+    """--out must be new or empty (our own text feature files from an unstarted attempt aside)."""
+    from training.state import has_state
+    from training.trainer import CONFIG_FILE
+
+    if (out / CONFIG_FILE).exists() or has_state(out):
+        raise EtpError(f"{out} already holds a run; continue it with --resume {out} or choose another --out")
+    if out.exists() and not out.is_dir():
+        raise EtpError(f"--out {out} is a file; pass a new or empty folder")
+    if out.is_dir():
+        # text_features-* are written by an attempt stopped before its first step: reusable, not the user's.
+        foreign = sorted(p.name for p in out.iterdir() if not p.name.lstrip(".").startswith("text_features-"))
+        if foreign:
+            raise EtpError(
+                f"--out {out} is not empty and holds no training run (it has {len(foreign)} entries, e.g. "
+                f"{foreign[0]!r}); pass a new or empty folder"
+            )
+
+
+def _interrupted(run_dir: Path) -> str:
+    """The one line a Ctrl-C during training prints: where the state is and how to continue."""
+    from training.state import has_state
+    from training.trainer import CONFIG_FILE
+
+    if has_state(run_dir):
+        return f"interrupted: the last saved state is in {run_dir / 'resume'}; continue with `etp-search train --resume {run_dir}`"
+    if (run_dir / CONFIG_FILE).is_file():
+        return f"interrupted before the first saved state; `etp-search train --resume {run_dir}` starts the run from the beginning"
+    return "interrupted before training started; nothing was saved — run the same command again"
+
+
 def _folds(text: str, flag: str) -> list[int]:
     try:
         return [int(x) for x in text.replace(" ", "").split(",") if x]
@@ -72,7 +103,7 @@ def train(
         "--text-trainable-layers", min=0, help="Last N text layers to train (0 = frozen, features cached).")] = 0,
     preset: Annotated[str, typer.Option(help="Preprocessing preset when DATA_DIR is a folder.")] = "etp-100hz",
     cache: Annotated[Optional[Path], typer.Option(
-        help="Where to build/reuse the signal cache of a folder [default: etp-data/signals-<format>-<preset>.h5].")] = None,
+        help="Where to build/reuse the signal cache of a folder (default: etp-data/signals-<format>-<preset>.h5).")] = None,
     epochs: Annotated[int, typer.Option(min=1, help="Epochs.")] = 10,
     batch_size: Annotated[int, typer.Option("--batch-size", min=2, help="Global batch size (split over DDP processes).")] = 64,
     lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (warm-up + cosine, stepped per optimizer step).")] = 1e-3,
@@ -82,10 +113,10 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed of init, batch order and augmentation.")] = 0,
     train_folds: Annotated[str, typer.Option("--train-folds", help="strat_fold values that train (PTB-XL: 1-8).")] = "1,2,3,4,5,6,7,8",
     val_folds: Annotated[str, typer.Option("--val-folds", help="strat_fold values that validate and pick best/ (PTB-XL: 9).")] = "9",
-    select: Annotated[str, typer.Option(help="Validation figure that picks best/: val_loss or a val_* metric.")] = "val_loss",
+    select: Annotated[str, typer.Option(help="Validation figure that picks best/: val_loss (lower is better), val_recall@1, val_recall@5, val_recall@10 or val_zeroshot_auc_<task> (higher).")] = "val_loss",
     no_augment: Annotated[bool, typer.Option("--no-augment", help="Train without augmentation.")] = False,
     weights_dtype: Annotated[str, typer.Option("--weights-dtype", help="best/ and last/ weights: float32 or float16.")] = "float32",
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     threads: Annotated[int, typer.Option(min=0, help="CPU threads (0 = torch default; 1 is fastest on a busy shared CPU).")] = 0,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the final validation figures as JSON.")] = False,
@@ -97,11 +128,9 @@ def train(
     from etp_search.cli.common import setup_logging
     from training.augment import AugmentConfig
     from training.distributed import cleanup, init_distributed
-    from training.state import has_state
-    from training.trainer import CONFIG_FILE, Trainer, TrainConfig
+    from training.trainer import CONFIG_FILE, Trainer, TrainConfig, check_config
 
     setup_logging()
-    env = init_distributed(None if device == "auto" else device)
     if resume is not None:
         cfg_file = resume / CONFIG_FILE
         if not cfg_file.is_file():
@@ -111,22 +140,26 @@ def train(
     else:
         if data_dir is None or out is None:
             raise EtpError("pass DATA_DIR and --out RUN_DIR (or --resume RUN_DIR to continue a run)")
-        if (out / CONFIG_FILE).exists() or has_state(out):
-            raise EtpError(f"{out} already holds a run; continue it with --resume {out} or choose another --out")
-        from etp_search.models import create_ecg_encoder
-
-        create_ecg_encoder(encoder)  # an unknown name fails now, not after minutes of caching
-        cache_path = _ensure_cache(data_dir, preset, cache, text_source, env.is_main, progress)
+        _check_new_out(out)
         cfg = TrainConfig(
-            cache=str(cache_path), out=str(out), encoder=encoder, text_model=text_model,
+            cache="", out=str(out), encoder=encoder, text_model=text_model,
             text_trainable_layers=text_trainable_layers, text_source=text_source, embed_dim=embed_dim,
             epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, amp=amp, seed=seed,
             train_folds=_folds(train_folds, "--train-folds"), val_folds=_folds(val_folds, "--val-folds"),
             select=select, weights_dtype=weights_dtype, device=device, threads=threads,
             augment=AugmentConfig.off() if no_augment else AugmentConfig(),
         )
+    # Everything checkable without the data fails here, before a cache is built or a file written.
+    check_config(cfg)
+    env = init_distributed(cfg.device)
+    if resume is None:
+        cfg.cache = str(_ensure_cache(data_dir, preset, cache, text_source, env.is_main, progress))
     try:
         result = Trainer(cfg, resume=resume is not None, progress=progress).run()
+    except KeyboardInterrupt:
+        if env.is_main:
+            typer.echo(_interrupted(Path(cfg.out)), err=True)
+        raise typer.Exit(code=130) from None
     finally:
         cleanup()
     if not env.is_main:
