@@ -18,14 +18,15 @@ import json
 import logging
 import math
 import os
+import re
 import time
-import uuid as uuid_mod
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
 
+from indexing._io import atomic_write, check_file_path
 from indexing.errors import IndexingError, IndexStaleError, StoreError
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,10 @@ DEFAULT_TARGET_RECALL = 0.95
 #: Held-out queries used to measure recall at build time.
 DEFAULT_RECALL_QUERIES = 500
 SIDECAR_VERSION = 1
-_REBUILD = "it is rebuilt from the store automatically, or run `etp-search index --rebuild-index`"
+_REBUILD = "it is rebuilt from the store automatically, or run `etp-search index DATA_DIR --rebuild-index`"
+_FACTORY_EXAMPLES = "use 'auto', 'Flat', 'IVF1024,Flat' or 'IVF4096,PQ32'"
+#: FAISS k-means wants ~39 training points per centroid (it warns below that).
+_POINTS_PER_LIST = 39
 
 
 # ----------------------------------------------------------------------------- GPU selection
@@ -149,6 +153,59 @@ def _ivf_attr(index: Any, name: str) -> int | None:
     return None
 
 
+def _faiss_reason(err: Exception) -> str:
+    """The human part of a faiss C++ error (no function signature, file or line)."""
+    text = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+    text = re.sub(r"^Error in .*? at \S+:\d+: ", "", text)
+    m = re.match(r"^Error: '(.*?)' failed:? ?(.*)$", text)
+    if m:
+        text = m.group(2) or m.group(1)
+    return text[:160]
+
+
+def check_factory(factory: str, dim: int, n_rows: int | None = None) -> None:
+    """Raise IndexingError (one line, with a fix) when ``factory`` cannot index ``n_rows`` x ``dim``.
+
+    Cheap (builds an empty index, trains nothing): call it before embedding anything so a bad
+    ``--factory`` fails in a second, not after an hour of encoding. "auto" is always valid.
+
+    Args:
+        factory: "auto" or a faiss index-factory string ("Flat", "IVF1024,Flat", "IVF4096,PQ32").
+        dim: vector dimension.
+        n_rows: rows the index will be trained on, when known: IVF needs at least one row per list
+            and PQ at least one per centroid (256 for 8-bit codes).
+    """
+    if not isinstance(factory, str) or not factory.strip():
+        raise IndexingError(f"empty FAISS factory; {_FACTORY_EXAMPLES}")
+    if factory == "auto":
+        return
+    try:
+        index = faiss.index_factory(int(dim), factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        reason = _faiss_reason(e)
+        if "could not parse" in reason:
+            raise IndexingError(f"unknown FAISS factory {factory!r}; {_FACTORY_EXAMPLES}") from None
+        raise IndexingError(f"FAISS factory {factory!r} does not fit {dim}-d vectors ({reason}); "
+                            f"{_FACTORY_EXAMPLES}") from None
+    if n_rows is None:
+        return
+    n = int(n_rows)
+    ivf = _ivf(index)
+    if ivf is not None and int(ivf.nlist) > n:
+        nlist = int(ivf.nlist)
+        fewer = max(1, n // _POINTS_PER_LIST)
+        raise IndexingError(f"IVF{nlist} needs at least {nlist} rows to train (the store has {n}); "
+                            f"use --factory auto or fewer lists, e.g. IVF{fewer}")
+    pq = None
+    for cand in (ivf, index):
+        if pq is None and cand is not None:
+            with contextlib.suppress(Exception):
+                pq = faiss.downcast_index(cand).pq
+    if pq is not None and int(pq.ksub) > n:
+        raise IndexingError(f"{factory!r} uses PQ codes that need at least {int(pq.ksub)} rows to train "
+                            f"(the store has {n}); use --factory auto or an IVF...,Flat factory")
+
+
 def build_index(vectors: np.ndarray, *, factory: str = "auto", ivf_threshold: int = DEFAULT_IVF_THRESHOLD,
                 nlist: int | None = None, nprobe: int | None = None, use_gpu: bool | str = "auto",
                 seed: int = 0, target_recall: float = DEFAULT_TARGET_RECALL,
@@ -179,11 +236,8 @@ def build_index(vectors: np.ndarray, *, factory: str = "auto", ivf_threshold: in
         raise IndexingError("no vectors to index; embed some records first")
     spec = choose_factory(n, factory, ivf_threshold, nlist)
     on_gpu = resolve_use_gpu(use_gpu)
-    try:
-        cpu_index = faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as e:
-        raise IndexingError(f"faiss cannot build index {spec!r} ({str(e).splitlines()[-1][:100]}); "
-                            "use a faiss index-factory string such as 'Flat', 'IVF1024,Flat' or 'IVF1024,PQ32'") from e
+    check_factory(spec, d, n)
+    cpu_index = faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
     ivf = _ivf(cpu_index)
     rng = np.random.default_rng(seed)
     info: dict[str, Any] = {"factory": spec, "factory_requested": factory, "dim": d, "metric": "inner_product",
@@ -202,7 +256,11 @@ def build_index(vectors: np.ndarray, *, factory: str = "auto", ivf_threshold: in
         train_rows = np.sort(rng.choice(n, size=ntrain, replace=False)) if ntrain < n else np.arange(n)
         info["train_size"] = int(ntrain)
         t_train = time.perf_counter()
-        index.train(x[train_rows])
+        try:
+            index.train(x[train_rows])
+        except RuntimeError as e:  # whatever check_factory cannot foresee, still as one line
+            raise IndexingError(f"faiss could not train {spec!r} on {ntrain} rows ({_faiss_reason(e)}); "
+                                "use --factory auto, or fewer IVF lists / PQ codes") from None
         info["train_seconds"] = round(time.perf_counter() - t_train, 3)
     index.add(x)
     info["n_rows"] = info["n_rows_at_build"] = int(index.ntotal)
@@ -406,52 +464,65 @@ def save_index(index: Any, path: str | os.PathLike, info: dict) -> dict:
     row count, so a crash between the two is caught by ``load_index`` as a stale index.
     """
     path = Path(path)
+    check_file_path(path, "index", "store.h5.ecg.faiss")
     path.parent.mkdir(parents=True, exist_ok=True)
     cpu = to_cpu(index)
-    tmp = path.parent / f".tmp-{uuid_mod.uuid4().hex}-{path.name}"
-    try:
-        faiss.write_index(cpu, str(tmp))
-        _fsync(tmp)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+    atomic_write(path, lambda tmp: faiss.write_index(cpu, str(tmp)))
     meta = dict(info)
     meta.update(sidecar_version=SIDECAR_VERSION, n_rows=int(cpu.ntotal), dim=int(cpu.d),
                 file_bytes=path.stat().st_size, saved=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    meta.pop("on_gpu", None)
-    side = sidecar_path(path)
-    tmp_side = side.parent / f".tmp-{uuid_mod.uuid4().hex}-{side.name}"
-    try:
-        tmp_side.write_text(json.dumps(meta, indent=2, sort_keys=True))
-        _fsync(tmp_side)
-        os.replace(tmp_side, side)
-    finally:
-        with contextlib.suppress(OSError):
-            tmp_side.unlink()
-    with contextlib.suppress(OSError):
-        _fsync(path.parent)
+    for key in ("on_gpu", "saved_to_disk", "truncated_from"):  # facts about this process's copy only
+        meta.pop(key, None)
+    text = json.dumps(meta, indent=2, sort_keys=True)
+    atomic_write(sidecar_path(path), lambda tmp: tmp.write_text(text))
     logger.info("saved index %s (%d rows, %.1f MB)", path, cpu.ntotal, meta["file_bytes"] / 1e6)
     return meta
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def load_index(path: str | os.PathLike, store_uuid: str, n_rows: int, *, allow_behind: bool = False,
-               use_gpu: bool | str = False) -> tuple[Any, dict]:
+               allow_ahead: bool = False, use_gpu: bool | str = False) -> tuple[Any, dict]:
     """Load an index and check it against its store.
 
     Raises IndexStaleError (saying it is rebuildable) when the file or sidecar is missing or
     corrupt, belongs to another store, or holds more rows than the store (or fewer, unless
     ``allow_behind``: then the caller adds rows ``info["n_rows"]:n_rows`` with update_index).
+    With ``allow_ahead``, an index holding more rows than ``n_rows`` (saved by a writer after
+    this reader opened the store) is cut back to ``n_rows`` in memory; ``info["truncated_from"]``
+    then says so, and such an index must not be saved.
     """
     path = Path(path)
+    check_file_path(path, "index", "store.h5.ecg.faiss")
+    err: IndexStaleError | None = None
+    for attempt in range(3):  # a writer replacing index + sidecar meanwhile can make one try see a mix
+        try:
+            index, info = _load_checked(path, store_uuid, n_rows, allow_behind, allow_ahead)
+            break
+        except _Torn as e:
+            err = e
+            time.sleep(0.05 * (attempt + 1))
+    else:
+        assert err is not None
+        raise IndexStaleError(str(err))
+    saved_rows = int(index.ntotal)
+    if saved_rows > n_rows:
+        cut = _truncated(index, n_rows)
+        if cut is None:
+            raise IndexStaleError(f"index {path} holds {saved_rows} rows but the store has {n_rows} and "
+                                  f"{type(index).__name__} cannot drop rows; {_REBUILD}")
+        info.update(truncated_from=saved_rows, n_rows=n_rows)
+        index = cut
+    if resolve_use_gpu(use_gpu):
+        index = to_gpu(index)
+    info["on_gpu"] = is_gpu_index(index)
+    return index, info
+
+
+class _Torn(IndexStaleError):
+    """Index file and sidecar disagree: damaged, or caught mid-replace by a writer (retried)."""
+
+
+def _load_checked(path: Path, store_uuid: str, n_rows: int, allow_behind: bool,
+                  allow_ahead: bool) -> tuple[Any, dict]:
     side = sidecar_path(path)
     if not path.exists() or not side.exists():
         raise IndexStaleError(f"no index at {path} (or its sidecar {side.name}); {_REBUILD}")
@@ -463,20 +534,29 @@ def load_index(path: str | os.PathLike, store_uuid: str, n_rows: int, *, allow_b
     if info.get("store_uuid") != store_uuid:
         raise IndexStaleError(f"index {path} was built for another store (uuid {info.get('store_uuid')}); {_REBUILD}")
     if path.stat().st_size != expected_bytes:
-        raise IndexStaleError(f"index {path} is damaged or from an interrupted write (size differs from its sidecar); "
-                              f"{_REBUILD}")
-    if sidecar_rows > n_rows or (sidecar_rows < n_rows and not allow_behind):
+        raise _Torn(f"index {path} is damaged or from an interrupted write (size differs from its sidecar); "
+                    f"{_REBUILD}")
+    if (sidecar_rows > n_rows and not allow_ahead) or (sidecar_rows < n_rows and not allow_behind):
         raise IndexStaleError(f"index {path} holds {sidecar_rows} rows but the store has {n_rows}; {_REBUILD}")
     try:
         index = faiss.read_index(str(path))
     except RuntimeError as e:
-        raise IndexStaleError(f"index {path} is corrupt ({str(e).splitlines()[-1][:80]}); {_REBUILD}") from e
+        raise _Torn(f"index {path} is corrupt ({_faiss_reason(e)[:80]}); {_REBUILD}") from e
     if int(index.ntotal) != sidecar_rows or int(index.d) != int(info.get("dim", index.d)):
-        raise IndexStaleError(f"index {path} does not match its sidecar ({index.ntotal} rows); {_REBUILD}")
-    if resolve_use_gpu(use_gpu):
-        index = to_gpu(index)
-    info["on_gpu"] = is_gpu_index(index)
+        raise _Torn(f"index {path} does not match its sidecar ({index.ntotal} rows); {_REBUILD}")
     return index, info
+
+
+def _truncated(index: Any, n_rows: int) -> Any | None:
+    """The CPU ``index`` without its rows from ``n_rows`` on (ids are rows), or None if it cannot."""
+    try:
+        removed = index.remove_ids(faiss.IDSelectorRange(int(n_rows), int(index.ntotal)))
+    except RuntimeError:
+        return None
+    if int(index.ntotal) != n_rows:
+        logger.debug("dropping rows from %s removed %s, left %d", type(index).__name__, removed, index.ntotal)
+        return None
+    return index
 
 
 def update_index(index: Any, new_vectors: np.ndarray, start_row: int) -> Any:
@@ -507,19 +587,32 @@ def open_or_build(store: Any, which: str = "ecg", index_path: str | os.PathLike 
                   seed: int = 0) -> tuple[Any, dict]:
     """Index for ``store``'s ``which`` vectors ("ecg" or "text"): load it when it is current, add the
     rows appended since it was saved, or (re)build it when missing, stale, corrupt, of another
-    factory, or when "auto" crosses the flat -> IVF threshold. Saves whatever it changed.
+    factory, or when "auto" crosses the flat -> IVF threshold.
+
+    Index files are written only under the store's write lock: while another process (an
+    ``etp-search index`` run) holds it, a reader keeps what it built or added in memory, and an
+    index saved by that writer for more rows than this reader sees is cut back in memory.
+    ``info["saved_to_disk"]`` says whether the files were (re)written.
     """
     if which not in ("ecg", "text"):
         raise IndexingError(f"unknown vector kind {which!r}; use 'ecg' or 'text'")
     n = len(store)
     if n == 0:
-        raise StoreError(f"store {store.path} is empty; embed records with `etp-search index DATA_DIR` first")
+        raise StoreError(f"store {store.path} is empty; index a dataset into it first "
+                         f"(`etp-search index DATA_DIR --store {store.path}`)")
     path = Path(index_path) if index_path else default_index_path(store.path, which)
+    check_file_path(path, "index", f"{Path(store.path).name}.{which}.faiss")
+    check_factory(factory, store.dim, n)
+    writer = bool(getattr(store, "holds_write_lock", False))
     reason = "--rebuild-index was given" if rebuild else None
     index = info = None
     if reason is None:
         try:
-            index, info = load_index(path, store.uuid, n, allow_behind=True, use_gpu=use_gpu)
+            # Only a reader may see a saved index ahead of its view of the store (the writer
+            # appended and saved after the reader opened). For the writer, whose view is current,
+            # an index ahead of the store is stale.
+            index, info = load_index(path, store.uuid, n, allow_behind=True, allow_ahead=not writer,
+                                     use_gpu=use_gpu)
         except IndexStaleError as e:
             reason = str(e)
     if index is not None:
@@ -535,22 +628,38 @@ def open_or_build(store: Any, which: str = "ecg", index_path: str | os.PathLike 
             reason = f"the store grew more than 4x since the IVF lists were trained ({info['n_rows_at_build']} rows)"
     if reason is None and index is not None and info is not None:
         have = int(index.ntotal)
+        if "truncated_from" in info:
+            logger.info("using %s cut back to %d rows in memory (it was saved for %d by a newer writer)",
+                        path, n, info["truncated_from"])
+            info["saved_to_disk"] = False
+            return index, info
         if have < n:
             t0 = time.perf_counter()
             update_index(index, store.vectors(which, slice(have, n)), have)
             info.update(n_rows=n, added_since_build=int(info.get("added_since_build", 0)) + n - have)
             logger.info("added %d new rows to %s in %.1fs", n - have, path, time.perf_counter() - t0)
-            info = save_index(index, path, info) | {"on_gpu": is_gpu_index(index)}
+            info = _save_if_free(store, index, path, info)
+        else:
+            info["saved_to_disk"] = False
         return index, info
     if path.exists() or rebuild:
         logger.warning("rebuilding %s: %s", path, reason)
     else:
         logger.info("building %s", path)
-    vectors = store.vectors(which)
+    vectors = store.vectors(which, slice(0, n))  # rows seen at the start, even if a refresh adds more
     index, info = build_index(vectors, factory=factory, ivf_threshold=ivf_threshold, nprobe=nprobe,
                               use_gpu=use_gpu, seed=seed)
     info.update(store_uuid=store.uuid, which=which, added_since_build=0)
-    on_gpu = info["on_gpu"]
-    info = save_index(index, path, info)
-    info["on_gpu"] = on_gpu
-    return index, info
+    return index, _save_if_free(store, index, path, info)
+
+
+def _save_if_free(store: Any, index: Any, path: Path, info: dict) -> dict:
+    """Save under the store's write lock; keep the index in memory only if a writer holds it."""
+    on_gpu = is_gpu_index(index)
+    lock = store.write_lock() if hasattr(store, "write_lock") else contextlib.nullcontext(True)
+    with lock as free:
+        if not free:
+            logger.info("not saving %s: another process is writing the store; using the index in memory", path)
+            return dict(info, on_gpu=on_gpu, saved_to_disk=False)
+        saved = save_index(index, path, info)
+    return dict(saved, on_gpu=on_gpu, saved_to_disk=True)

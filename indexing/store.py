@@ -29,13 +29,14 @@ import os
 import re
 import time
 import uuid as uuid_mod
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
+from indexing._io import atomic_write, check_file_path
 from indexing.errors import ProvenanceMismatchError, RecordNotFoundError, StoreError
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,10 @@ _FANOUT = 8
 _PART_RE = re.compile(r"^p(\d{10})-(\d{10})-L(\d+)\.h5$")
 _STR = h5py.string_dtype("utf-8")
 _REBUILD_HINT = "rebuild it with `etp-search index DATA_DIR --rebuild` (or point --store elsewhere)"
+#: A reader that finds a file gone (merged or compacted by the writer meanwhile) re-scans this
+#: many times, with short growing pauses, before it gives up.
+_READ_RETRIES = 6
+_LOCK_RETRIES = 10  # the writer lock is retried briefly: a reader may probe it for a moment
 
 #: Test hook (faiss contrib/big_batch_search.py style ``crash_at``): called with a point name at
 #: each step of a write; a test sets it to raise or ``os._exit`` to simulate a crash there.
@@ -64,29 +69,14 @@ def _hook(point: str) -> None:
 # ----------------------------------------------------------------------------- file helpers
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _atomic_h5(final: Path, write: Callable[[h5py.File], None], tmp_dir: Path | None = None) -> None:
     """Write an HDF5 file under a temporary name, fsync it and rename it into place."""
-    tmp_dir = tmp_dir or final.parent
-    tmp = tmp_dir / f".tmp-{uuid_mod.uuid4().hex}-{final.name}"
-    try:
+
+    def write_file(tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
             write(f)
-        _fsync_path(tmp)
-        _hook("before-replace")
-        os.replace(tmp, final)
-        _fsync_path(final.parent)  # make the rename itself durable (power loss, not only SIGKILL)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+
+    atomic_write(final, write_file, tmp_dir, before_replace=lambda: _hook("before-replace"))
 
 
 def _chunk_rows(dim: int) -> int:
@@ -136,6 +126,13 @@ class _Segment:
         self.path, self.start, self.n, self.lo, self.hi, self.level = path, start, n, lo, hi, level
 
 
+class _Vanished(StoreError):
+    """A file the reader listed was replaced or deleted by the writer before it was opened.
+
+    Transient when another process is writing: the reader re-scans and tries again.
+    """
+
+
 def _scan_parts(parts_dir: Path, merged_upto: int) -> tuple[list[tuple[int, int, int, Path]], list[Path]]:
     """Visible parts (lo, hi, level, path) in order, and leftover files a writer may delete."""
     found, leftovers = [], []
@@ -163,7 +160,7 @@ def _scan_parts(parts_dir: Path, merged_upto: int) -> tuple[list[tuple[int, int,
     expect = merged_upto + 1
     for lo, hi, _, p in visible:
         if lo != expect:
-            raise StoreError(f"store parts folder {parts_dir} is damaged (batch {expect} missing before {p.name}); "
+            raise _Vanished(f"store parts folder {parts_dir} is damaged (batch {expect} missing before {p.name}); "
                              f"{_REBUILD_HINT}")
         expect = hi + 1
     return visible, leftovers
@@ -214,6 +211,7 @@ class EmbeddingStore:
             overwrite: replace an existing store at ``path`` (its parts are deleted).
         """
         path = Path(path)
+        check_file_path(path, "store", "store.h5", StoreError)
         schema = dict(DEFAULT_META_SCHEMA)
         for col, kind in (meta_schema or {}).items():
             if kind not in META_TYPES:
@@ -251,14 +249,17 @@ class EmbeddingStore:
     def open(cls, path: str | os.PathLike) -> EmbeddingStore:
         """Open an existing store; a missing or unreadable file raises StoreError with the fix."""
         path = Path(path)
+        check_file_path(path, "store", "store.h5", StoreError)
         if not path.exists():
             raise StoreError(f"no embedding store at {path}; build one with `etp-search index DATA_DIR --store {path}`")
         header = _read_header(path)
         return cls(path, header)
 
     def refresh(self) -> None:
-        """Re-read the file list to see rows appended by another process since open."""
-        self._header = _read_header(self.path)
+        """Re-read the file list to see rows appended by another process since open.
+
+        Rows keep their numbers: a refresh only adds rows at the end.
+        """
         self._load_rows()
 
     def close(self) -> None:
@@ -298,13 +299,36 @@ class EmbeddingStore:
     # ---------------------------------------------------------------- row bookkeeping
 
     def _load_rows(self) -> None:
+        """Read the file list; re-scan when the writer merges or compacts files under us."""
+        for attempt in range(_READ_RETRIES):
+            try:
+                self._load_rows_once()
+                return
+            except _Vanished as e:
+                if attempt == _READ_RETRIES - 1:
+                    raise self._transient_failure(e) from e
+                logger.debug("store files changed while reading (%s); re-scanning", e)
+                time.sleep(0.01 * 2 ** attempt)
+
+    def _load_rows_once(self) -> None:
         self._close_files()  # the main file may have been replaced by a compaction
-        merged_upto = int(self._header["merged_upto"])
+        # Header, ids and later reads of the main file all go through this one handle, so a
+        # compaction that replaces the file meanwhile cannot pair a new header with old parts.
+        main = _open_h5(self.path)
+        try:
+            header = _header_of(main, self.path)
+            if header["store_uuid"] != self.uuid:
+                raise StoreError(f"store {self.path} was recreated by another process while open; "
+                                 "run the command again")
+            ids: list[str] = _decode_str(main["ids"][:])
+        except BaseException:
+            main.close()
+            raise
+        self._files[self.path] = main
+        self._header = header
+        merged_upto = int(header["merged_upto"])
         visible, _ = _scan_parts(self.parts_dir, merged_upto)
-        segments = [_Segment(self.path, 0, int(self._header["n_rows"]))]
-        ids: list[str] = []
-        with _open_h5(self.path) as f:
-            ids.extend(_decode_str(f["ids"][:]))
+        segments = [_Segment(self.path, 0, int(header["n_rows"]))]
         start = len(ids)
         for lo, hi, level, p in visible:
             with _open_h5(p) as f:
@@ -319,6 +343,53 @@ class EmbeddingStore:
         self._row = {rid: i for i, rid in enumerate(ids)}
         self._n = len(ids)
         self._next_seq = max([merged_upto] + [s.hi for s in segments[1:]]) + 1
+
+    def _transient_failure(self, err: StoreError) -> StoreError:
+        """The error to show once re-scanning gave up: never advise a rebuild during a live write."""
+        if self.writer_active():
+            return StoreError(f"store {self.path} kept changing while being read (another process is writing it); "
+                              "run the command again when that process has finished")
+        return err
+
+    def writer_active(self) -> bool:
+        """True when another process holds this store's write lock (an ``index`` run is appending)."""
+        if self._lock_fd is not None:
+            return False
+        try:
+            fd = os.open(str(self.path) + ".lock", os.O_RDONLY)
+        except OSError:
+            return False  # no lock file: nobody has written since it was made
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing drops the shared lock if it was taken
+        return False
+
+    @property
+    def holds_write_lock(self) -> bool:
+        """True when this object is the store's writer (it appended, or holds ``write_lock``)."""
+        return self._lock_fd is not None
+
+    @contextlib.contextmanager
+    def write_lock(self, wait: bool = False) -> Iterator[bool]:
+        """Hold the writer lock for a block; yields False (holding nothing) when another process
+        has it and ``wait`` is False. Used to save index files without racing an ``index`` run."""
+        if self._lock_fd is not None:
+            yield True
+            return
+        try:
+            self._acquire_lock()
+        except StoreError:
+            if wait:
+                raise
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            self._release_lock()
 
     @property
     def ids(self) -> list[str]:
@@ -342,8 +413,11 @@ class EmbeddingStore:
         try:
             return self._row[record_id]
         except KeyError:
-            raise RecordNotFoundError(f"record {record_id!r} is not in store {self.path} "
-                                      f"({self._n} records); check the id with `etp-search info`") from None
+            examples = ", ".join(repr(i) for i in self._ids[:3])
+            raise RecordNotFoundError(
+                f"record {record_id!r} is not in store {self.path} ({self._n} records); "
+                + (f"ids are the dataset's record ids, e.g. {examples}" if self._n
+                   else "the store is empty; index a dataset into it first")) from None
 
     def rows_of(self, ids: Iterable[str]) -> np.ndarray:
         """Rows of several record ids (int64); RecordNotFoundError names the first missing one."""
@@ -367,8 +441,24 @@ class EmbeddingStore:
         return np.where(idx < 0, idx + self._n, idx)
 
     def _read(self, name: str, rows: Any, width: int | None, dtype: Any) -> np.ndarray:
-        """Read dataset ``name`` for ``rows`` across main + parts into one preallocated array."""
+        """Read dataset ``name`` for ``rows`` across main + parts into one preallocated array.
+
+        A part may be merged away by a concurrent writer between the scan and the read; rows keep
+        their numbers across a refresh, so the reader re-scans and reads the same rows again.
+        """
         sel = self._rows_index(rows)
+        for attempt in range(_READ_RETRIES):
+            try:
+                return self._read_sel(name, sel, width, dtype)
+            except _Vanished as e:
+                if attempt == _READ_RETRIES - 1:
+                    raise self._transient_failure(e) from e
+                logger.debug("store file gone while reading (%s); re-scanning", e)
+                time.sleep(0.01 * 2 ** attempt)
+                self.refresh()
+        raise AssertionError("unreachable")
+
+    def _read_sel(self, name: str, sel: np.ndarray | slice, width: int | None, dtype: Any) -> np.ndarray:
         if isinstance(sel, slice):
             lo, hi = sel.start, max(sel.start, sel.stop)
             out = np.empty((hi - lo,) + ((width,) if width else ()), dtype=dtype)
@@ -472,11 +562,16 @@ class EmbeddingStore:
         if self._lock_fd is not None:
             return
         fd = os.open(str(self.path) + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise StoreError(f"another process is writing store {self.path}; wait for it to finish") from None
+        for attempt in range(_LOCK_RETRIES):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == _LOCK_RETRIES - 1:
+                    os.close(fd)
+                    raise StoreError(f"another process is writing store {self.path}; "
+                                     "wait for it to finish, then run the command again") from None
+                time.sleep(0.02)  # a reader's writer_active() probe holds a shared lock for microseconds
         self._lock_fd = fd
 
     def _release_lock(self) -> None:
@@ -645,8 +740,11 @@ def _open_h5(path: Path) -> h5py.File:
     try:
         return h5py.File(path, "r")
     except OSError as e:
-        raise StoreError(f"cannot read {path} ({str(e).splitlines()[0][:80]}); it is not a complete HDF5 file; "
-                         f"{_REBUILD_HINT}") from e
+        if isinstance(e, FileNotFoundError) or not path.exists():
+            raise _Vanished(f"cannot read {path}: the file is gone") from e
+        check_file_path(path, "store", "store.h5", StoreError)
+        raise StoreError(f"cannot read {path} ({str(e).splitlines()[0][:80]}): it is not a complete HDF5 file; "
+                         f"if it is a damaged store, {_REBUILD_HINT}") from e
 
 
 def _empty_cols(header: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -717,19 +815,24 @@ def _copy_segments(f: h5py.File, segments: Sequence[_Segment], store: EmbeddingS
 
 def _read_header(path: Path) -> dict[str, Any]:
     with _open_h5(path) as f:
-        a = f.attrs
-        if a.get("format") != FORMAT_NAME:
-            raise StoreError(f"{path} is not an etp-search embedding store; point --store at one, or {_REBUILD_HINT}")
-        version = int(a.get("format_version", -1))
-        if version != FORMAT_VERSION:
-            raise StoreError(f"store {path} has format version {version}, this etp-search reads {FORMAT_VERSION}; "
-                             f"{_REBUILD_HINT}")
-        try:
-            return {"dim": int(a["dim"]), "has_text": bool(a["has_text"]), "store_uuid": str(a["store_uuid"]),
-                    "meta_schema": json.loads(a["meta_schema"]), "provenance": json.loads(a["provenance"]),
-                    "merged_upto": int(a["merged_upto"]), "n_rows": int(f["ids"].shape[0])}
-        except (KeyError, ValueError) as e:
-            raise StoreError(f"store {path} has a damaged header ({e}); {_REBUILD_HINT}") from e
+        return _header_of(f, path)
+
+
+def _header_of(f: h5py.File, path: Path) -> dict[str, Any]:
+    a = f.attrs
+    if a.get("format") != FORMAT_NAME:
+        raise StoreError(f"{path} is not an etp-search embedding store (another HDF5 file?); point --store at a "
+                         "store file, or at a new path to create one")
+    version = int(a.get("format_version", -1))
+    if version != FORMAT_VERSION:
+        raise StoreError(f"store {path} has format version {version}, this etp-search reads {FORMAT_VERSION}; "
+                         f"{_REBUILD_HINT}")
+    try:
+        return {"dim": int(a["dim"]), "has_text": bool(a["has_text"]), "store_uuid": str(a["store_uuid"]),
+                "meta_schema": json.loads(a["meta_schema"]), "provenance": json.loads(a["provenance"]),
+                "merged_upto": int(a["merged_upto"]), "n_rows": int(f["ids"].shape[0])}
+    except (KeyError, ValueError) as e:
+        raise StoreError(f"store {path} has a damaged header ({e}); {_REBUILD_HINT}") from e
 
 
 def _canon(value: Any) -> Any:
