@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import indexing.faiss_index as fi
-from indexing.errors import IndexingError, IndexStaleError
+from indexing.errors import IndexingError, IndexStaleError, StoreError
 from indexing.faiss_index import (build_index, load_index, measure_recall, normalized, open_or_build, save_index,
                                   search, update_index)
 from indexing.store import EmbeddingStore
@@ -114,8 +114,48 @@ def test_pq_index_by_factory_string():
 
 
 def test_bad_factory_names_the_fix():
-    with pytest.raises(IndexingError, match="index-factory string"):
+    with pytest.raises(IndexingError, match="unknown FAISS factory 'NoSuchIndex'; use 'auto'"):
         build_index(_clustered(100, d=8), factory="NoSuchIndex")
+    with pytest.raises(IndexingError) as err:
+        fi.check_factory("garbage", 256)
+    assert str(err.value) == "unknown FAISS factory 'garbage'; use 'auto', 'Flat', 'IVF1024,Flat' or 'IVF4096,PQ32'"
+    with pytest.raises(IndexingError, match=r"does not fit 256-d vectors \(The dimension") as err:
+        fi.check_factory("IVF64,PQ33", 256)
+    assert "Error in" not in str(err.value) and ".cpp" not in str(err.value)
+    fi.check_factory("auto", 256, 3)
+    fi.check_factory("IVF4,Flat", 256, 200)
+
+
+def test_ivf_with_more_lists_than_rows_is_one_line():
+    with pytest.raises(IndexingError) as err:
+        fi.check_factory("IVF4096,Flat", 256, 50)
+    assert str(err.value) == ("IVF4096 needs at least 4096 rows to train (the store has 50); "
+                              "use --factory auto or fewer lists, e.g. IVF1")
+    # build_index checks too: faiss's own RuntimeError (with its C++ signature) never escapes
+    with pytest.raises(IndexingError, match=r"IVF64 needs at least 64 rows to train \(the store has 50\)"):
+        build_index(_clustered(50, d=8), factory="IVF64,Flat")
+    with pytest.raises(IndexingError, match="PQ codes that need at least 256 rows"):
+        build_index(_clustered(100, d=8), factory="IVF2,PQ4")
+
+
+def test_index_path_that_is_a_folder(tmp_path):
+    x = _clustered(50, d=8)
+    index, info = build_index(x)
+    with pytest.raises(IndexingError, match=f"{tmp_path} is a folder; pass a file path such as {tmp_path}/"):
+        save_index(index, tmp_path, info)
+    with pytest.raises(IndexingError, match="is a folder; pass a file path"):
+        load_index(tmp_path, "u", 50)
+    store = _store(tmp_path, x)
+    with pytest.raises(IndexingError, match="is a folder; pass a file path"):
+        open_or_build(store, "ecg", index_path=tmp_path)
+    store.close()
+
+
+def test_empty_store_is_named_before_any_index_work(tmp_path):
+    store = EmbeddingStore.create(tmp_path / "empty.h5", 8, {})
+    with pytest.raises(StoreError, match=r"store .*empty.h5 is empty; index a dataset into it first"):
+        open_or_build(store, "ecg")
+    store.close()
 
 
 def test_save_load_and_stale_or_corrupt_detection(tmp_path):
@@ -241,3 +281,37 @@ def test_gpu_path_builds_saves_from_cpu_and_falls_back_for_filters(monkeypatch, 
     save_index(index, tmp_path / "g.faiss", dict(info, store_uuid="u"))  # written via index_gpu_to_cpu
     loaded, linfo = load_index(tmp_path / "g.faiss", "u", 800, use_gpu=True)
     assert isinstance(loaded, GpuFakeIndex) and linfo["on_gpu"]
+
+
+def test_reader_during_a_write_uses_indexes_in_memory_and_never_advises_rebuild(tmp_path):
+    """A query that opened the store before an ``index`` run appended, merged and saved indexes."""
+    x = _clustered(50, d=8)
+    path = tmp_path / "lk.h5"
+    writer = EmbeddingStore.create(path, 8, {})
+    for i in range(0, 32, 8):  # four level-0 parts
+        writer.append([f"r{j}" for j in range(i, i + 8)], x[i:i + 8], x[i:i + 8], texts=[f"t{j}" for j in range(i, i + 8)])
+    reader = EmbeddingStore.open(path)
+    assert len(reader) == 32 and not reader.holds_write_lock
+    for i in range(32, 50, 2):  # eight more parts: the writer merges the reader's parts away
+        writer.append([f"r{j}" for j in range(i, i + 2)], x[i:i + 2], x[i:i + 2], texts=[f"t{j}" for j in range(i, i + 2)])
+    writer.compact()
+    _, winfo = open_or_build(writer, "ecg")  # the writer (still holding the lock) saves 50 rows
+    assert winfo["n_rows"] == 50 and winfo["saved_to_disk"]
+    assert reader.writer_active()
+
+    index, info = open_or_build(reader, "ecg")  # saved index is ahead of the reader: cut back in memory
+    assert index.ntotal == 32 and info["truncated_from"] == 50 and not info["saved_to_disk"]
+    assert json.loads((tmp_path / "lk.h5.ecg.faiss.json").read_text())["n_rows"] == 50  # file untouched
+    _, rows = search(index, x[[5, 31]], 1)
+    assert rows[:, 0].tolist() == [5, 31]
+    assert reader.texts(rows[:, 0]) == ["t5", "t31"]  # its parts were merged away: re-scanned, not an error
+
+    (tmp_path / "lk.h5.text.faiss").unlink(missing_ok=True)
+    tindex, tinfo = open_or_build(reader, "text")  # no index yet, writer busy: built in memory only
+    assert not tinfo["saved_to_disk"] and not (tmp_path / "lk.h5.text.faiss").exists()
+    assert tindex.ntotal == len(reader)
+    writer.close()
+    assert not reader.writer_active()
+    _, tinfo = open_or_build(reader, "text")  # writer gone: the reader may save
+    assert tinfo["saved_to_disk"] and (tmp_path / "lk.h5.text.faiss").exists()
+    reader.close()

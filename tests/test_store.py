@@ -105,9 +105,61 @@ def test_append_rejects_bad_batches(store):
 
 
 def test_missing_record_id(store):
+    with pytest.raises(RecordNotFoundError, match="'nope' is not in store .*the store is empty; index a dataset"):
+        store.row_of("nope")
+    ids, e, t = _batch(0, 5)
+    store.append(ids, e, t)
     with pytest.raises(RecordNotFoundError, match="'nope' is not in store") as err:
         store.row_of("nope")
-    assert isinstance(err.value, KeyError) and "\n" not in str(err.value)
+    msg = str(err.value)
+    assert isinstance(err.value, KeyError) and "\n" not in msg
+    # `etp-search info` takes a dataset folder, not a store: the message shows real ids instead
+    assert "etp-search" not in msg
+    assert msg.endswith("(5 records); ids are the dataset's record ids, e.g. 'rec00000', 'rec00001', 'rec00002'")
+
+
+def test_store_path_that_is_a_folder(tmp_path):
+    for call in (lambda: EmbeddingStore.open(tmp_path), lambda: EmbeddingStore.create(tmp_path, DIM, PROV),
+                 lambda: EmbeddingStore.create(tmp_path, DIM, PROV, overwrite=True)):
+        with pytest.raises(StoreError) as err:
+            call()
+        assert str(err.value) == f"store path {tmp_path} is a folder; pass a file path such as {tmp_path}/store.h5"
+
+
+def test_reader_rescans_when_the_writer_merges_its_parts_away(store):
+    ids, e, t = _batch(0, 4 * 3)
+    for i in range(0, 12, 3):
+        store.append(ids[i:i + 3], e[i:i + 3], t[i:i + 3], texts=ids[i:i + 3])
+    reader = EmbeddingStore.open(store.path)
+    assert len(reader._segments) == 5  # main + the four parts it will try to read
+    more, e2, t2 = _batch(12, _FANOUT * 2)
+    for i in range(0, len(more), 2):  # merges: the reader's part files are deleted
+        store.append(more[i:i + 2], e2[i:i + 2], t2[i:i + 2])
+    assert not any(seg.path.exists() for seg in reader._segments[1:])
+    np.testing.assert_array_equal(reader.ecg(), e)  # rows 0..11 as the reader saw them, re-scanned
+    assert reader.texts([11, 0]) == [ids[11], ids[0]]
+    store.compact()  # now the main file is replaced too
+    np.testing.assert_array_equal(reader.ecg(np.array([3, 20])), np.concatenate([e, e2])[[3, 20]])
+    assert len(reader) == 12 + len(more)  # the re-scan shows the writer's rows too (rows keep their numbers)
+    reader.close()
+
+
+def test_reader_gives_up_without_advising_a_rebuild_while_a_writer_is_busy(store, monkeypatch):
+    import indexing.store as st
+
+    ids, e, t = _batch(0, 3)
+    store.append(ids, e, t)  # the fixture's store object now holds the write lock
+    reader = EmbeddingStore.open(store.path)
+    monkeypatch.setattr(st, "_READ_RETRIES", 2)
+
+    def always_gone(*a, **k):
+        raise st._Vanished("cannot read x: the file is gone")
+
+    monkeypatch.setattr(reader, "_read_sel", always_gone)
+    with pytest.raises(StoreError) as err:
+        reader.ecg()
+    assert "--rebuild" not in str(err.value) and "another process is writing it" in str(err.value)
+    reader.close()
 
 
 def test_missing_and_corrupt_store_give_one_line_fix(tmp_path):
