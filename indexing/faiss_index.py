@@ -405,6 +405,8 @@ def search(index: Any, queries: np.ndarray, k: int, allowed_rows: Any = None, *,
         raise IndexingError(f"query vectors have dimension {q.shape[1]} but the index has {index.d}; "
                             "use the checkpoint the store was built with")
     ntotal = int(index.ntotal)
+    if ntotal == 0:
+        raise IndexingError("the index is empty (its store has no rows); index a dataset into the store first")
     sel, keep_alive, n_allowed = (None, None, ntotal) if allowed_rows is None else _selector(allowed_rows, ntotal)
     k_eff = int(min(k, n_allowed))
     nq = q.shape[0]
@@ -598,8 +600,9 @@ def open_or_build(store: Any, which: str = "ecg", index_path: str | os.PathLike 
         raise IndexingError(f"unknown vector kind {which!r}; use 'ecg' or 'text'")
     n = len(store)
     if n == 0:
-        raise StoreError(f"store {store.path} is empty; index a dataset into it first "
-                         f"(`etp-search index DATA_DIR --store {store.path}`)")
+        if hasattr(store, "check_not_empty"):
+            store.check_not_empty()
+        raise StoreError(f"store {store.path} is empty; index a dataset into it first")
     path = Path(index_path) if index_path else default_index_path(store.path, which)
     check_file_path(path, "index", f"{Path(store.path).name}.{which}.faiss")
     check_factory(factory, store.dim, n)

@@ -106,6 +106,8 @@ def filter_rows(store: Any, wheres: str | Where | Iterable[str | Where]) -> np.n
     """Boolean mask over the store's rows where every condition holds (AND)."""
     if isinstance(wheres, (str, Where)):
         wheres = [wheres]
+    if len(store) == 0 and hasattr(store, "check_not_empty"):
+        store.check_not_empty()  # one clear message rather than an empty result
     mask = np.ones(len(store), dtype=bool)
     for w in wheres:
         w = parse_where(w) if isinstance(w, str) else w

@@ -419,6 +419,12 @@ class EmbeddingStore:
                 + (f"ids are the dataset's record ids, e.g. {examples}" if self._n
                    else "the store is empty; index a dataset into it first")) from None
 
+    def check_not_empty(self) -> None:
+        """StoreError when the store holds no rows yet (call before a query, not to get odd k errors)."""
+        if self._n == 0:
+            raise StoreError(f"store {self.path} is empty; index a dataset into it first "
+                             f"(`etp-search index DATA_DIR --store {self.path}`)")
+
     def rows_of(self, ids: Iterable[str]) -> np.ndarray:
         """Rows of several record ids (int64); RecordNotFoundError names the first missing one."""
         return np.array([self.row_of(r) for r in ids], dtype=np.int64)
@@ -553,7 +559,8 @@ class EmbeddingStore:
         if names:
             raise ProvenanceMismatchError(
                 f"store {self.path} was built with a different {', '.join(diffs)}; "
-                f"re-embed with `etp-search index DATA_DIR --rebuild`, or use the checkpoint/preset it was built with",
+                f"use the checkpoint/preset it was built with, or re-embed into a new store with "
+                f"`etp-search index DATA_DIR --store NEW.h5` (--rebuild would replace this one)",
                 names)
 
     # ---------------------------------------------------------------- writes

@@ -155,6 +155,13 @@ def test_empty_store_is_named_before_any_index_work(tmp_path):
     store = EmbeddingStore.create(tmp_path / "empty.h5", 8, {})
     with pytest.raises(StoreError, match=r"store .*empty.h5 is empty; index a dataset into it first"):
         open_or_build(store, "ecg")
+    with pytest.raises(StoreError, match="is empty; index a dataset into it first"):
+        store.check_not_empty()
+    from indexing.filters import filter_rows
+    with pytest.raises(StoreError, match="is empty; index a dataset into it first"):
+        filter_rows(store, ["age>=60"])
+    with pytest.raises(IndexingError, match="the index is empty"):
+        search(faiss.IndexFlatIP(8), np.ones((1, 8), np.float32), 10)
     store.close()
 
 

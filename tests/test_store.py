@@ -173,8 +173,9 @@ def test_missing_and_corrupt_store_give_one_line_fix(tmp_path):
     assert "\n" not in str(err.value)
     with h5py.File(tmp_path / "other.h5", "w") as f:
         f["x"] = 1
-    with pytest.raises(StoreError, match="not an etp-search embedding store"):
+    with pytest.raises(StoreError, match="not an etp-search embedding store") as err:
         EmbeddingStore.open(tmp_path / "other.h5")
+    assert "--rebuild" not in str(err.value)  # --rebuild would overwrite someone else's HDF5 file
 
 
 def test_create_refuses_to_clobber(store):
@@ -199,6 +200,7 @@ def test_provenance_round_trip_and_mismatch_named(store):
     assert err.value.fields == ["checkpoint_sha256", "preprocessing"]
     msg = str(err.value)
     assert "checkpoint_sha256 (store: aaaaaaaaaaaa…, now: bbbbbbbbbbbb…)" in msg and "--rebuild" in msg
+    assert "into a new store with `etp-search index DATA_DIR --store NEW.h5`" in msg  # a way that keeps this one
     assert "\n" not in msg
 
 
