@@ -14,7 +14,7 @@ STAMP := $(VENV)/.etp-installed-$(FAISS)
 DEMO_DIR ?= etp-data/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup demo test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -30,11 +30,12 @@ demo: $(STAMP)
 	$(ETP) query --store $(DEMO_DIR)/store.h5 --text "atrial fibrillation" -k 5
 	$(ETP) zeroshot --store $(DEMO_DIR)/store.h5 --task superdiagnostic --split all
 
+# The whole suite, slow tests included (about a minute on 2 cores once set up).
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
-
-test-all: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_results.py

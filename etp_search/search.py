@@ -64,7 +64,7 @@ def read_ecg_file(path: str | Path) -> EcgRecord:
         else:
             raise DataError(f"{path} is neither a WFDB record (no {stem.name}.hea beside it) nor a .mat file")
     except SkipRecord as exc:
-        raise DataError(f"cannot read ECG {path}: {exc.reason} ({getattr(exc, 'detail', '')})".rstrip(" ()")) from None
+        raise DataError(f"cannot read ECG {path}: {exc}") from None
     missing = rec.meta.get("missing_leads") or []
     if missing:
         raise DataError(f"ECG {path} has {12 - len(missing)} of the 12 standard leads (missing: {', '.join(missing)}); "

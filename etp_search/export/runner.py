@@ -18,6 +18,7 @@ from etp_search.export.writer import StoreWriter
 from etp_search.models import EtpModel, checkpoint_fingerprint, default_checkpoint, load_checkpoint, read_checkpoint_config
 from etp_search.models.checkpoint import save_checkpoint
 from etp_search.models.config import EtpConfig
+from etp_search.models.device import resolve_device
 from etp_search.preprocess import get_preset
 
 logger = logging.getLogger(__name__)
@@ -26,18 +27,8 @@ RANDOM = "random"
 
 
 def pick_device(device: str | None = None) -> str:
-    """"auto"/None -> cuda when torch sees a GPU, else cpu; anything else is checked."""
-    if device in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        kind = torch.device(device).type
-    except (RuntimeError, TypeError):
-        raise ModelError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if kind not in ("cpu", "cuda"):
-        raise ModelError(f"device {device!r} is not supported; use auto, cpu, cuda or cuda:N")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"--device {device} was asked for but torch sees no CUDA GPU; use --device cpu")
-    return device
+    """"auto"/None -> cuda when torch sees a GPU, else cpu; anything else is checked (one shared rule)."""
+    return resolve_device(device)
 
 
 def resolve_checkpoint(checkpoint: str | Path | None, store_path: str | Path | None = None, seed: int = 0) -> Path:
