@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     reader = Head(base, args.limit)
     refs = reader.refs()
     n = len(refs)
-    files = [str(args.data / base._table.loc[r, "filename_lr"]) for r in refs]
+    files = [str(args.data / base.row(r)["filename_lr"]) for r in refs]
     rows: list[dict[str, Any]] = []
 
     def add(name: str, rate: float, times: list[float], note: str) -> None:
