@@ -219,3 +219,12 @@ def test_atrial_fibrillation_query_returns_an_af_record_first(shipped_store):
     res = cli.invoke(app, ["query", "--store", str(shipped_store), "--text", "atrial fibrillation", "-k", "3", "--json"])
     assert res.exit_code == 0
     assert "AFIB" in json.loads(res.stdout)["hits"][0]["labels"]  # 4 of the 50 records are AFIB
+
+
+def test_query_plot_draws_query_and_hits_from_the_source_records(shipped_store, tmp_path):
+    out = tmp_path / "hits.pdf"
+    res = cli.invoke(app, ["query", "--store", str(shipped_store), "--record", "318", "-k", "2", "--plot", str(out)])
+    assert res.exit_code == 0, res.output
+    assert out.read_bytes().startswith(b"%PDF") and out.stat().st_size > 10_000
+    bad = cli.invoke(app, ["query", "--store", str(shipped_store), "--record", "318", "--plot", str(tmp_path / "x.txt")])
+    assert bad.exit_code == 1 and "--plot" in bad.stderr and not (tmp_path / "x.txt").exists()

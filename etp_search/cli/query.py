@@ -88,7 +88,7 @@ def _plot(searcher, hits, title: str, query_signal, out: Path, record: Optional[
     panels = []
     for h in hits:
         r = reader.read(h.id)
-        panels.append((r.signal, r.fs, f"#{h.rank} {h.id}  score {h.score:.3f}  {_label_str(h.labels)}"))
+        panels.append((r.signal, r.fs, f"{h.id}  score {h.score:.3f}  {_label_str(h.labels)}"))
     qsig, qfs = query_signal if query_signal is not None else (None, None)
     plot_query_results(qsig, title, panels, out, fs=qfs)
     typer.echo(f"plot written to {out}", err=True)
