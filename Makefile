@@ -26,6 +26,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(ETP) info etp_search/examples/ptbxl
+	$(ETP) prepare etp_search/examples/ptbxl --out $(DEMO_DIR)/signals.h5
 	$(ETP) index etp_search/examples/ptbxl --store $(DEMO_DIR)/store.h5
 	$(ETP) query --store $(DEMO_DIR)/store.h5 --text "atrial fibrillation" -k 5
 	$(ETP) zeroshot --store $(DEMO_DIR)/store.h5 --task superdiagnostic --split all
