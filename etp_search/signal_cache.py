@@ -253,7 +253,21 @@ def _iter_results(reader: Any, preset: Preset, refs: Sequence[str], workers: int
     chunksize = max(1, min(32, len(refs) // (workers * 8) or 1))
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     with ctx.Pool(workers, initializer=_init_pool_worker, initargs=(reader, preset)) as pool:
-        yield from pool.imap(_process, refs, chunksize=chunksize)
+        yield from imap_windowed(pool, _process, refs, chunksize, workers)
+
+
+def imap_windowed(pool: Any, fn: Any, items: Sequence[Any], chunksize: int, workers: int) -> Iterator[Any]:
+    """``pool.imap`` over ``items`` in windows of ~8 chunks per worker, results in order.
+
+    Plain ``imap`` feeds every task into the pool's pipe from a helper thread. When the consumer
+    stops early (Ctrl-C, an error, a crash test) ``Pool.terminate`` drains the pipe once, but the
+    helper then blocks writing its end-of-work sentinels into the refilled pipe and terminate waits
+    for it forever (seen as a hang in CI). A window's tasks fit in the pipe, so the helper never
+    blocks and terminate always returns.
+    """
+    window = max(1, workers * chunksize * 8)
+    for start in range(0, len(items), window):
+        yield from pool.imap(fn, items[start:start + window], chunksize=chunksize)
 
 
 def _open_partial(partial: Path, config: dict[str, Any]) -> h5py.File:

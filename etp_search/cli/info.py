@@ -86,7 +86,9 @@ def dataset_info(reader: Any, sample: int = DEFAULT_SAMPLE, workers: int | None 
     else:
         pool = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn").Pool(
             workers, initializer=_init_pool, initargs=(reader,))
-        results = pool.imap(_stats, chosen, chunksize=16)
+        from etp_search.signal_cache import imap_windowed
+
+        results = imap_windowed(pool, _stats, chosen, 16, workers)
     try:
         for reason, row in results:
             bar.update(1)
