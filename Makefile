@@ -29,7 +29,7 @@ demo: $(STAMP)
 	$(ETP) prepare etp_search/examples/ptbxl --out $(DEMO_DIR)/signals.h5
 	$(ETP) index etp_search/examples/ptbxl --store $(DEMO_DIR)/store.h5
 	$(ETP) query --store $(DEMO_DIR)/store.h5 --text "atrial fibrillation" -k 5
-	$(ETP) zeroshot --store $(DEMO_DIR)/store.h5 --task superdiagnostic --split all
+	$(ETP) zeroshot --store $(DEMO_DIR)/store.h5 --task superdiagnostic --split all --prompts ensemble
 
 # The whole suite, slow tests included (about a minute on 2 cores once set up).
 test: $(STAMP)

@@ -228,3 +228,18 @@ def test_query_plot_draws_query_and_hits_from_the_source_records(shipped_store, 
     assert out.read_bytes().startswith(b"%PDF") and out.stat().st_size > 10_000
     bad = cli.invoke(app, ["query", "--store", str(shipped_store), "--record", "318", "--plot", str(tmp_path / "x.txt")])
     assert bad.exit_code == 1 and "--plot" in bad.stderr and not (tmp_path / "x.txt").exists()
+
+
+def test_second_writer_is_refused_before_any_embedding(built, ckpts, example_ptbxl, monkeypatch):
+    import fcntl
+    import os
+
+    fd = os.open(str(built[0]) + ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # what a running `etp-search index` holds
+    try:
+        monkeypatch.setattr(runner_mod.EtpMapper, "ecg", lambda *a: pytest.fail("embedded while another writer held the store"))
+        with pytest.raises(Exception, match="another process is writing"):
+            index_data(example_ptbxl, built[0], ckpts[0], workers=0, progress=False)
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

@@ -10,6 +10,7 @@ import numpy as np
 
 from etp_search.export.source import META_SCHEMA, Batch
 from indexing.faiss_index import open_or_build
+from indexing.errors import StoreError
 from indexing.store import EmbeddingStore
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,10 @@ class StoreWriter:
             self.store.check_provenance({k: provenance.get(k) for k in CHECKED_FIELDS})
         else:
             self.store = EmbeddingStore.create(self.path, dim, dict(provenance), META_SCHEMA, overwrite=rebuild)
+        if self.store.writer_active():
+            self.store.close()
+            raise StoreError(f"another process is writing {self.path} (an `etp-search index` run); "
+                             "wait for it to finish, then run this command again")
         self.done_ids: set[str] = set(self.store.ids)
         self.written = 0
 
