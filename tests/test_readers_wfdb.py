@@ -126,3 +126,24 @@ def test_every_sample_format_agrees_with_wfdb(example_ptbxl: Path, tmp_path: Pat
                 fmt=[fmt] * 12, adc_gain=[gain] * 12, baseline=[0] * 12, write_dir=str(tmp_path))
     expected = wfdb.rdrecord(str(tmp_path / "rec")).p_signal.T
     np.testing.assert_allclose(open_dataset(tmp_path).read("rec").signal, expected, atol=1e-6)
+
+
+def test_header_comments_become_labels_for_free_label_zero_shot(tmp_path, example_ptbxl):
+    """A plain WFDB folder has no label table: its header comments are the ground truth."""
+    from etp_search.evaluation.prompts import match_label_keys
+    from etp_search.readers import open_dataset
+
+    src = next((example_ptbxl / "records100").rglob("*.hea")).with_suffix("")
+    rec = wfdb.rdrecord(str(src))
+    comments = {"a": ["Age: 61", "Sex: F", "<rhythms>: Sinus rhythm.", "Electric axis of the heart: left."],
+                "b": ["Rhythm: Atrial fibrillation", "Dx: 59118001"]}
+    for name, lines in comments.items():
+        wfdb.wrsamp(name, fs=100, units=["mV"] * 12, sig_name=rec.sig_name, p_signal=rec.p_signal,
+                    fmt=["16"] * 12, comments=lines, write_dir=str(tmp_path))
+    reader = open_dataset(tmp_path, fmt="wfdb")
+    labels = {r: reader.read(r).labels for r in reader.refs()}
+    assert labels["a"] == {"sinus rhythm": 1.0, "electric axis of the heart: left": 1.0}
+    assert labels["b"] == {"atrial fibrillation": 1.0, "right bundle branch block": 1.0}
+    keys = set(labels["a"]) | set(labels["b"])
+    assert match_label_keys(["Atrial fibrillation", "sinus rhythm", "flutter"], keys) == {
+        "Atrial fibrillation": "atrial fibrillation", "sinus rhythm": "sinus rhythm", "flutter": None}
