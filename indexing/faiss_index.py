@@ -23,11 +23,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 
 from indexing._io import atomic_write, check_file_path
 from indexing.errors import IndexingError, IndexStaleError, StoreError
+
+try:
+    import faiss
+except ImportError:  # FAISS is an extra (faiss-cpu or faiss-gpu both install `faiss`): say which to add
+    raise IndexingError(
+        "FAISS is not installed; install it with `pip install 'etp-search[cpu]'` (or `[gpu]` for faiss-gpu)") from None
 
 logger = logging.getLogger(__name__)
 

@@ -322,3 +322,14 @@ def test_reader_during_a_write_uses_indexes_in_memory_and_never_advises_rebuild(
     _, tinfo = open_or_build(reader, "text")  # writer gone: the reader may save
     assert tinfo["saved_to_disk"] and (tmp_path / "lk.h5.text.faiss").exists()
     reader.close()
+
+
+def test_missing_faiss_names_the_extra_to_install():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; sys.modules['faiss'] = None\n"
+            "try:\n    import indexing.faiss_index\nexcept Exception as e:\n    print(type(e).__name__, e)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert out.stdout.startswith("IndexingError FAISS is not installed") and "etp-search[cpu]" in out.stdout
