@@ -26,6 +26,8 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _paths import portable  # noqa: E402
 sys.path.insert(0, str(ROOT))
 
 from etp_search.export import index_data  # noqa: E402
@@ -158,7 +160,7 @@ def main() -> None:
         "query_latency_ms": pct, "queries": len(lat["total_ms"]),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "pipeline.json").write_text(json.dumps(result, indent=2))
+    (args.out / "pipeline.json").write_text(json.dumps(portable(result), indent=2))
     md = [
         f"# Index build and query latency ({n} PTB-XL records, {preset.name}, encoder {model.cfg.ecg.name})", "",
         f"Command: `{result['command']}`; {args.repeats} repeats, median; {os.cpu_count()} CPUs, CUDA: {torch.cuda.is_available()}.", "",

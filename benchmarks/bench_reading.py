@@ -32,6 +32,8 @@ from etp_search.readers import open_dataset
 from etp_search.signal_cache import SignalCache, build_cache
 
 RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(RESULTS.parent))
+from _paths import portable  # noqa: E402
 
 
 class Head:
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "rows": rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "reading.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "reading.json").write_text(json.dumps(portable(result), indent=2) + "\n")
     lines = [
         f"# Reading {n} PTB-XL records (100 Hz, preset etp-100hz)",
         "",

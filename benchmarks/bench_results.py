@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _paths import portable  # noqa: E402
 TASKS = ["superdiagnostic", "subdiagnostic", "diagnostic", "form", "rhythm", "all"]
 CPSC_TASKS = ["cpsc2018"]
 
@@ -96,7 +98,7 @@ def main() -> None:
                                          "--baseline-store", str(random))
 
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(out, indent=2))
+    (args.out / f"{args.name}.json").write_text(json.dumps(portable(out), indent=2))
     md = render(out, tasks, splits)
     (args.out / f"{args.name}.md").write_text(md)
     print(md)
