@@ -116,10 +116,11 @@ def index_data(
     text_source = text_source or cfg0.text_source
     if sampling_rate is None:
         sampling_rate = int(preset.fs) if int(preset.fs) in (100, 500) else None
-    probe = open_source(data, preset, text_source=text_source, sampling_rate=sampling_rate, done_ids=set(),
-                        batch_size=batch_size, workers=0)
-    if probe.total == 0:
-        raise DataError(f"{data} holds no readable {probe.format_name} records; check the folder (`etp-search info {data}`)")
+    # Opened once, before the store, so a wrong folder fails without touching any store.
+    source = open_source(data, preset, text_source=text_source, sampling_rate=sampling_rate,
+                         batch_size=batch_size, workers=workers)
+    if source.total == 0:
+        raise DataError(f"{data} holds no readable {source.format_name} records; check the folder (`etp-search info {data}`)")
     if factory != "auto":
         from indexing.faiss_index import check_factory
 
@@ -127,18 +128,17 @@ def index_data(
     ckpt = resolve_checkpoint(checkpoint, store)
     model = load_checkpoint(ckpt, device=device, load_text=True)
     cfg = model.cfg
-    writer = StoreWriter(store, cfg.embed_dim, provenance_for(ckpt, cfg, data, probe.format_name, text_source),
+    writer = StoreWriter(store, cfg.embed_dim, provenance_for(ckpt, cfg, data, source.format_name, text_source),
                          rebuild=rebuild)
     try:
-        source = open_source(data, preset, text_source=text_source, sampling_rate=sampling_rate,
-                             done_ids=writer.done_ids, batch_size=batch_size, workers=workers)
+        todo = source.todo(writer.done_ids)
         mapper = EtpMapper(model, device)
         skipped: dict[str, int] = {}
         t0 = time.perf_counter()
-        logger.info("%s; %d to embed, %d already in %s", source.summary_line, source.pending,
-                    source.total - source.pending, store)
-        with tqdm(total=source.pending, unit="rec", desc="index", disable=not progress or source.pending == 0, dynamic_ncols=True) as bar:
-            for batch in source.batches():
+        logger.info("%s; %d to embed, %d already in %s", source.summary_line, len(todo),
+                    source.total - len(todo), store)
+        with tqdm(total=len(todo), unit="rec", desc="index", disable=not progress or not todo, dynamic_ncols=True) as bar:
+            for batch in source.batches(todo):
                 for reason, n in batch.skipped.items():
                     skipped[reason] = skipped.get(reason, 0) + n
                 if batch.ids:
@@ -150,7 +150,7 @@ def index_data(
         writer.close()
     return {
         "store": str(store), "checkpoint": str(ckpt), "device": device, "format": source.format_name,
-        "records_found": source.total, "written": writer.written, "already_stored": source.total - source.pending,
+        "records_found": source.total, "written": writer.written, "already_stored": source.total - len(todo),
         "skipped": skipped, "seconds": round(seconds, 2),
         "records_per_s": round(writer.written / seconds, 1) if seconds > 0 and writer.written else None,
         **index_info,

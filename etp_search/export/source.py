@@ -10,7 +10,7 @@ import threading
 import queue
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
@@ -94,49 +94,52 @@ def _collate(items: list[dict[str, Any]]) -> Batch:
 
 @dataclass
 class Source:
-    """What is to be read: the pending refs and how they become batches."""
+    """A dataset folder or signal cache opened once: its record ids, and batches of any subset."""
 
     kind: str  # "dataset" | "cache"
     format_name: str
-    total: int  # records the source holds
-    pending: int  # records not yet in the store
+    ids: list[str]  # every record the source holds, in reading order
     summary_line: str
-    _iter: Any
+    _iter: Callable[[list[int]], Iterator[Batch]]
 
-    def batches(self) -> Iterator[Batch]:
-        return self._iter()
+    @property
+    def total(self) -> int:
+        return len(self.ids)
+
+    def todo(self, done_ids: set[str]) -> list[int]:
+        """Positions of the records not yet in ``done_ids`` (what a resumed run still has to do)."""
+        return [i for i, rid in enumerate(self.ids) if rid not in done_ids]
+
+    def batches(self, todo: list[int]) -> Iterator[Batch]:
+        return self._iter(todo) if todo else iter(())
 
 
 def open_source(data: str | Path, preset: Preset, *, text_source: str, sampling_rate: int | None,
-                done_ids: set[str], batch_size: int, workers: int | None) -> Source:
-    """Open a dataset folder or a signal cache as a stream of batches of records not in ``done_ids``.
+                batch_size: int, workers: int | None) -> Source:
+    """Open a dataset folder or a signal cache as a stream of preprocessed batches.
 
     Reading and preprocessing run in DataLoader worker processes (dataset folders) or a prefetch
     thread (caches), so they overlap with encoding in the main process.
     """
     path = Path(data)
     if path.is_file() and is_signal_cache(path):
-        return _cache_source(path, preset, text_source, done_ids, batch_size)
+        return _cache_source(path, preset, text_source, batch_size)
     reader = open_dataset(path, sampling_rate=sampling_rate, text_source=text_source)
     refs = reader.refs()
-    pending = [r for r in refs if r not in done_ids]
     if workers is None:
         workers = max(1, min(4, (os.cpu_count() or 2) - 1))
-    ds = _RecordDataset(reader, pending, preset)
 
-    def it() -> Iterator[Batch]:
-        if not pending:
-            return
-        loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
-                            prefetch_factor=2 if workers else None, persistent_workers=False)
-        yield from loader
+    def it(todo: list[int]) -> Iterator[Batch]:
+        ds = _RecordDataset(reader, [refs[i] for i in todo], preset)
+        yield from DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
+                              prefetch_factor=2 if workers else None, persistent_workers=False)
 
     missing = getattr(reader.summary, "missing_files", 0)
     line = f"{reader.format_name}: {len(refs)} records with signal files" + (f", {missing} rows without" if missing else "")
-    return Source("dataset", reader.format_name, len(refs), len(pending), line, it)
+    return Source("dataset", reader.format_name, refs, line, it)
 
 
-def _cache_source(path: Path, preset: Preset, text_source: str, done_ids: set[str], batch_size: int) -> Source:
+def _cache_source(path: Path, preset: Preset, text_source: str, batch_size: int) -> Source:
     cache = SignalCache.open(path)
     if cache.preset.to_dict() != preset.to_dict():
         from etp_search.errors import StoreMismatchError
@@ -145,20 +148,18 @@ def _cache_source(path: Path, preset: Preset, text_source: str, done_ids: set[st
             f"signal cache {path} was prepared with preset {cache.preset.name!r} but the checkpoint needs "
             f"{preset.name!r}; run `etp-search prepare DATA_DIR --preset {preset.name}` or index the dataset folder")
     ids = cache.ids
-    todo = np.array([i for i, rid in enumerate(ids) if rid not in done_ids], dtype=np.int64)
     fmt = str(cache.attrs.get("format", "cache"))
 
-    def it() -> Iterator[Batch]:
-        if todo.size == 0:
-            return
+    def it(todo: list[int]) -> Iterator[Batch]:
+        rows_todo = np.asarray(todo, dtype=np.int64)
         texts = cache.texts(text_source if text_source in cache.text_sources else "default")
         labels = cache.labels()
         cols = {c: cache.meta(c) for c in cache.meta_columns}
         q: queue.Queue = queue.Queue(maxsize=2)
 
         def produce() -> None:  # prefetch the next batch while the encoder works
-            for s in range(0, todo.size, batch_size):
-                rows = todo[s:s + batch_size]
+            for s in range(0, rows_todo.size, batch_size):
+                rows = rows_todo[s:s + batch_size]
                 metas = [_meta_row({c: _py(cols[c][r]) for c in cols}, fmt, {}) for r in rows]
                 q.put(Batch([ids[r] for r in rows], cache.signals(rows), [texts[r] for r in rows],
                             [labels[r] for r in rows], metas))
@@ -169,7 +170,7 @@ def _cache_source(path: Path, preset: Preset, text_source: str, done_ids: set[st
         while (b := q.get()) is not None:
             yield b
 
-    return Source("cache", fmt, len(ids), int(todo.size), f"signal cache {path.name}: {len(ids)} records", it)
+    return Source("cache", fmt, ids, f"signal cache {path.name}: {len(ids)} records", it)
 
 
 def _py(v: Any) -> Any:
