@@ -200,8 +200,7 @@ class Searcher:
             return None
         from indexing.filters import filter_rows
 
-        mask = filter_rows(self.store, list(where))
-        return mask
+        return filter_rows(self.store, list(where))
 
     def _search(self, vec: np.ndarray, k: int, target: str, where: Sequence[str],
                 exclude_row: int | None = None) -> list[Hit]:
