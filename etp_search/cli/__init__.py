@@ -18,7 +18,7 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from etp_search.cli import evaluate, index, info, prepare, query, train
+    from etp_search.cli import evaluate, index, info, prepare, query, serve, train
 
     app.command("info")(info.info)
     app.command("prepare")(prepare.prepare)
@@ -28,6 +28,7 @@ def _register() -> None:
     app.command("zeroshot")(evaluate.zeroshot)
     app.command("probe")(evaluate.probe)
     app.command("retrieval")(evaluate.retrieval)
+    app.command("serve")(serve.serve)
 
 
 def main() -> None:

@@ -1,0 +1,410 @@
+"""What the server holds in memory: the model, the store and its FAISS indexes, loaded once.
+
+A growing store (``etp-search index`` appending while the server runs) is served from *snapshots*:
+each snapshot is one open view of the store (whole batches only, as the store guarantees) with
+indexes that hold exactly its rows. A background thread notices new part files, opens a fresh view,
+extends copies of the indexes with the new rows and swaps the snapshot in one assignment; requests
+already running finish on the snapshot they started with, so no request sees half an update.
+
+Concurrency: CPU work runs in a bounded thread pool (``workers``, default: the cores). Torch runs
+one intra-op thread and FAISS one OpenMP thread per query, so N concurrent queries use N cores
+instead of N x cores threads fighting (two torch threads under load turned a 6 ms text encoding
+into ~290 ms on this project's machine). Store reads of one snapshot are serialised by its lock
+(h5py holds a global lock anyway); encoding and FAISS searches run in parallel.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence, TypeVar
+
+import numpy as np
+
+from etp_search.errors import DataError, EtpError
+from etp_search.records import EcgRecord
+from etp_search.search import TARGETS, Hit, Searcher
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Raw signals kept for thumbnails and plots (a 10 s 100 Hz record is ~50 kB).
+SIGNAL_CACHE = 256
+#: Class-prompt embeddings kept per task / free label set.
+PROMPT_CACHE = 64
+
+
+class NotAvailableError(EtpError):
+    """Something the request needs is not on this server (e.g. the dataset's raw signals)."""
+
+
+@dataclass
+class Snapshot:
+    """One consistent view: a store opened at some moment and indexes over exactly its rows."""
+
+    searcher: Searcher  # over this view's store; used for filters and hit metadata, never for encoding
+    indexes: dict[str, Any]
+    infos: dict[str, dict]
+    n: int
+    signature: tuple
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def store(self) -> Any:
+        return self.searcher.store
+
+
+def _lru_get(cache: OrderedDict, key: Any) -> Any:
+    value = cache.get(key)
+    if value is not None:
+        cache.move_to_end(key)
+    return value
+
+
+def _lru_put(cache: OrderedDict, key: Any, value: Any, limit: int) -> None:
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > limit:
+        cache.popitem(last=False)
+
+
+class Engine:
+    """Loads model, store and indexes once and answers queries from the current snapshot.
+
+    Args:
+        store_path: The embedding store written by ``etp-search index``.
+        checkpoint: Checkpoint for encoding queries; default: the store's (its provenance).
+        device: "cpu", "cuda" or None (auto).
+        factory: FAISS factory when an index must be built ("auto": exact below the IVF threshold).
+        workers: Queries computed at once (default: the machine's cores).
+        threads: Torch intra-op threads per query (1 is fastest under concurrent load).
+        refresh_s: Seconds between checks for rows appended by another process; 0 disables.
+    """
+
+    def __init__(self, store_path: str | Path, checkpoint: str | Path | None = None, device: str | None = None,
+                 factory: str = "auto", workers: int | None = None, threads: int = 1, refresh_s: float = 2.0):
+        import faiss
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+        faiss.omp_set_num_threads(1)  # one query per worker; OpenMP wake-ups cost more than they give
+        self.store_path = Path(store_path)
+        self.factory = factory
+        self.workers = max(1, workers or os.cpu_count() or 1)
+        first = Searcher.open(self.store_path, checkpoint=checkpoint, device=device, factory=factory)
+        first.store.check_not_empty()
+        self.model = first.model  # loads the checkpoint and checks it is the one that wrote the store
+        self.model.eval()
+        self.checkpoint = first.checkpoint_path()
+        self._device = next(self.model.parameters()).device
+        self.preset = self._preset(first.store.provenance)
+        self.logit_scale = float(self.model.scale().detach())
+        self._text_lock = threading.Lock()  # HF fast tokenizers are not safe to call from two threads at once
+        self._reader: Any = None
+        self._reader_lock = threading.Lock()
+        self._signals: OrderedDict[str, EcgRecord] = OrderedDict()
+        self._prompts: OrderedDict[tuple, tuple[list[str], np.ndarray, list[int]]] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
+        self.snapshot = self._build_snapshot(first, self._signature())
+        self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="etp-serve")
+        self._stop = threading.Event()
+        self._refresher: threading.Thread | None = None
+        if refresh_s > 0:
+            self._refresher = threading.Thread(target=self._refresh_loop, args=(refresh_s,), daemon=True,
+                                               name="etp-serve-refresh")
+            self._refresher.start()
+        logger.info("serving %s: %d rows, checkpoint %s, %d workers", self.store_path, self.snapshot.n,
+                    self.checkpoint.name, self.workers)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._refresher is not None:
+            self._refresher.join(timeout=5)
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future:
+        """Run ``fn(*args)`` in the bounded worker pool."""
+        return self.pool.submit(fn, *args)
+
+    @staticmethod
+    def _preset(provenance: dict) -> Any:
+        from etp_search.preprocess import Preset, get_preset
+
+        stored = provenance.get("preset")
+        if isinstance(stored, dict):
+            return Preset.from_dict(stored)
+        return get_preset(stored or "etp-100hz")
+
+    # ------------------------------------------------------------------ snapshots
+
+    def _signature(self) -> tuple:
+        """Cheap fingerprint of the store's files: changes whenever a batch lands or a merge replaces files."""
+        try:
+            st = os.stat(self.store_path)
+        except OSError:
+            return ()
+        parts_dir = Path(f"{self.store_path}.parts")
+        try:
+            parts = tuple(sorted(os.listdir(parts_dir)))
+        except OSError:
+            parts = ()
+        return (st.st_ino, st.st_mtime_ns, st.st_size, parts)
+
+    def _build_snapshot(self, searcher: Searcher, signature: tuple) -> Snapshot:
+        from indexing.faiss_index import open_or_build
+
+        store = searcher.store
+        kinds = ["ecg"] + (["text"] if store.has_text else [])
+        indexes, infos = {}, {}
+        for which in kinds:
+            # CPU indexes: a query is one vector, which a CPU search answers in milliseconds; they can
+            # also be copied and extended when the store grows.
+            indexes[which], infos[which] = open_or_build(store, which, factory=self.factory, use_gpu=False)
+        return Snapshot(searcher, indexes, infos, len(store), signature)
+
+    def refresh(self) -> bool:
+        """Pick up rows another process appended since the current snapshot; True when it changed."""
+        from indexing.errors import StoreError
+        from indexing.faiss_index import update_index
+        from indexing.store import EmbeddingStore
+
+        with self._refresh_lock:
+            old = self.snapshot
+            signature = self._signature()
+            if not signature or signature == old.signature:
+                return False
+            try:
+                store = EmbeddingStore.open(self.store_path)
+            except StoreError as exc:  # caught mid-merge or mid-rebuild: the next tick tries again
+                logger.info("store %s not readable right now (%s); keeping %d rows", self.store_path, exc, old.n)
+                return False
+            want = old.store.provenance.get("checkpoint_sha256")
+            if store.provenance.get("checkpoint_sha256") != want:
+                logger.error("store %s was rebuilt with another checkpoint; keeping the %d rows loaded; "
+                             "restart `etp-search serve` to serve the new store", self.store_path, old.n)
+                store.close()
+                return False
+            searcher = Searcher(store, factory=self.factory)
+            n = len(store)
+            if store.uuid != old.store.uuid or n < old.n:
+                snap = self._build_snapshot(searcher, signature)  # a new store under the same name
+            elif n == old.n:
+                snap = Snapshot(searcher, old.indexes, old.infos, n, signature)  # a merge: same rows
+            else:
+                snap = Snapshot(searcher, {}, {}, n, signature)
+                for which, index in old.indexes.items():
+                    import faiss
+
+                    # A copy, extended off to the side: requests still searching the old one never
+                    # see it change. Flat copies cost n x d x 4 bytes, for a refresh every few seconds.
+                    grown = update_index(faiss.clone_index(index), store.vectors(which, slice(old.n, n)), old.n)
+                    snap.indexes[which] = grown
+                    snap.infos[which] = dict(old.infos[which], n_rows=n, saved_to_disk=False,
+                                             added_since_build=int(old.infos[which].get("added_since_build", 0))
+                                             + n - old.n)
+            self.snapshot = snap  # one assignment: the swap is atomic for every other thread
+            logger.info("store %s: now serving %d rows (was %d)", self.store_path, n, old.n)
+            return True
+
+    def _refresh_loop(self, every_s: float) -> None:
+        while not self._stop.wait(every_s):
+            try:
+                self.refresh()
+            except Exception:  # keep serving the last good snapshot whatever a refresh hit
+                logger.exception("refreshing %s failed; still serving %d rows", self.store_path, self.snapshot.n)
+
+    # ------------------------------------------------------------------ encoding
+
+    def encode_text(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        with self._text_lock, torch.inference_mode():
+            return self.model.encode_text(list(texts)).float().cpu().numpy()
+
+    def encode_signal(self, signal: np.ndarray, fs: float) -> np.ndarray:
+        """A raw (12, L) ECG in mV at ``fs`` Hz -> its (1, D) vector, preprocessed exactly like ``index``."""
+        import torch
+
+        from etp_search.preprocess import preprocess
+
+        signal = np.asarray(signal, dtype=np.float32)
+        if signal.ndim != 2 or signal.shape[0] != 12:
+            raise DataError(f"an ECG must be (12, samples) in the standard lead order; got shape {signal.shape}")
+        x, _ = preprocess(signal, fs, self.preset)
+        with torch.inference_mode():
+            return self.model.encode_ecg(torch.from_numpy(x)[None].to(self._device)).float().cpu().numpy()
+
+    def record_vector(self, record_id: str, snap: Snapshot | None = None) -> tuple[np.ndarray, int]:
+        snap = snap or self.snapshot
+        with snap.lock:
+            row = snap.store.row_of(str(record_id))
+            if row >= snap.n:
+                raise EtpError(f"record {record_id!r} is being added; try again in a moment")
+            return snap.store.ecg(np.array([row])), row
+
+    # ------------------------------------------------------------------ search
+
+    def search(self, vec: np.ndarray, k: int, target: str = "ecg", where: Sequence[str] = (),
+               exclude_row: int | None = None, snap: Snapshot | None = None) -> tuple[list[Hit], Snapshot]:
+        """Nearest ECGs ("ecg") or reports ("report") to ``vec``; k is capped at the rows that can match."""
+        from indexing.faiss_index import search
+
+        snap = snap or self.snapshot
+        if target not in TARGETS:
+            raise EtpError(f"unknown target {target!r}; use one of: {', '.join(TARGETS)}")
+        which = "ecg" if target == "ecg" else "text"
+        if which not in snap.indexes:
+            raise EtpError(f"store {snap.store.path.name} holds no report vectors; search with target 'ecg'")
+        if k < 1:
+            raise EtpError(f"k must be at least 1 (got {k})")
+        with snap.lock:
+            allowed = snap.searcher.allowed_rows(where)
+        if allowed is not None:
+            allowed = allowed[:snap.n]  # an in-place re-scan may have shown newer rows than the index holds
+        if exclude_row is not None:
+            allowed = np.ones(snap.n, dtype=bool) if allowed is None else allowed.copy()
+            allowed[exclude_row] = False
+        if allowed is not None and not allowed.any():
+            return [], snap
+        scores, rows = search(snap.indexes[which], vec, min(k, snap.n), allowed_rows=allowed)
+        with snap.lock:
+            return snap.searcher.hits(rows[0], scores[0]), snap
+
+    def query_text(self, text: str, k: int = 10, target: str = "ecg", where: Sequence[str] = ()) -> list[Hit]:
+        if not text or not text.strip():
+            raise EtpError('the query text is empty; type words to search for, e.g. "atrial fibrillation"')
+        return self.search(self.encode_text([text.strip()]), k, target, where)[0]
+
+    def query_signal(self, signal: np.ndarray, fs: float, k: int = 10, target: str = "ecg",
+                     where: Sequence[str] = ()) -> list[Hit]:
+        return self.search(self.encode_signal(signal, fs), k, target, where)[0]
+
+    def query_record(self, record_id: str, k: int = 10, target: str = "ecg", where: Sequence[str] = ()) -> list[Hit]:
+        snap = self.snapshot
+        vec, row = self.record_vector(record_id, snap)
+        # ECG -> ECG leaves the query itself out; ECG -> report keeps its own report as a fair hit.
+        return self.search(vec, k, target, where, exclude_row=row if target == "ecg" else None, snap=snap)[0]
+
+    # ------------------------------------------------------------------ records
+
+    def record(self, record_id: str) -> dict[str, Any]:
+        """A stored record's metadata, labels and report."""
+        snap = self.snapshot
+        with snap.lock:
+            row = snap.store.row_of(str(record_id))
+            hit = snap.searcher.hits(np.array([row]), np.array([1.0]))[0]
+            store = snap.store
+            extra = {c: store.meta(c, np.array([row]))[0] for c in store.meta_columns if c not in hit.meta}
+        meta = {**hit.meta, **{c: v.item() if isinstance(v, np.generic) else v for c, v in extra.items()}}
+        return {"id": hit.id, "row": row, "report": hit.text, "labels": hit.labels, "meta": meta}
+
+    def record_signal(self, record_id: str) -> EcgRecord:
+        """The raw signal of a stored record, re-read from the dataset folder the store was built from.
+
+        The id is looked up in the store first, so only records the indexer wrote are ever read.
+        """
+        snap = self.snapshot
+        with snap.lock:
+            snap.store.row_of(str(record_id))
+            prov = dict(snap.store.provenance)
+        with self._cache_lock:
+            rec = _lru_get(self._signals, record_id)
+        if rec is not None:
+            return rec
+        with self._reader_lock:
+            if self._reader is None:
+                self._reader = self._open_reader(prov)
+            from etp_search.readers.base import SkipRecord
+
+            try:
+                rec = self._reader.read(str(record_id))
+            except SkipRecord as exc:
+                raise NotAvailableError(f"the signal of record {record_id!r} cannot be read on this server ({exc})") from None
+        with self._cache_lock:
+            _lru_put(self._signals, record_id, rec, SIGNAL_CACHE)
+        return rec
+
+    @staticmethod
+    def _open_reader(prov: dict) -> Any:
+        from etp_search.readers import open_dataset
+
+        data_dir = prov.get("data_dir")
+        if not data_dir or not Path(data_dir).is_dir():
+            raise NotAvailableError("the raw signals of this store's dataset are not on this server (its data "
+                                    "folder is gone); plots need the folder the store was indexed from")
+        rate = int(prov.get("sampling_rate") or 0) or None
+        return open_dataset(data_dir, fmt=prov.get("dataset_format"),
+                            sampling_rate=rate if rate in (100, 500) else None)
+
+    # ------------------------------------------------------------------ zero-shot
+
+    def class_vectors(self, labels: Sequence[str] | None = None, task: str | None = None,
+                      prompts: str = "default") -> tuple[list[str], np.ndarray, list[int]]:
+        """(classes, (C, D) ensembled class embeddings, prompts per class) for a free label set or a task."""
+        from etp_search.evaluation.prompts import BUILTIN_SETS, class_prompts, free_label_prompts
+        from etp_search.evaluation.zeroshot import class_embeddings, encode_prompts
+
+        if (labels is None) == (task is None):
+            raise EtpError("give either labels (e.g. atrial fibrillation, sinus rhythm) or a task, not both")
+        if prompts not in BUILTIN_SETS:  # a prompt *file* would be a path chosen by the client
+            raise EtpError(f"unknown prompt set {prompts!r}; use one of: {', '.join(BUILTIN_SETS)}")
+        key = ("task", task, prompts) if task is not None else ("labels", tuple(labels or ()))
+        with self._cache_lock:
+            cached = _lru_get(self._prompts, key)
+        if cached is not None:
+            return cached
+        table = class_prompts(task, prompts) if task is not None else free_label_prompts(list(labels or ()))
+        with self._text_lock:
+            vecs = encode_prompts(self.model, table)
+        out = (list(table), class_embeddings(vecs), [len(p) for p in table.values()])
+        with self._cache_lock:
+            _lru_put(self._prompts, key, out, PROMPT_CACHE)
+        return out
+
+    def zeroshot(self, vec: np.ndarray, labels: Sequence[str] | None = None, task: str | None = None,
+                 prompts: str = "default") -> list[dict[str, Any]]:
+        """Score one ECG vector against each class: cosine, and a softmax over classes at the model's scale."""
+        classes, class_vecs, n_prompts = self.class_vectors(labels, task, prompts)
+        v = np.asarray(vec, np.float32).reshape(-1)
+        v = v / max(float(np.linalg.norm(v)), 1e-12)
+        cos = class_vecs @ v
+        logits = self.logit_scale * cos
+        prob = np.exp(logits - logits.max())
+        prob /= prob.sum()
+        desc = {}
+        if task is not None:
+            from etp_search.labels import get_task
+
+            desc = get_task(task).description
+        order = np.argsort(-cos, kind="stable")
+        return [{"label": classes[i], "description": str(desc.get(classes[i], classes[i])), "score": float(cos[i]),
+                 "probability": float(prob[i]), "n_prompts": n_prompts[i]} for i in order]
+
+    # ------------------------------------------------------------------ info
+
+    def info(self) -> dict[str, Any]:
+        from indexing.filters import columns
+
+        import etp_search
+
+        snap = self.snapshot
+        prov = snap.store.provenance
+        indexes = {w: {"factory": i.get("factory"), "n_rows": int(snap.indexes[w].ntotal),
+                       "recall_at_10": i.get("recall_at_10"), "nprobe": i.get("nprobe")}
+                   for w, i in snap.infos.items()}
+        with snap.lock:
+            cols = columns(snap.store)
+        return {"rows": snap.n, "store": snap.store.path.name, "dim": snap.store.dim,
+                "checkpoint": {"name": self.checkpoint.name, "sha256": prov.get("checkpoint_sha256")},
+                "preset": self.preset.name, "dataset_format": prov.get("dataset_format"),
+                "text_source": prov.get("text_source"), "indexes": indexes, "where_columns": cols,
+                "workers": self.workers, "version": etp_search.__version__}

@@ -1,0 +1,52 @@
+"""Pictures of ECGs for the page: compact thumbnail data and full ECG-paper plots.
+
+Thumbnails are drawn by the browser on a <canvas> from a downsampled copy of the 12 leads (a few
+kB of JSON per record), so a page of 10 result cards costs the server no image rendering. The full
+record view is a real ECG printout from :mod:`etp_search.plotting` (25 mm/s, 10 mm/mV, paper grid)
+rendered to PNG or SVG in memory.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from typing import Any
+
+import numpy as np
+
+from etp_search.records import STANDARD_LEADS
+
+FORMATS = {"png": "image/png", "svg": "image/svg+xml"}
+#: Matplotlib's text and font caches are shared by all figures; render one figure at a time.
+_RENDER_LOCK = threading.Lock()
+
+
+def thumbnail(signal: np.ndarray, fs: float, points: int = 400, seconds: float = 10.0) -> dict[str, Any]:
+    """The first ``seconds`` of each lead resampled to ``points`` values (mV, 3 decimals), for drawing.
+
+    Each point is the sample of largest magnitude in its bin, so QRS peaks survive the downsampling.
+    """
+    sig = np.asarray(signal, dtype=np.float32)[:, : max(1, int(round(seconds * fs)))]
+    n = sig.shape[1]
+    points = int(max(10, min(points, n)))
+    edges = np.linspace(0, n, points + 1).astype(int)
+    out = np.empty((sig.shape[0], points), dtype=np.float32)
+    for j in range(points):
+        seg = sig[:, edges[j]:max(edges[j + 1], edges[j] + 1)]
+        idx = np.abs(seg).argmax(axis=1)
+        out[:, j] = seg[np.arange(seg.shape[0]), idx]
+    out = np.nan_to_num(out)
+    return {"fs": float(fs), "seconds": n / float(fs), "points": points, "leads": list(STANDARD_LEADS),
+            "units": "mV", "data": np.round(out, 3).tolist()}
+
+
+def render(signal: np.ndarray, fs: float, fmt: str, title: str, layout: str = "3x4+II", dpi: float = 100.0) -> bytes:
+    """A standard 12-lead printout of one ECG as PNG or SVG bytes."""
+    from etp_search.plotting import ecg_figure
+
+    buf = io.BytesIO()
+    with _RENDER_LOCK:
+        fig = ecg_figure(np.asarray(signal, np.float32), fs=fs, title=title, layout=layout)
+        # No bbox_inches="tight": it would crop the page and break the millimetre scale.
+        fig.savefig(buf, format=fmt, dpi=dpi, facecolor="white")
+    return buf.getvalue()
