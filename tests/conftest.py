@@ -32,3 +32,13 @@ def shared_cpsc() -> Path:
 def example_ptbxl() -> Path:
     assert (EXAMPLE_PTBXL / "ptbxl_database.csv").exists(), "shipped example data is missing"
     return EXAMPLE_PTBXL
+
+
+@pytest.fixture(scope="session")
+def example_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store of the 50 shipped example records (shipped checkpoint), built once per session."""
+    from etp_search.export import index_data
+
+    path = tmp_path_factory.mktemp("example-store") / "store.h5"
+    index_data(EXAMPLE_PTBXL, path, workers=0, progress=False)
+    return path

@@ -105,8 +105,7 @@ def _signal_files(header_text: str, name: str) -> list[str]:
 
 
 def _wfdb(hea: UploadedFile, sig: UploadedFile) -> EcgRecord:
-    hea_name = safe_name(hea.name)
-    safe_name(sig.name)
+    hea_name = safe_name(hea.name)  # the signal file's client name is never used, only its extension
     try:
         text = hea.data.decode("utf-8")
     except UnicodeDecodeError:
@@ -117,7 +116,11 @@ def _wfdb(hea: UploadedFile, sig: UploadedFile) -> EcgRecord:
                           "upload records whose signals sit in one .dat or .mat file")
     # The header decides the signal file's name (WFDB looks it up by that name); a browser that
     # renamed the download ("rec (1).dat") still works, but the name itself must be harmless.
-    target = safe_name(wanted[0])
+    # The reader opens the header's name relative to the header, so it must have no folder part at all.
+    target = wanted[0]
+    if "/" in target or "\\" in target or safe_name(target) != target:
+        raise UploadError(f"{hea_name} names its signal file {target[:60]!r}, which is not a plain file name; "
+                          "upload a header whose signal file sits beside it (e.g. 00001_lr.dat)")
     if _suffix(target) != _suffix(sig.name):
         raise UploadError(f"{hea_name} names the signal file {target}, but a {_suffix(sig.name)} file was uploaded")
     with tempfile.TemporaryDirectory(prefix="etp-upload-") as tmp:  # mkdtemp: mode 0700, removed on exit
