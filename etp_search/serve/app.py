@@ -149,9 +149,10 @@ def create_app(engine: Engine, *, token: str | None = None, max_upload: int = MA
     async def run(fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.wrap_future(engine.submit(fn, *args))
 
-    def response(kind: str, hits: list, target: str, k: int, where: list[str], **q: Any) -> dict:
+    def response(kind: str, result: tuple, target: str, k: int, where: list[str], **q: Any) -> dict:
+        hits, snap = result  # rows: the snapshot this search ran on, even if a newer one is live now
         return {"query": {"kind": kind, **q}, "target": target, "k": k, "where": where,
-                "rows": engine.snapshot.n, "hits": _clean([h.as_dict() for h in hits])}
+                "rows": snap.n, "hits": _clean([h.as_dict() for h in hits])}
 
     async def read_upload(files: list[UploadFile], fs: Optional[float], layout: Optional[str], units: str) -> Any:
         got = [UploadedFile(f.filename or "", await f.read()) for f in files]
@@ -174,13 +175,13 @@ def create_app(engine: Engine, *, token: str | None = None, max_upload: int = MA
     @api.post("/search/text", response_model=SearchResponse, summary="Text -> nearest ECGs or reports")
     async def search_text(q: TextQuery) -> dict:
         _check_where(q.where)
-        hits = await run(engine.query_text, q.text, q.k, q.target, q.where)
+        hits = await run(engine.text_hits, q.text, q.k, q.target, q.where)
         return response("text", hits, q.target, q.k, q.where, text=q.text)
 
     @api.post("/search/record", response_model=SearchResponse, summary="Stored ECG -> nearest ECGs or reports")
     async def search_record(q: RecordQuery) -> dict:
         _check_where(q.where)
-        hits = await run(engine.query_record, q.id, q.k, q.target, q.where)
+        hits = await run(engine.record_hits, q.id, q.k, q.target, q.where)
         return response("record", hits, q.target, q.k, q.where, id=q.id)
 
     @api.post("/search/upload", response_model=SearchResponse,
@@ -196,7 +197,7 @@ def create_app(engine: Engine, *, token: str | None = None, max_upload: int = MA
     ) -> dict:
         _check_where(where)
         rec = await read_upload(file, fs, layout, units)
-        hits = await run(engine.query_signal, rec.signal, rec.fs, k, target, where)
+        hits = await run(engine.signal_hits, rec.signal, rec.fs, k, target, where)
         thumb = await run(plots.thumbnail, rec.signal, rec.fs)
         return response("upload", hits, target, k, where, file=rec.meta.get("source") or rec.id, fs=rec.fs,
                         seconds=rec.duration_s, thumbnail=thumb)

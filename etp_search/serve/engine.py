@@ -279,20 +279,34 @@ class Engine:
         with snap.lock:
             return snap.searcher.hits(rows[0], scores[0]), snap
 
-    def query_text(self, text: str, k: int = 10, target: str = "ecg", where: Sequence[str] = ()) -> list[Hit]:
+    # The *_hits methods return the snapshot they searched, so a response can say which rows it saw
+    # even when a refresh swaps the snapshot meanwhile; query_* mirror Searcher's signatures.
+
+    def text_hits(self, text: str, k: int = 10, target: str = "ecg", where: Sequence[str] = ()) -> tuple[list[Hit], Snapshot]:
         if not text or not text.strip():
             raise EtpError('the query text is empty; type words to search for, e.g. "atrial fibrillation"')
-        return self.search(self.encode_text([text.strip()]), k, target, where)[0]
+        return self.search(self.encode_text([text.strip()]), k, target, where)
 
-    def query_signal(self, signal: np.ndarray, fs: float, k: int = 10, target: str = "ecg",
-                     where: Sequence[str] = ()) -> list[Hit]:
-        return self.search(self.encode_signal(signal, fs), k, target, where)[0]
+    def signal_hits(self, signal: np.ndarray, fs: float, k: int = 10, target: str = "ecg",
+                    where: Sequence[str] = ()) -> tuple[list[Hit], Snapshot]:
+        return self.search(self.encode_signal(signal, fs), k, target, where)
 
-    def query_record(self, record_id: str, k: int = 10, target: str = "ecg", where: Sequence[str] = ()) -> list[Hit]:
+    def record_hits(self, record_id: str, k: int = 10, target: str = "ecg",
+                    where: Sequence[str] = ()) -> tuple[list[Hit], Snapshot]:
         snap = self.snapshot
         vec, row = self.record_vector(record_id, snap)
         # ECG -> ECG leaves the query itself out; ECG -> report keeps its own report as a fair hit.
-        return self.search(vec, k, target, where, exclude_row=row if target == "ecg" else None, snap=snap)[0]
+        return self.search(vec, k, target, where, exclude_row=row if target == "ecg" else None, snap=snap)
+
+    def query_text(self, text: str, k: int = 10, target: str = "ecg", where: Sequence[str] = ()) -> list[Hit]:
+        return self.text_hits(text, k, target, where)[0]
+
+    def query_signal(self, signal: np.ndarray, fs: float, k: int = 10, target: str = "ecg",
+                     where: Sequence[str] = ()) -> list[Hit]:
+        return self.signal_hits(signal, fs, k, target, where)[0]
+
+    def query_record(self, record_id: str, k: int = 10, target: str = "ecg", where: Sequence[str] = ()) -> list[Hit]:
+        return self.record_hits(record_id, k, target, where)[0]
 
     # ------------------------------------------------------------------ records
 
