@@ -149,10 +149,12 @@ def create_app(engine: Engine, *, token: str | None = None, max_upload: int = MA
     async def run(fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.wrap_future(engine.submit(fn, *args))
 
-    def response(kind: str, result: tuple, target: str, k: int, where: list[str], **q: Any) -> dict:
+    def response(kind: str, result: tuple, target: str, k: int, where: list[str], **q: Any) -> JSONResponse:
         hits, snap = result  # rows: the snapshot this search ran on, even if a newer one is live now
-        return {"query": {"kind": kind, **q}, "target": target, "k": k, "where": where,
-                "rows": snap.n, "hits": _clean([h.as_dict() for h in hits])}
+        # Returned as a ready JSONResponse: the response_model documents the shape, but re-validating
+        # our own output through pydantic would cost more than the FAISS search (tests check the shape).
+        return JSONResponse({"query": {"kind": kind, **q}, "target": target, "k": k, "where": where,
+                             "rows": snap.n, "hits": _clean([h.as_dict() for h in hits])})
 
     async def read_upload(files: list[UploadFile], fs: Optional[float], layout: Optional[str], units: str) -> Any:
         got = [UploadedFile(f.filename or "", await f.read()) for f in files]
@@ -173,13 +175,13 @@ def create_app(engine: Engine, *, token: str | None = None, max_upload: int = MA
         return _clean(out)
 
     @api.post("/search/text", response_model=SearchResponse, summary="Text -> nearest ECGs or reports")
-    async def search_text(q: TextQuery) -> dict:
+    async def search_text(q: TextQuery) -> JSONResponse:
         _check_where(q.where)
         hits = await run(engine.text_hits, q.text, q.k, q.target, q.where)
         return response("text", hits, q.target, q.k, q.where, text=q.text)
 
     @api.post("/search/record", response_model=SearchResponse, summary="Stored ECG -> nearest ECGs or reports")
-    async def search_record(q: RecordQuery) -> dict:
+    async def search_record(q: RecordQuery) -> JSONResponse:
         _check_where(q.where)
         hits = await run(engine.record_hits, q.id, q.k, q.target, q.where)
         return response("record", hits, q.target, q.k, q.where, id=q.id)
@@ -194,12 +196,16 @@ def create_app(engine: Engine, *, token: str | None = None, max_upload: int = MA
         fs: Annotated[Optional[float], Form(description=".npy only: sampling rate in Hz")] = None,
         layout: Annotated[Optional[str], Form(description=".npy only: leads-samples or samples-leads")] = None,
         units: Annotated[str, Form(description=".npy only: mV, uV or V")] = "mV",
-    ) -> dict:
+    ) -> JSONResponse:
         _check_where(where)
-        rec = await read_upload(file, fs, layout, units)
-        hits = await run(engine.signal_hits, rec.signal, rec.fs, k, target, where)
-        thumb = await run(plots.thumbnail, rec.signal, rec.fs)
-        return response("upload", hits, target, k, where, file=rec.meta.get("source") or rec.id, fs=rec.fs,
+        got = [UploadedFile(f.filename or "", await f.read()) for f in file]
+
+        def work() -> tuple:  # one trip to the worker pool: parse, encode, search, thumbnail
+            rec = parse_upload(got, fs, layout, units)
+            return rec, engine.signal_hits(rec.signal, rec.fs, k, target, where), plots.thumbnail(rec.signal, rec.fs)
+
+        rec, result, thumb = await run(work)
+        return response("upload", result, target, k, where, file=rec.meta.get("source") or rec.id, fs=rec.fs,
                         seconds=rec.duration_s, thumbnail=thumb)
 
     @api.get("/records/{record_id:path}/signal", summary="A stored record's 12 leads, downsampled for drawing")

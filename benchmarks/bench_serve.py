@@ -1,0 +1,351 @@
+"""`etp-search serve` under load: 1, 4 and 16 concurrent loopback clients vs the in-process Searcher.
+
+Each level runs for a bounded time with a deterministic mix of text, stored-record and upload
+(WFDB pair) queries against a real `etp-search serve` subprocess; the same mix is timed in process
+through ``Searcher`` (one torch thread, like the server) in the same run, as the baseline. Then the
+same levels run again while `etp-search index` appends to the served store. Finally a headless
+Chromium saves screenshots of the page (search results, a record's plot, an upload search).
+
+    python benchmarks/bench_serve.py --seconds 10
+    -> benchmarks/results/serve.{json,md}, serve_search.png, serve_record.png, serve_upload.png
+
+Targets (issue 12): HTTP adds <= 3 ms to a single client's median; at 16 clients p99 < 10x the
+single-client median; zero errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._paths import ROOT, portable  # noqa: E402
+from tests.serve_browser import browser_missing, chromium, close_chromium, start_server, stop_server  # noqa: E402
+
+EXAMPLE = ROOT / "etp_search" / "examples" / "ptbxl"
+SHARED = ROOT.parent / "shared" / "data" / "ptbxl"
+TEXTS = ["atrial fibrillation", "sinus rhythm", "left bundle branch block", "anterior myocardial infarction",
+         "ST depression", "left ventricular hypertrophy", "sinus bradycardia", "normal ECG",
+         "ventricular premature complex", "first degree AV block"]
+MIX = ("text", "text", "record", "text", "upload", "record", "text", "record", "upload", "text")
+K = 10
+logger = logging.getLogger("bench_serve")
+
+
+def _pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs) * 1e3, q)) if xs else float("nan")
+
+
+class Queries:
+    """The deterministic query mix: query i is MIX[i % 10] with the i-th text / id / upload."""
+
+    def __init__(self, ids: list[str], uploads: list[tuple[Path, Path]]):
+        self.ids, self.uploads = ids, uploads
+        self.blobs = [[("file", (h.name, h.read_bytes())), ("file", (d.name, d.read_bytes()))] for h, d in uploads]
+
+    def http(self, client, i: int) -> str:
+        kind = MIX[i % len(MIX)]
+        if kind == "text":
+            r = client.post("/api/v1/search/text", json={"text": TEXTS[i % len(TEXTS)], "k": K})
+        elif kind == "record":
+            r = client.post("/api/v1/search/record", json={"id": self.ids[(i * 7) % len(self.ids)], "k": K})
+        else:
+            r = client.post("/api/v1/search/upload", files=self.blobs[i % len(self.blobs)], data={"k": str(K)})
+        if r.status_code != 200 or len(r.json()["hits"]) != K:
+            raise RuntimeError(f"{kind}: HTTP {r.status_code} {r.text[:200]}")
+        return kind, r.json()["rows"]
+
+    def local(self, searcher, i: int) -> str:
+        kind = MIX[i % len(MIX)]
+        if kind == "text":
+            hits = searcher.query_text(TEXTS[i % len(TEXTS)], k=K)
+        elif kind == "record":
+            hits = searcher.query_record(self.ids[(i * 7) % len(self.ids)], k=K)
+        else:
+            hits = searcher.query_file(self.uploads[i % len(self.uploads)][0], k=K)
+        assert len(hits) == K
+        return kind
+
+
+def summarise(samples: list[tuple[str, float]], errors: int, seconds: float) -> dict:
+    lat = [s for _, s in samples]
+    out = {"requests": len(samples), "errors": errors, "seconds": round(seconds, 2),
+           "rps": round(len(samples) / seconds, 1) if seconds else 0.0,
+           "p50_ms": round(_pct(lat, 50), 2), "p99_ms": round(_pct(lat, 99), 2), "by_kind": {}}
+    for kind in sorted(set(MIX)):
+        xs = [s for k, s in samples if k == kind]
+        out["by_kind"][kind] = {"n": len(xs), "p50_ms": round(_pct(xs, 50), 2), "p99_ms": round(_pct(xs, 99), 2)}
+    return out
+
+
+def in_process(store: Path, queries: Queries, n: int) -> dict:
+    import torch
+
+    from etp_search.search import Searcher
+
+    torch.set_num_threads(1)  # what the server runs with
+    samples = []
+    with Searcher.open(store) as s:
+        for i in range(len(MIX)):  # warm-up: model, indexes, file caches
+            queries.local(s, i)
+        t_all = time.perf_counter()
+        for i in range(n):
+            t0 = time.perf_counter()
+            kind = queries.local(s, i)
+            samples.append((kind, time.perf_counter() - t0))
+        total = time.perf_counter() - t_all
+    out = summarise(samples, 0, total)
+    out["load_avg_1min"] = round(os.getloadavg()[0], 2)
+    return out
+
+
+def load(url: str, queries: Queries, clients: int, seconds: float) -> dict:
+    """``clients`` threads, each with its own keep-alive connection, querying until the deadline."""
+    import httpx
+
+    samples: list[tuple[str, float]] = []
+    rows: list[int] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    start = threading.Barrier(clients + 1)
+    deadline = [0.0]
+
+    def worker(w: int) -> None:
+        with httpx.Client(base_url=url, timeout=60) as c:
+            queries.http(c, w)  # warm the connection
+            start.wait()
+            i = w
+            while time.perf_counter() < deadline[0]:
+                t0 = time.perf_counter()
+                try:
+                    kind, n_rows = queries.http(c, i)
+                except Exception as exc:  # counted, and the run goes on
+                    with lock:
+                        errors.append(str(exc)[:200])
+                else:
+                    with lock:
+                        samples.append((kind, time.perf_counter() - t0))
+                        rows.append(n_rows)
+                i += clients
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(clients)]
+    for t in threads:
+        t.start()
+    deadline[0] = time.perf_counter() + seconds
+    start.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    out = summarise(samples, len(errors), time.perf_counter() - t0)
+    out.update(clients=clients, rows_seen=sorted(set(rows)), load_avg_1min=round(os.getloadavg()[0], 2))
+    if errors:
+        out["error_examples"] = sorted(set(errors))[:5]
+    return out
+
+
+def copy_records(src: Path, dst: Path, stems: list[tuple[str, str]]) -> None:
+    for sub, stem in stems:
+        (dst / "records100" / sub).mkdir(parents=True, exist_ok=True)
+        for ext in (".hea", ".dat"):
+            shutil.copy(src / "records100" / sub / f"{stem}{ext}", dst / "records100" / sub / f"{stem}{ext}")
+
+
+def record_files(data: Path) -> list[tuple[str, str]]:
+    return sorted((p.parent.name, p.stem) for p in (data / "records100").glob("*/*.hea"))
+
+
+def screenshots(store: Path, out: Path, upload: tuple[Path, Path]) -> list[str]:
+    """Three screenshots of the page in a real headless Chromium, saved beside the results."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    proc, url = start_server(store)
+    driver, profile = chromium()
+    saved = []
+    try:
+        wait = WebDriverWait(driver, 60)
+        driver.get(url + "/")
+        wait.until(lambda d: "ECGs" in d.find_element(By.ID, "status").text)
+        driver.find_element(By.ID, "q").send_keys("atrial fibrillation", Keys.ENTER)
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results canvas.thumb[data-drawn='1']")) >= 6)
+        driver.save_screenshot(str(out / "serve_search.png"))
+        driver.find_element(By.CSS_SELECTOR, "#results .card button.open").click()
+        wait.until(lambda d: d.find_element(By.ID, "rec-plot").get_attribute("data-loaded") == "1")
+        driver.save_screenshot(str(out / "serve_record.png"))
+        driver.execute_script("document.getElementById('record').close()")
+        driver.find_element(By.ID, "file").send_keys(f"{upload[0]}\n{upload[1]}")
+        wait.until(lambda d: upload[0].stem in d.find_element(By.ID, "query-title").text)
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results canvas.thumb[data-drawn='1']")) >= 6)
+        driver.save_screenshot(str(out / "serve_upload.png"))
+        saved = ["serve_search.png", "serve_record.png", "serve_upload.png"]
+    finally:
+        close_chromium(driver, profile)
+        stop_server(proc)
+    return saved
+
+
+def markdown(res: dict) -> str:
+    base, t = res["in_process"], res["targets"]
+    lines = ["# `etp-search serve` under load", "",
+             f"{res['machine']}; store: {res['rows']} PTB-XL records ({res['index']}); server: `etp-search serve` "
+             f"({res['server_workers']} workers, 1 torch + 1 FAISS thread per query); clients: Python threads with "
+             f"keep-alive httpx connections on the same machine; query mix per 10 requests: 5 text, 3 stored "
+             f"record, 2 WFDB upload; k={K}; {res['seconds']} s per level; load avg = the machine's 1-minute load "
+             "average after the level (other sessions share these cores).", "",
+             "| | clients | requests/s | p50 ms | p99 ms | errors | text p50 | record p50 | upload p50 | load avg |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+             f"| in-process `Searcher` (baseline) | 1 | {base['rps']} | {base['p50_ms']} | {base['p99_ms']} | 0 | "
+             f"{base['by_kind']['text']['p50_ms']} | {base['by_kind']['record']['p50_ms']} | {base['by_kind']['upload']['p50_ms']} "
+             f"| {base['load_avg_1min']} |"]
+    for phase, title in (("idle", "HTTP"), ("appending", "HTTP while `index` appends")):
+        for r in res[phase]:
+            bk = r["by_kind"]
+            lines.append(f"| {title} | {r['clients']} | {r['rps']} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} | "
+                         f"{bk['text']['p50_ms']} | {bk['record']['p50_ms']} | {bk['upload']['p50_ms']} | "
+                         f"{r['load_avg_1min']} |")
+    a = res["append"]
+    lines += ["", f"While appending: `etp-search index` added {a['rows_added']} rows ({a['rows_before']} -> "
+              f"{a['rows_after']}) in {a['index_seconds']} s (model load included); the load ran {a['load_seconds']} s of "
+              f"that, starting when its first batch landed. Responses saw {a['distinct_rows_seen']} different row counts, "
+              f"{a['rows_seen_min']} .. {a['rows_seen_max']}, each a whole number of batches, with no restart. Both "
+              "compete for the same 2 cores, so latency rises while it runs.", "",
+              "Targets:", "",
+              "- HTTP adds to the single-client median, per kind (HTTP p50 - in-process p50): "
+              + ", ".join(f"{k} {v:+.2f} ms" for k, v in t['overhead_by_kind'].items())
+              + f" (whole mix: {t['http_p50_1']} vs {t['inproc_p50']} ms, {t['mix_overhead_ms']:+.2f}); target <= 3 ms "
+              f"for every kind: {'met' if t['overhead_ok'] else 'NOT met'}",
+              f"- 16 clients p99 {t['p99_16']} ms = {t['p99_16_over_p50_1']}x the single-client median: target < 10x: "
+              f"{'met' if t['p99_ok'] else 'NOT met'}. With 16 clients in a closed loop the mean latency is "
+              f"16 / throughput (Little's law), so the target needs >= {t['rps_needed_16']} requests/s at 16 clients; "
+              f"measured {t['rps_16']}.",
+              f"- errors: {t['errors']} (target 0)", "",
+              f"Command: `{res['command']}`", ""]
+    if res.get("screenshots"):
+        lines += ["Screenshots (headless Chromium): " + ", ".join(f"`{s}`" for s in res["screenshots"]), ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=10.0, help="load time per concurrency level")
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--baseline-queries", type=int, default=100)
+    ap.add_argument("--data", type=Path, default=SHARED if (SHARED / "ptbxl_database.csv").exists() else EXAMPLE)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--no-screenshots", action="store_true")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from etp_search.export import index_data
+
+    work = Path(tempfile.mkdtemp(prefix="bench_serve_"))
+    try:
+        store = work / "store.h5"
+        logger.info("indexing %s", args.data)
+        index_data(args.data, store, progress=False)
+        from indexing.store import EmbeddingStore
+
+        with EmbeddingStore.open(store) as st:
+            ids, rows = st.ids, len(st)
+        files = record_files(args.data)
+        uploads = [(args.data / "records100" / s / f"{n}.hea", args.data / "records100" / s / f"{n}.dat") for s, n in files[:20]]
+        queries = Queries(ids, uploads)
+        baseline = in_process(store, queries, args.baseline_queries)
+        logger.info("in-process: %s", baseline)
+        proc, url = start_server(store)
+        try:
+            import httpx
+
+            info = httpx.get(url + "/api/v1/info").json()
+            idle = []
+            for n in args.clients:
+                idle.append(load(url, queries, n, args.seconds))
+                logger.info("%d clients: %s", n, {k: v for k, v in idle[-1].items() if k != "by_kind"})
+        finally:
+            stop_server(proc)
+
+        # --- the same while `index` appends to the served store
+        data2, store2 = work / "growing", work / "growing.h5"
+        data2.mkdir()
+        for name in ("ptbxl_database.csv", "scp_statements.csv"):
+            shutil.copy(args.data / name, data2 / name)
+        first = max(20, len(files) // 10)
+        copy_records(args.data, data2, files[:first])
+        index_data(data2, store2, progress=False)
+        copy_records(args.data, data2, files[first:])
+        proc, url = start_server(store2, "--refresh", "0.5")
+        try:
+            with EmbeddingStore.open(store2) as st:
+                before, queries2 = len(st), Queries(st.ids, uploads)  # ids the growing store holds from the start
+            exe = Path(sys.executable).with_name("etp-search")
+            t_idx = time.perf_counter()
+            idx = subprocess.Popen([str(exe), "index", str(data2), "--store", str(store2), "--batch-size", "32"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            # Load starts once the first batch has landed, so every level runs while rows arrive.
+            while httpx.get(url + "/api/v1/health").json()["rows"] == before and idx.poll() is None:
+                time.sleep(0.2)
+            appending = []
+            t_load = time.perf_counter()
+            for n in args.clients:
+                appending.append(load(url, queries2, n, args.seconds))
+                appending[-1]["index_running_at_end"] = idx.poll() is None
+                logger.info("%d clients while appending: %s", n, {k: v for k, v in appending[-1].items() if k != "by_kind"})
+            load_s = time.perf_counter() - t_load
+            idx_rc = idx.wait()
+            idx_s = time.perf_counter() - t_idx
+            time.sleep(1.5)
+            after = httpx.get(url + "/api/v1/health").json()["rows"]
+        finally:
+            stop_server(proc)
+        if idx_rc != 0:
+            raise SystemExit(f"etp-search index failed with exit code {idx_rc}")
+        shots = [] if args.no_screenshots or browser_missing() else screenshots(store, args.out, uploads[0])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    p50_1 = next(r for r in idle if r["clients"] == 1)["p50_ms"] if 1 in args.clients else float("nan")
+    p99_16 = next((r["p99_ms"] for r in idle if r["clients"] == 16), float("nan"))
+    by_kind = {k: round(next(r for r in idle if r["clients"] == 1)["by_kind"][k]["p50_ms"] - v["p50_ms"], 2)
+               for k, v in baseline["by_kind"].items()} if 1 in args.clients else {}
+    errors = sum(r["errors"] for r in idle + appending)
+    overhead = round(max(by_kind.values()), 2) if by_kind else float("nan")  # the worst kind, not the mix
+    res = {"benchmark": "serve", "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "rows": rows,
+           "index": f"{info['indexes']['ecg']['factory']} index", "server_workers": info["workers"],
+           "seconds": args.seconds, "in_process": baseline, "idle": idle, "appending": appending,
+           "append": {"rows_before": before, "rows_after": after, "rows_added": after - before,
+                      "index_seconds": round(idx_s, 1), "load_seconds": round(load_s, 1),
+                      "rows_seen_min": min(min(r["rows_seen"]) for r in appending),
+                      "rows_seen_max": max(max(r["rows_seen"]) for r in appending),
+                      "distinct_rows_seen": len({n for r in appending for n in r["rows_seen"]})},
+           "targets": {"http_p50_1": p50_1, "inproc_p50": baseline["p50_ms"], "http_overhead_ms": overhead,
+                       "overhead_by_kind": by_kind, "overhead_ok": bool(overhead <= 3.0),
+                       "p99_16": p99_16, "p99_16_over_p50_1": round(p99_16 / p50_1, 2),
+                       "mix_overhead_ms": round(p50_1 - baseline["p50_ms"], 2),
+                       "rps_16": next((r["rps"] for r in idle if r["clients"] == 16), float("nan")),
+                       # closed loop: mean latency = clients / throughput (Little's law), so p99 < 10 x p50_1
+                       # needs at least this throughput at 16 clients
+                       "rps_needed_16": round(16 / (10 * p50_1 / 1e3), 1),
+                       "p99_ok": bool(p99_16 < 10 * p50_1), "errors": errors},
+           "screenshots": shots, "command": "python benchmarks/bench_serve.py " + " ".join(sys.argv[1:])}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "serve.json").write_text(json.dumps(portable(res), indent=2))
+    (args.out / "serve.md").write_text(markdown(res))
+    print(markdown(res))
+
+
+if __name__ == "__main__":
+    main()
