@@ -181,6 +181,29 @@ def test_zeroshot_record_and_upload(client: TestClient, engine: Engine, searcher
     np.testing.assert_allclose([c["score"] for c in up["classes"]], [c["score"] for c in rec9["classes"]], atol=1e-4)
 
 
+def test_one_thread_per_query_and_a_bounded_pool(engine: Engine) -> None:
+    import faiss
+    import torch
+
+    assert torch.get_num_threads() == 1 and faiss.omp_get_max_threads() == 1
+    assert engine.pool._max_workers == 2
+
+
+def test_concurrent_queries_equal_sequential_ones(engine: Engine) -> None:
+    """Eight threads at once (text, record, signal) give exactly the answers of one at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from etp_search.search import read_ecg_file
+
+    sig = read_ecg_file(REC_DIR / "00009_lr.hea")
+    jobs = [lambda: engine.query_text("atrial fibrillation", 5), lambda: engine.query_record("17", 5),
+            lambda: engine.query_signal(sig.signal, sig.fs, 5), lambda: engine.query_text("sinus rhythm", 5, "report")]
+    want = [[(h.id, round(h.score, 5)) for h in job()] for job in jobs]
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda i: [(h.id, round(h.score, 5)) for h in jobs[i % 4]()], range(32)))
+    assert got == [want[i % 4] for i in range(32)]
+
+
 def test_page_static_and_openapi(client: TestClient) -> None:
     page = client.get("/")
     assert page.status_code == 200 and "<canvas" in page.text and "static/app.js" in page.text
