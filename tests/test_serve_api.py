@@ -116,7 +116,7 @@ def test_upload_numpy_in_both_layouts_equals_wfdb(client: TestClient, searcher: 
 
     sig = read_ecg_file(REC_DIR / "00009_lr.hea").signal
     want = client.post(f"{API}/search/upload", files=wfdb_files(), data={"k": "5"}).json()["hits"]
-    for layout, arr in (("leads-samples", sig), ("samples-leads", sig.T)):
+    for layout, arr in (("leads x samples", sig), ("samples x leads", sig.T), ("samples-leads", sig.T)):
         buf = io.BytesIO()
         np.save(buf, arr)
         got = client.post(f"{API}/search/upload", files=[("file", ("x.npy", buf.getvalue()))],

@@ -194,8 +194,8 @@ def create_app(engine: Engine, *, token: str | None = None, max_upload: int = MA
         target: Annotated[Target, Form()] = "ecg",
         where: Annotated[list[str], Form(description="Filters, repeatable")] = [],  # noqa: B006 (FastAPI copies it)
         fs: Annotated[Optional[float], Form(description=".npy only: sampling rate in Hz")] = None,
-        layout: Annotated[Optional[str], Form(description=".npy only: leads-samples or samples-leads")] = None,
-        units: Annotated[str, Form(description=".npy only: mV, uV or V")] = "mV",
+        layout: Annotated[Optional[str], Form(description=".npy only: 'samples x leads' or 'leads x samples'")] = None,
+        units: Annotated[str, Form(description=".npy only: mV, uV, V or sd (standardised)")] = "mV",
     ) -> JSONResponse:
         _check_where(where)
         got = [UploadedFile(f.filename or "", await f.read()) for f in file]

@@ -119,7 +119,7 @@ class Client:
         """A (12, L) ECG in mV, sent as a .npy with its rate and layout declared."""
         buf = io.BytesIO()
         np.save(buf, np.asarray(signal, dtype=np.float32), allow_pickle=False)
-        data = {"k": str(k), "target": target, "where": list(where), "fs": str(fs), "layout": "leads-samples"}
+        data = {"k": str(k), "target": target, "where": list(where), "fs": str(fs), "layout": "leads x samples"}
         return self._hits(self._call("POST", "/search/upload", files=[("file", ("query.npy", buf.getvalue()))], data=data))
 
     # ------------------------------------------------------------------ records, plots, zero-shot

@@ -27,11 +27,14 @@ import numpy as np
 from etp_search.errors import DataError
 from etp_search.records import STANDARD_LEADS, EcgRecord
 
-#: Layouts a NumPy upload may declare.
-LAYOUTS = ("leads-samples", "samples-leads")
-#: Units a NumPy upload may declare, and their factor to millivolts.
-UNITS = {"mV": 1.0, "uV": 1e-3, "V": 1e3}
-MIN_FS, MAX_FS = 50.0, 10000.0
+from etp_search.readers.npy_folder import FS_RANGE, LAYOUTS as FOLDER_LAYOUTS, UNITS as FOLDER_UNITS
+
+#: Layouts a NumPy upload may declare: the NumPy-folder reader's words, plus short aliases for forms.
+LAYOUTS = tuple(FOLDER_LAYOUTS)
+_LAYOUT_ALIASES = {"samples-leads": "samples x leads", "leads-samples": "leads x samples"}
+#: Units a NumPy upload may declare (as the NumPy-folder reader: mV, uV, V, or sd = per-lead standardised).
+UNITS = FOLDER_UNITS
+MIN_FS, MAX_FS = FS_RANGE
 MIN_SECONDS, MAX_SECONDS = 1.0, 300.0
 ACCEPTED = ("a WFDB pair (.hea + .dat), a CinC record (.hea + .mat), a CPSC2018 .mat, "
             "or a NumPy .npy with its sampling rate and layout")
@@ -156,10 +159,12 @@ def _numpy(f: UploadedFile, fs: float | None, layout: str | None, units: str) ->
                           f"({' or '.join(LAYOUTS)}) with {name}")
     if not MIN_FS <= fs <= MAX_FS:
         raise UploadError(f"fs={fs:g} Hz is out of range; give the sampling rate in Hz ({MIN_FS:g}-{MAX_FS:g})")
+    given = layout
+    layout = _LAYOUT_ALIASES.get(layout.strip().lower(), " ".join(layout.strip().lower().replace("×", "x").split()))
     if layout not in LAYOUTS:
-        raise UploadError(f"unknown layout {layout!r}; use {' or '.join(LAYOUTS)}")
-    if units not in UNITS:
-        raise UploadError(f"unknown unit {units!r}; use one of {', '.join(UNITS)}")
+        raise UploadError(f"unknown layout {given!r}; use {' or '.join(repr(x) for x in LAYOUTS)}")
+    if units.strip().lower() not in UNITS:
+        raise UploadError(f"unknown unit {units!r}; use one of mV, uV, V, sd (per-lead standardised)")
     try:
         arr = np.load(io.BytesIO(f.data), allow_pickle=False)
     except Exception as exc:  # numpy raises ValueError/EOFError/OSError for bytes that are no .npy
@@ -167,7 +172,7 @@ def _numpy(f: UploadedFile, fs: float | None, layout: str | None, units: str) ->
     if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiu" or arr.ndim != 2:
         raise UploadError(f"{name} holds {getattr(arr, 'dtype', '?')} of shape {getattr(arr, 'shape', '?')}; "
                           "send one ECG as a 2-D numeric array")
-    sig = arr if layout == "leads-samples" else arr.T
+    sig = arr if layout == "leads x samples" else arr.T
     if sig.shape[0] != len(STANDARD_LEADS):
         raise UploadError(f"{name} has shape {arr.shape}; with layout {layout} that is {sig.shape[0]} leads, "
                           "the model needs 12 (I, II, III, aVR, aVL, aVF, V1-V6); check the layout")
@@ -175,7 +180,7 @@ def _numpy(f: UploadedFile, fs: float | None, layout: str | None, units: str) ->
     if not MIN_SECONDS <= seconds <= MAX_SECONDS:
         raise UploadError(f"{name} is {seconds:.1f} s long at {fs:g} Hz; send {MIN_SECONDS:g}-{MAX_SECONDS:g} s "
                           "(is fs right?)")
-    sig = np.ascontiguousarray(sig, dtype=np.float32) * np.float32(UNITS[units])
+    sig = np.ascontiguousarray(sig, dtype=np.float32) * np.float32(UNITS[units.strip().lower()])
     if not np.isfinite(sig).any(axis=1).all():
         raise UploadError(f"{name} has a lead with no finite sample; send an ECG with all 12 leads")
     stem = name[:-4]
