@@ -100,7 +100,7 @@ def test_record_search_equals_searcher(client: TestClient, searcher: Searcher) -
 
 def test_upload_of_a_stored_record_finds_itself(client: TestClient, searcher: Searcher) -> None:
     """Preprocessed exactly like `index`: the uploaded copy of record 9 lands on its own stored vector."""
-    body = client.post(f"{API}/search/upload", files=wfdb_files(), data={"k": "5"}).json()
+    body = client.post(f"{API}/search/upload", files=wfdb_files(), data={"k": "5", "thumbnail": "true"}).json()
     SearchResponse.model_validate(body)
     assert body["hits"][0]["id"] == "9" and body["hits"][0]["score"] > 0.9999
     same_hits(body["hits"], searcher.query_file(REC_DIR / "00009_lr.hea", k=5))
@@ -146,6 +146,7 @@ def test_record_signal_thumbnail_keeps_peaks(client: TestClient) -> None:
     assert data.shape == (12, 200) and body["leads"][0] == "I" and body["fs"] == 100.0
     # each point is its bin's largest-magnitude sample, so every lead's peak survives downsampling
     np.testing.assert_allclose(np.abs(data).max(axis=1), np.abs(raw).max(axis=1), atol=1e-3)
+    assert all(len(repr(v)) <= 7 for v in data.ravel().tolist()[:200])  # 3 decimals, not float32 noise
 
 
 def test_plot_png_and_svg(client: TestClient) -> None:

@@ -196,13 +196,15 @@ def create_app(engine: Engine, *, token: str | None = None, max_upload: int = MA
         fs: Annotated[Optional[float], Form(description=".npy only: sampling rate in Hz")] = None,
         layout: Annotated[Optional[str], Form(description=".npy only: 'samples x leads' or 'leads x samples'")] = None,
         units: Annotated[str, Form(description=".npy only: mV, uV, V or sd (standardised)")] = "mV",
+        thumbnail: Annotated[bool, Form(description="Also return the uploaded ECG downsampled for drawing")] = False,
     ) -> JSONResponse:
         _check_where(where)
         got = [UploadedFile(f.filename or "", await f.read()) for f in file]
 
         def work() -> tuple:  # one trip to the worker pool: parse, encode, search, thumbnail
             rec = parse_upload(got, fs, layout, units)
-            return rec, engine.signal_hits(rec.signal, rec.fs, k, target, where), plots.thumbnail(rec.signal, rec.fs)
+            thumb = plots.thumbnail(rec.signal, rec.fs) if thumbnail else None
+            return rec, engine.signal_hits(rec.signal, rec.fs, k, target, where), thumb
 
         rec, result, thumb = await run(work)
         return response("upload", result, target, k, where, file=rec.meta.get("source") or rec.id, fs=rec.fs,

@@ -105,7 +105,10 @@ class Engine:
         self._device = next(self.model.parameters()).device
         self.preset = self._preset(first.store.provenance)
         self.logit_scale = float(self.model.scale().detach())
-        self._text_lock = threading.Lock()  # HF fast tokenizers are not safe to call from two threads at once
+        # A HF fast tokenizer mutates itself only when its padding/truncation settings change, which the
+        # first call fixes for good (every call passes the same ones); warmed up here, before any
+        # concurrency, it is then only read, and text queries encode in parallel.
+        self.encode_text(["warm-up"])
         self._reader: Any = None
         self._reader_lock = threading.Lock()
         self._signals: OrderedDict[str, EcgRecord] = OrderedDict()
@@ -227,7 +230,7 @@ class Engine:
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         import torch
 
-        with self._text_lock, torch.inference_mode():
+        with torch.inference_mode():
             return self.model.encode_text(list(texts)).float().cpu().numpy()
 
     def encode_signal(self, signal: np.ndarray, fs: float) -> np.ndarray:
@@ -377,8 +380,7 @@ class Engine:
         if cached is not None:
             return cached
         table = class_prompts(task, prompts) if task is not None else free_label_prompts(list(labels or ()))
-        with self._text_lock:
-            vecs = encode_prompts(self.model, table)
+        vecs = encode_prompts(self.model, table)
         out = (list(table), class_embeddings(vecs), [len(p) for p in table.values()])
         with self._cache_lock:
             _lru_put(self._prompts, key, out, PROMPT_CACHE)

@@ -36,7 +36,7 @@ def thumbnail(signal: np.ndarray, fs: float, points: int = 400, seconds: float =
     pick = np.abs(blocks).argmax(axis=2)[..., None]
     out = np.take_along_axis(blocks, pick, axis=2)[..., 0]
     return {"fs": float(fs), "seconds": n / float(fs), "points": bins, "leads": list(STANDARD_LEADS),
-            "units": "mV", "data": np.round(out, 3).tolist()}
+            "units": "mV", "data": np.round(out.astype(np.float64), 3).tolist()}  # float64: 0.192, not 0.19200000166893005
 
 
 def render(signal: np.ndarray, fs: float, fmt: str, title: str, layout: str = "3x4+II", dpi: float = 100.0) -> bytes:

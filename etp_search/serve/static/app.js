@@ -166,6 +166,7 @@ async function searchUpload(files) {
   try {
     const form = uploadForm(files);
     form.append("k", String(Number($("k").value) || 10)); form.append("target", $("target").value);
+    form.append("thumbnail", "true");
     for (const w of filters()) form.append("where", w);
     const resp = await (await call("/search/upload", {method: "POST", body: form})).json();
     $("query-view").hidden = false;
