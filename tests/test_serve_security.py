@@ -205,3 +205,16 @@ def test_shared_numpy_archive_upload(engine: Engine) -> None:
     wrong = c.post(f"{API}/search/upload", files=[("file", (path.name, path.read_bytes()))],
                    data={"fs": "100", "layout": "leads-samples"})
     assert wrong.status_code == 400 and "check the layout" in wrong.json()["error"]
+
+
+def test_cli_names_a_taken_port_before_loading_the_model(example_store: Path) -> None:
+    import socket
+
+    _register()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = CliRunner().invoke(cli_app, ["serve", "--store", str(example_store), "--port", str(port)])
+    assert r.exit_code == 1 and f"cannot listen on 127.0.0.1:{port}" in r.output
+    assert len(r.output.strip().splitlines()) == 1

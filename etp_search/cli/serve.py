@@ -41,6 +41,7 @@ def serve(
         raise fail(f"serve needs the server extra ({exc.name} is missing): pip install 'etp-search[serve]'") from None
     from etp_search.serve.engine import Engine
 
+    _check_port_free(host, port)  # before the model loads, so a taken port fails in a second, not ten
     engine = Engine(store, checkpoint=checkpoint, device=device, workers=workers, threads=threads, refresh_s=refresh)
     # Open on loopback: only loopback Host names, so another site's page cannot reach it by DNS rebinding.
     hosts = LOOPBACK_NAMES if is_loopback(host) and not token else None
@@ -54,6 +55,21 @@ def serve(
         server.run()
     finally:
         engine.close()
+    if not server.started:
+        raise fail(f"could not listen on {host}:{port}; pick another --port or stop the process using it")
+
+
+def _check_port_free(host: str, port: int) -> None:
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
+        try:
+            sock.bind((host.strip("[]"), port))
+        except OSError as exc:
+            raise fail(f"cannot listen on {host}:{port} ({exc.strerror.lower() if exc.strerror else exc}); "
+                       "pick another --port, or stop the process using it") from None
 
 
 def _announce_when_started(server, host: str, with_token: bool) -> None:
