@@ -57,18 +57,38 @@ def load_scp_statements(path: str | Path | None = None) -> pd.DataFrame:
     return _load_statements(str(Path(path) if path is not None else SCP_STATEMENTS_CSV)).copy()
 
 
+#: Longest ``scp_codes`` text parsed: PTB-XL's longest is ~120 characters. Nested input far longer
+#: (a 200k-deep ``-(-(...))``) exhausts the parser's stack; it is refused before parsing.
+MAX_SCP_CODES_CHARS = 10_000
+
+
 def parse_scp_codes(literal: str) -> dict[str, float]:
-    """Parse PTB-XL's ``scp_codes`` (a Python dict literal) safely, never with eval.
+    """Parse PTB-XL's ``scp_codes`` (a Python dict literal of code -> likelihood) safely, never with eval.
+
+    Codes must be non-empty strings and likelihoods numbers in 0..100 (PTB-XL uses 0 for "unknown").
 
     Raises:
-        ValueError: when the text is not a dict literal of code -> number.
+        ValueError: when the text is not such a dict literal (a one-line reason).
     """
     if not isinstance(literal, str) or not literal.strip():
         return {}
-    value = ast.literal_eval(literal)
+    if len(literal) > MAX_SCP_CODES_CHARS:
+        raise ValueError(f"scp_codes is {len(literal)} characters long, at most {MAX_SCP_CODES_CHARS} are parsed")
+    try:
+        value = ast.literal_eval(literal)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as exc:
+        raise ValueError(f"scp_codes is not a dict literal ({type(exc).__name__}): {literal[:60]!r}") from None
     if not isinstance(value, dict):
         raise ValueError(f"scp_codes is not a dict literal: {literal[:60]!r}")
-    return {str(k): float(v) for k, v in value.items()}
+    out: dict[str, float] = {}
+    for code, likelihood in value.items():
+        if not isinstance(code, str) or not code.strip():
+            raise ValueError(f"scp_codes has the code {code!r}; codes are SCP statement names")
+        if isinstance(likelihood, bool) or not isinstance(likelihood, (int, float)) \
+                or not 0.0 <= likelihood <= 100.0:
+            raise ValueError(f"scp_codes gives {code!r} the likelihood {likelihood!r}; expected a number 0..100")
+        out[code] = float(likelihood)
+    return out
 
 
 def _group(row: pd.Series) -> int:

@@ -46,6 +46,12 @@ def join_reports(table: pd.DataFrame) -> pd.Series:
     return parts.apply(lambda row: STATEMENT_SEPARATOR.join(v for v in row if v), axis=1)
 
 
+def _id_number(value: object) -> int:
+    """A MIMIC id as an int, -1 when it is no plain ASCII number ("²".isdigit() is True, int() refuses it)."""
+    text = str(value).strip()
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else -1
+
+
 class MimicReader(Reader):
     """Reader for the MIMIC-IV-ECG layout; record id = study_id."""
 
@@ -59,6 +65,10 @@ class MimicReader(Reader):
         require_columns(records.columns, ["study_id", "path"], list_path)
         if records["study_id"].duplicated().any():
             raise DataError(f"{list_path} has duplicate study_id values; re-download it")
+        empty = records.index[records["study_id"].str.strip() == ""]
+        if len(empty):
+            raise DataError(f"{list_path} has {len(empty)} row(s) without a study_id (first: data row {empty[0] + 1}); "
+                            "every record needs its id: re-download the file")
         meas_path = self.root / MEASUREMENTS
         texts = pd.Series("", index=records["study_id"])
         extra_columns: dict[str, pd.Series] = {}
@@ -96,6 +106,8 @@ class MimicReader(Reader):
         except KeyError:
             raise SkipRecord("unknown record", f"study_id {ref} is not in {RECORD_LIST}") from None
         rel = row["path"]
+        if not rel.strip() or Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise SkipRecord("malformed filename", f"study_id {ref}: path {rel[:60]!r} is not a path inside {self.root}")
         sig = read_wfdb(self.root / rel)
         texts = {REPORT: self._texts.get(ref, "")}
         for name, column in self._extra.items():
@@ -103,8 +115,7 @@ class MimicReader(Reader):
         subject = row.get("subject_id", "")
         meta = {"age": float("nan"), "sex": -1, "strat_fold": -1, "source": rel,
                 "missing_leads": sig.missing_leads, "texts": texts,
-                "subject_id": int(subject) if str(subject).isdigit() else -1,
-                "study_id": int(ref) if str(ref).isdigit() else -1, "ecg_time": row.get("ecg_time", "")}
+                "subject_id": _id_number(subject), "study_id": _id_number(ref), "ecg_time": row.get("ecg_time", "")}
         if sig.dropped_channels:
             meta["dropped_channels"] = sig.dropped_channels
         if sig.nan_samples:
