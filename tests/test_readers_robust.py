@@ -346,3 +346,13 @@ def test_query_ecg_of_a_bad_file_is_one_line(example_ptbxl, tmp_path, edit, word
     assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0]
+
+
+@pytest.mark.parametrize("label", ["0", "-1", "10", "inf", "1e999", "2.5", "x"])
+def test_reference_label_outside_one_to_nine_is_one_table_error(example_ptbxl, tmp_path, label):
+    # "0" and "-1" used to index the class list from its end: record labelled STE/PVC without a word.
+    root = _cpsc_struct(tmp_path, example_ptbxl)
+    (root / "REFERENCE.csv").write_text(f"Recording,First_label\nA0001,1\nA0002,{label}\n")
+    with pytest.raises(DataError, match="not a class number 1..9") as err:
+        open_dataset(root)
+    assert "\n" not in str(err.value)

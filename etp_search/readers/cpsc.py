@@ -64,10 +64,14 @@ def load_reference(path: Path) -> dict[str, list[str]]:
             if not value:
                 continue
             try:
-                number = int(float(value))
-                classes.append(CPSC2018_CLASSES[number - 1])
-            except (ValueError, IndexError):
-                raise DataError(f"{path}: label '{value}' of {row['Recording']} is not a class number 1..9") from None
+                number = float(value)
+            except ValueError:
+                number = math.nan
+            # 0 or -1 once indexed the class list from its end: label 0 silently became "STE"
+            if not (1 <= number <= len(CPSC2018_CLASSES) and number.is_integer()):
+                raise DataError(f"{path}: label '{value[:20]}' of {row['Recording'][:40]} is not a class number 1..9; "
+                                "re-download REFERENCE.csv")
+            classes.append(CPSC2018_CLASSES[int(number) - 1])
         out[row["Recording"].strip()] = list(dict.fromkeys(classes))
     return out
 
