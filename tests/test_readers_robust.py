@@ -146,7 +146,7 @@ def test_empty_ecg_id_is_one_table_error(example_ptbxl, tmp_path):
     # The key of every record: a row without one means the table is damaged, like duplicate ids.
     root = _copy(example_ptbxl, tmp_path / "ptbxl")
     _edit_cell(root, "17", "ecg_id", "  ")
-    with pytest.raises(DataError, match="without an ecg_id") as err:
+    with pytest.raises(DataError, match="without ecg_id") as err:
         open_dataset(root)
     assert "\n" not in str(err.value) and "ptbxl_database.csv" in str(err.value)
 
@@ -183,7 +183,7 @@ def test_mimic_empty_study_id_is_one_table_error(example_ptbxl, tmp_path):
     table = pd.read_csv(path, dtype=str, keep_default_na=False)
     table.loc[0, "study_id"] = ""
     table.to_csv(path, index=False)
-    with pytest.raises(DataError, match="without a study_id"):
+    with pytest.raises(DataError, match="without study_id"):
         open_dataset(tmp_path)
 
 

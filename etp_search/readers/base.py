@@ -315,6 +315,24 @@ class Reader:
         return f"{type(self).__name__}(root={str(self.root)!r}, fs={self.fs}, text_source={self.text_source!r})"
 
 
+def require_ids(ids: Sequence[str], column: str, path: Path) -> None:
+    """One DataError line for an empty or duplicated id: the key of every record is then in doubt."""
+    ids = [str(i).strip() for i in ids]
+    empty = [row for row, i in enumerate(ids) if not i]
+    if empty:
+        raise DataError(f"{path} has {len(empty)} row(s) without {column} (first: data row {empty[0] + 1}); "
+                        "every record needs its id: re-download the file")
+    if len(set(ids)) != len(ids):
+        raise DataError(f"{path} has duplicate {column} values; re-download it")
+
+
+def inside_root(rel: str, what: str, root: Path) -> str:
+    """A table's relative signal path, refused (SkipRecord) when empty, absolute or climbing out with '..'."""
+    if not rel.strip() or Path(rel).is_absolute() or ".." in Path(rel).parts:
+        raise SkipRecord("malformed filename", f"{what}: {rel[:60]!r} is not a path inside {root}")
+    return rel
+
+
 def require_columns(columns: Sequence[str], needed: Sequence[str], path: Path) -> None:
     """Raise one DataError line naming the first missing column and the file."""
     for col in needed:

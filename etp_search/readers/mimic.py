@@ -18,8 +18,8 @@ from pathlib import Path
 import pandas as pd
 
 from etp_search.errors import DataError
-from etp_search.readers.base import COLUMN_PREFIX, REPORT, SCP_EN, Reader, SkipRecord, native_text_source, \
-    require_columns
+from etp_search.readers.base import COLUMN_PREFIX, REPORT, SCP_EN, Reader, SkipRecord, inside_root, \
+    native_text_source, require_columns, require_ids
 from etp_search.readers.wfdb_io import read_wfdb
 from etp_search.records import EcgRecord
 
@@ -63,12 +63,7 @@ class MimicReader(Reader):
         list_path = self.root / RECORD_LIST
         records = _read_csv(list_path)
         require_columns(records.columns, ["study_id", "path"], list_path)
-        if records["study_id"].duplicated().any():
-            raise DataError(f"{list_path} has duplicate study_id values; re-download it")
-        empty = records.index[records["study_id"].str.strip() == ""]
-        if len(empty):
-            raise DataError(f"{list_path} has {len(empty)} row(s) without a study_id (first: data row {empty[0] + 1}); "
-                            "every record needs its id: re-download the file")
+        require_ids(records["study_id"].tolist(), "study_id", list_path)
         meas_path = self.root / MEASUREMENTS
         texts = pd.Series("", index=records["study_id"])
         extra_columns: dict[str, pd.Series] = {}
@@ -105,9 +100,7 @@ class MimicReader(Reader):
             row = self._table.loc[str(ref)]
         except KeyError:
             raise SkipRecord("unknown record", f"study_id {ref} is not in {RECORD_LIST}") from None
-        rel = row["path"]
-        if not rel.strip() or Path(rel).is_absolute() or ".." in Path(rel).parts:
-            raise SkipRecord("malformed filename", f"study_id {ref}: path {rel[:60]!r} is not a path inside {self.root}")
+        rel = inside_root(row["path"], f"study_id {ref}: path", self.root)
         sig = read_wfdb(self.root / rel)
         texts = {REPORT: self._texts.get(ref, "")}
         for name, column in self._extra.items():

@@ -27,7 +27,8 @@ from pathlib import Path
 import pandas as pd
 
 from etp_search.errors import DataError
-from etp_search.readers.base import COLUMN_PREFIX, REPORT, SCP_EN, Reader, SkipRecord, require_columns
+from etp_search.readers.base import COLUMN_PREFIX, REPORT, SCP_EN, Reader, SkipRecord, inside_root, \
+    require_columns, require_ids
 from etp_search.readers.wfdb_io import read_wfdb
 from etp_search.records import EcgRecord
 from etp_search.text import SCP_STATEMENTS_CSV, check_text_source, compose_scp_report, load_scp_statements, \
@@ -121,12 +122,7 @@ class PtbxlReader(Reader):
         keep = [c for c in ("ecg_id", "patient_id", "age", "sex", "strat_fold", "report", "scp_codes",
                             self._filename_col, self._text_column) if c and c in columns]
         keep = list(dict.fromkeys(keep))
-        if table["ecg_id"].duplicated().any():
-            raise DataError(f"{db_path} has duplicate ecg_id values; re-download it")
-        empty = table.index[table["ecg_id"].str.strip() == ""]
-        if len(empty):
-            raise DataError(f"{db_path} has {len(empty)} row(s) without an ecg_id (first: data row {empty[0] + 1}); "
-                            "every record needs its id: re-download the file")
+        require_ids(table["ecg_id"].tolist(), "ecg_id", db_path)
         if "strat_fold" not in columns:
             logger.warning("%s has no strat_fold column: every record gets fold -1 (no benchmark folds: train "
                            "splits by id hash, zeroshot/probe use all records); use the unmodified file for the "
@@ -175,10 +171,7 @@ class PtbxlReader(Reader):
         except ValueError as exc:
             raise SkipRecord("malformed scp_codes", f"ecg_id {ref}: {exc}") from None
         numbers = {col: _cell(row, col, ref) for col in _RANGES}  # before the signal: a bad row costs no read
-        rel = row[self._filename_col]
-        if not rel.strip() or Path(rel).is_absolute() or ".." in Path(rel).parts:
-            raise SkipRecord("malformed filename", f"ecg_id {ref}: {self._filename_col} {rel[:60]!r} is not a "
-                             f"path inside {self.root}")
+        rel = inside_root(row[self._filename_col], f"ecg_id {ref}: {self._filename_col}", self.root)
         sig = read_wfdb(self.root / rel)
         if abs(sig.fs - self.fs) > 1e-6:
             raise SkipRecord("unexpected sampling rate", f"{rel}: {sig.fs} Hz, expected {self.fs}")
