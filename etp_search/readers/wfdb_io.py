@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -184,9 +185,13 @@ def parse_header(text: str, path: Path) -> Header:
 def read_header(record: Path) -> Header:
     """Read and parse ``record.hea``; a missing or malformed header becomes a SkipRecord."""
     hea = Path(f"{record}.hea")
-    if not hea.exists():
-        raise SkipRecord("missing header", str(record))
-    if not hea.is_file():  # a FIFO or device would block or never end
+    try:
+        st = os.stat(hea)
+    except FileNotFoundError:
+        raise SkipRecord("missing header", str(record)) from None
+    except OSError as exc:
+        raise _malformed(hea, str(exc)) from None
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
         raise _malformed(hea, "not a regular file")
     try:
         with open(hea, "rb") as fh:
@@ -198,17 +203,20 @@ def read_header(record: Path) -> Header:
     return parse_header(data.decode("utf-8", errors="replace"), hea)
 
 
-def signal_path(record: Path, fname: str) -> Path:
-    """The signal file a header names, which must be a regular file inside the record's folder."""
-    name = Path(fname)
-    if name.is_absolute() or ".." in name.parts:
+def signal_file(record: Path, fname: str) -> tuple[Path, int]:
+    """(path, size in bytes) of a signal file a header names: a regular file inside the record's folder."""
+    if fname.startswith(("/", "\\")) or ".." in fname.replace("\\", "/").split("/"):
         raise SkipRecord("unreadable signal file", f"{record}.hea names {fname!r}, outside the record's folder")
-    path = record.parent / name
-    if not path.exists():
-        raise SkipRecord("missing signal file", str(path))
-    if not path.is_file():
+    path = record.parent / fname
+    try:
+        st = os.stat(path)  # one call for existence, kind and size: it runs for every record
+    except FileNotFoundError:
+        raise SkipRecord("missing signal file", str(path)) from None
+    except OSError as exc:
+        raise SkipRecord("unreadable signal file", f"{path}: {exc}") from None
+    if not stat.S_ISREG(st.st_mode):
         raise SkipRecord("unreadable signal file", f"{path} is not a regular file")
-    return path
+    return path, st.st_size
 
 
 def _channels_by_file(header: Header) -> dict[str, list[int]]:
@@ -218,10 +226,11 @@ def _channels_by_file(header: Header) -> dict[str, list[int]]:
     return by_file
 
 
-def _check_sizes(record: Path, header: Header) -> None:
-    """Compare each signal file's size with what the header promises."""
+def _check_sizes(record: Path, header: Header) -> dict[str, tuple[Path, int]]:
+    """Compare each signal file's size with what the header promises; returns file name -> (path, size)."""
+    files = {}
     for fname, chans in _channels_by_file(header).items():
-        path = signal_path(record, fname)
+        path, size = files[fname] = signal_file(record, fname)
         fmts = {header.fmt[ch] for ch in chans}
         if len(fmts) > 1:  # WFDB stores one format per file; decoding a mix gives garbage, not an error
             raise _malformed(Path(f"{record}.hea"), f"{fname} is given the formats {sorted(fmts)}; one file has one format")
@@ -230,13 +239,13 @@ def _check_sizes(record: Path, header: Header) -> None:
         frame_bytes = _BYTES_PER_SAMPLE[next(iter(fmts))] * sum(header.samps_per_frame[ch] for ch in chans)
         offset = header.byte_offset[chans[0]]
         expected = offset + int(np.ceil(header.sig_len * frame_bytes))
-        size = os.path.getsize(path)
         if size < expected:
             whole_frames = size > offset and ((size - offset) / frame_bytes).is_integer()
             reason = "header length mismatch" if whole_frames else "truncated signal"
             raise SkipRecord(reason, f"{path} has {size} bytes, header promises {expected}")
         if size - expected >= frame_bytes:
             raise SkipRecord("header length mismatch", f"{path} has {size} bytes, header promises only {expected}")
+    return files
 
 
 def _fast_path(header: Header) -> bool:
@@ -244,7 +253,7 @@ def _fast_path(header: Header) -> bool:
         and not any(header.skew)
 
 
-def _read_numpy(record: Path, header: Header) -> np.ndarray:
+def _read_numpy(header: Header, files: dict[str, tuple[Path, int]]) -> np.ndarray:
     """Digital samples of the simple formats -> (n_sig, L) physical values, NaN for "no sample"."""
     out = np.empty((header.n_sig, header.sig_len or 0), dtype=np.float32)
     for fname, chans in _channels_by_file(header).items():
@@ -252,10 +261,10 @@ def _read_numpy(record: Path, header: Header) -> np.ndarray:
         if any(header.fmt[ch] != fmt for ch in chans):
             raise SkipRecord("unreadable signal file", f"{fname} mixes sample formats")
         dtype, shift, invalid = _NUMPY_FORMATS[fmt]
-        path = signal_path(record, fname)
+        path, size = files[fname]
         offset = header.byte_offset[chans[0]]
         n = header.sig_len if header.sig_len is not None else \
-            max(0, (os.path.getsize(path) - offset) // (np.dtype(dtype).itemsize * len(chans)))
+            max(0, (size - offset) // (np.dtype(dtype).itemsize * len(chans)))
         check_size(n * header.n_sig, str(path))
         data = np.fromfile(path, dtype=dtype, count=n * len(chans), offset=offset)
         if data.size != n * len(chans):
@@ -272,7 +281,7 @@ def _read_numpy(record: Path, header: Header) -> np.ndarray:
 
 def _read_cinc_mat(record: Path, header: Header) -> np.ndarray:
     """Read the PhysioNet/CinC ``.mat`` (variable ``val``, digital units) as (n_sig, L) physical values."""
-    path = signal_path(record, header.file_name[0])
+    path, _ = signal_file(record, header.file_name[0])
     check_mat_size(path)
     try:
         mat = scipy.io.loadmat(str(path))
@@ -333,8 +342,8 @@ def read_wfdb(record: str | Path) -> WfdbSignal:
     if all(f.lower().endswith(".mat") for f in header.file_name):
         raw = _read_cinc_mat(record, header)
     else:
-        _check_sizes(record, header)
-        raw = _read_numpy(record, header) if _fast_path(header) else _read_with_wfdb(record)
+        files = _check_sizes(record, header)
+        raw = _read_numpy(header, files) if _fast_path(header) else _read_with_wfdb(record)
     unknown_units = to_millivolts(raw, header.units)
     if unknown_units:
         logger.debug("%s: unknown units %s left unscaled", record, unknown_units)
