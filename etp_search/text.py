@@ -45,10 +45,22 @@ def _load_statements(path: str) -> pd.DataFrame:
     p = Path(path)
     if not p.exists():
         raise DataError(f"{p} not found; PTB-XL's scp_statements.csv must sit beside ptbxl_database.csv")
-    df = pd.read_csv(p, index_col=0)
+    try:
+        df = pd.read_csv(p, index_col=0)
+    except Exception as exc:  # noqa: BLE001 - empty, binary or not CSV: pandas raises several types
+        raise DataError(f"{p} cannot be read as CSV ({type(exc).__name__}); use the scp_statements.csv of PTB-XL") from None
     for col in ("description", "diagnostic", "form", "rhythm", "diagnostic_class", "diagnostic_subclass"):
         if col not in df.columns:
             raise DataError(f"{p} has no column '{col}'; use the scp_statements.csv of PTB-XL")
+    # Every statement's wording becomes report text: a blank one would read "nan", a repeated code is ambiguous.
+    blank = [str(c) for c, d in df["description"].items() if not isinstance(d, str) or not d.strip()]
+    if blank:
+        raise DataError(f"{p} has no description for {', '.join(blank[:5])}; use the scp_statements.csv of PTB-XL")
+    if df.index.duplicated().any():
+        raise DataError(f"{p} lists code {df.index[df.index.duplicated()][0]} twice; use the scp_statements.csv of PTB-XL")
+    for col in ("diagnostic", "form", "rhythm"):  # flags 1 or empty; text would silently change statement groups
+        if pd.to_numeric(df[col], errors="coerce").isna().sum() != df[col].isna().sum():
+            raise DataError(f"{p} column '{col}' holds values other than 1 or empty; use the scp_statements.csv of PTB-XL")
     return df
 
 

@@ -356,3 +356,32 @@ def test_reference_label_outside_one_to_nine_is_one_table_error(example_ptbxl, t
     with pytest.raises(DataError, match="not a class number 1..9") as err:
         open_dataset(root)
     assert "\n" not in str(err.value)
+
+
+def _statements(root: Path, edit: Callable[[pd.DataFrame], pd.DataFrame]) -> None:
+    path = root / "scp_statements.csv"
+    edit(pd.read_csv(path, index_col=0)).to_csv(path)
+
+
+@pytest.mark.parametrize("name, damage, words", [
+    ("empty", lambda r: (r / "scp_statements.csv").write_bytes(b""), "cannot be read as CSV"),
+    ("binary", lambda r: (r / "scp_statements.csv").write_bytes(bytes(range(256)) * 4), "cannot be read as CSV"),
+    ("blank descriptions", lambda r: _statements(r, lambda t: t.assign(description=np.nan)), "no description for"),
+    ("a code twice", lambda r: _statements(r, lambda t: pd.concat([t, t.iloc[:1]])), "twice"),
+    ("flags as words", lambda r: _statements(r, lambda t: t.assign(rhythm="yes")), "column 'rhythm'"),
+])
+def test_damaged_scp_statements_is_one_table_error(example_ptbxl, tmp_path, name, damage, words):
+    # Before: a raw pandas exception, or every record's English report silently read "nan, nan".
+    root = _copy(example_ptbxl, tmp_path / "ptbxl")
+    damage(root)
+    with pytest.raises(DataError, match=words) as err:
+        open_dataset(root)
+    assert "\n" not in str(err.value) and "scp_statements.csv" in str(err.value)
+
+
+def test_two_ids_naming_one_signal_file_is_one_table_error(example_ptbxl, tmp_path):
+    # Two ecg_ids reading one signal would store the same ECG twice under different ids.
+    root = _copy(example_ptbxl, tmp_path / "ptbxl")
+    _edit_cell(root, "17", "filename_lr", "records100/00000/00009_lr")
+    with pytest.raises(DataError, match="more than one ecg_id"):
+        open_dataset(root)

@@ -123,6 +123,11 @@ class PtbxlReader(Reader):
                             self._filename_col, self._text_column) if c and c in columns]
         keep = list(dict.fromkeys(keep))
         require_ids(table["ecg_id"].tolist(), "ecg_id", db_path)
+        files = table[self._filename_col].str.strip()
+        shared = files[(files != "") & files.duplicated()]
+        if len(shared):  # two ids reading one signal would put the same ECG into the store twice
+            raise DataError(f"{db_path} gives {shared.iloc[0][:60]!r} to more than one ecg_id ({self._filename_col}); "
+                            "re-download it")
         if "strat_fold" not in columns:
             logger.warning("%s has no strat_fold column: every record gets fold -1 (no benchmark folds: train "
                            "splits by id hash, zeroshot/probe use all records); use the unmodified file for the "

@@ -275,7 +275,8 @@ def _read_numpy(header: Header, files: dict[str, tuple[Path, int]]) -> np.ndarra
         for row, ch in enumerate(chans):
             values = (digital[row] - header.baseline[ch]) / header.adc_gain[ch]
             values[digital[row] == invalid] = np.nan
-            out[ch] = values
+            with np.errstate(over="ignore"):  # beyond float32 becomes inf: zeroed and counted by check_finite
+                out[ch] = values
     return out
 
 
@@ -305,7 +306,8 @@ def _read_cinc_mat(record: Path, header: Header) -> np.ndarray:
         digital[val == _INVALID_16] = np.nan
     gain = np.asarray(header.adc_gain, dtype=np.float64)[:, None]
     baseline = np.asarray(header.baseline, dtype=np.float64)[:, None]
-    return ((digital - baseline) / gain).astype(np.float32)
+    with np.errstate(over="ignore"):  # beyond float32 becomes inf: zeroed and counted by check_finite
+        return ((digital - baseline) / gain).astype(np.float32)
 
 
 def check_mat_size(path: Path) -> None:
@@ -326,7 +328,8 @@ def _read_with_wfdb(record: Path) -> np.ndarray:
         rec = wfdb.rdrecord(str(record), physical=True)
     except Exception as exc:  # anything wfdb cannot decode is a per-record problem
         raise SkipRecord("unreadable signal file", f"{record}: {exc}") from None
-    return np.asarray(rec.p_signal, dtype=np.float32).T.copy()
+    with np.errstate(over="ignore"):  # beyond float32 becomes inf: zeroed and counted by check_finite
+        return np.asarray(rec.p_signal, dtype=np.float32).T.copy()
 
 
 def read_wfdb(record: str | Path) -> WfdbSignal:
