@@ -12,7 +12,7 @@ from etp_search.cli.common import DEFAULT_STORE, emit_json, fail, format_table, 
 
 @user_errors
 def index(
-    data_dir: Annotated[Path, typer.Argument(help="Dataset folder (PTB-XL, CPSC2018, CinC, WFDB folder, MIMIC-IV-ECG) or a signal cache .h5 from `prepare`.")],
+    data_dir: Annotated[list[Path], typer.Argument(help="Dataset folder(s) (PTB-XL, CPSC2018, CinC, WFDB folder, MIMIC-IV-ECG, NumPy sidecar .json), a list file, or a signal cache .h5 from `prepare`.")],
     store: Annotated[Path, typer.Option(help="Embedding store to create or append to.")] = DEFAULT_STORE,
     checkpoint: Annotated[Optional[str], typer.Option(help="Checkpoint folder; default: the shipped starter checkpoint; 'random' = random-init baseline.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="ECGs per encoder batch.")] = 64,
@@ -28,11 +28,12 @@ def index(
 ) -> None:
     """Read -> preprocess -> encode ECGs and reports -> store -> FAISS index. Resumable; never duplicates."""
     setup_logging(verbose)
-    if not data_dir.exists():
-        raise fail(f"{data_dir} does not exist; pass a dataset folder or a signal cache .h5")
+    for d in data_dir:
+        if not d.exists():
+            raise fail(f"{d} does not exist; pass a dataset folder or a signal cache .h5")
     from etp_search.export import index_data
 
-    summary = index_data(data_dir, store, checkpoint, batch_size=batch_size, workers=workers, device=device,
+    summary = index_data(data_dir[0] if len(data_dir) == 1 else data_dir, store, checkpoint, batch_size=batch_size, workers=workers, device=device,
                          rebuild=rebuild, rebuild_index=rebuild_index, sampling_rate=sampling_rate,
                          text_source=text_source, factory=factory)
     if json_out:

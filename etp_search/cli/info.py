@@ -144,6 +144,7 @@ def _print(info: dict[str, Any]) -> None:
         {"field": "format", "value": info["format"]},
         {"field": "records found", "value": info["records_found"]},
         {"field": "listed without files", "value": info["listed_without_files"]},
+        *([{"field": "duplicate ids (kept once)", "value": info["duplicate_ids"]}] if info.get("duplicate_ids") else []),
         {"field": "sampled", "value": f"{info['sampled']} ({info['sample_rule']})"},
         {"field": "read / skipped", "value": f"{info['read']} / {sum(info['skipped'].values())}"
                                               + "".join(f"; {k}: {v}" for k, v in info["skipped"].items())},
@@ -167,7 +168,9 @@ def _print(info: dict[str, Any]) -> None:
 
 @user_errors
 def info(
-    data_dir: Annotated[Path, typer.Argument(help="Dataset folder (PTB-XL, CPSC2018, CinC, MIMIC-IV-ECG, WFDB).")],
+    data_dir: Annotated[list[Path], typer.Argument(
+        help="Dataset folder(s) (PTB-XL, CPSC2018, CinC, MIMIC-IV-ECG, WFDB, NumPy sidecar .json) or a list file; "
+             "several are described together, each record id once.")],
     sampling_rate: Annotated[Optional[int], typer.Option("--sampling-rate", help="PTB-XL files to describe: 100 or 500.")] = None,
     fmt: Annotated[Optional[str], typer.Option("--format", help="Dataset layout; detected when omitted.")] = None,
     sample: Annotated[int, typer.Option(help="Records to read for rates, lengths, labels and texts (0 = all).", min=0)] = DEFAULT_SAMPLE,
@@ -177,8 +180,10 @@ def info(
     """Describe a dataset folder: layout, records, rates, lengths, labels per task, text coverage."""
     from etp_search.readers import open_dataset
 
-    reader = open_dataset(data_dir, fmt=fmt, sampling_rate=sampling_rate)
+    reader = open_dataset(data_dir[0] if len(data_dir) == 1 else data_dir, fmt=fmt, sampling_rate=sampling_rate)
     result = dataset_info(reader, sample=sample, workers=workers, progress=True)
+    if getattr(reader, "duplicates", 0):
+        result["duplicate_ids"] = reader.duplicates
     if as_json:
         emit_json(result)
     else:

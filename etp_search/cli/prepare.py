@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional, Sequence
 
 import typer
 
@@ -24,15 +24,18 @@ def default_cache_path(fmt: str, preset: str) -> Path:
     return CACHE_DIR / f"signals-{fmt}-{preset}.h5"
 
 
-def open_reader(data_dir: Path, preset: Preset, *, sampling_rate: int | None = None, text_source: str = "scp_en",
-                fmt: str | None = None) -> Reader:
-    """Open the dataset, reading PTB-XL's files at the preset's rate unless a rate is given."""
-    from etp_search.readers import detect_format, open_dataset
+def open_reader(data_dir: Path | Sequence[Path], preset: Preset, *, sampling_rate: int | None = None,
+                text_source: str = "scp_en", fmt: str | None = None) -> Reader:
+    """Open the dataset (or several, or a list file), reading PTB-XL's files at the preset's rate unless a rate is given."""
+    from etp_search.readers import dataset_paths, detect_format, open_dataset
 
-    name = fmt or detect_format(data_dir)
-    if sampling_rate is None and name == "ptbxl" and preset.fs in (100, 500):
+    paths = dataset_paths(data_dir)
+    names = [fmt or detect_format(p) for p in paths]
+    if sampling_rate is None and "ptbxl" in names and preset.fs in (100, 500):
         sampling_rate = preset.fs  # never upsample PTB-XL's 100 Hz files when 500 Hz ones exist
-    reader = open_dataset(data_dir, fmt=name, sampling_rate=sampling_rate, text_source=text_source)
+    data_dir = paths[0] if len(paths) == 1 else paths
+    reader = open_dataset(data_dir, fmt=names[0] if len(paths) == 1 else fmt, sampling_rate=sampling_rate,
+                          text_source=text_source)
     if reader.fs and reader.fs < preset.fs:
         logger.warning("upsampling %s Hz records to %s Hz adds no information", reader.fs, preset.fs)
     return reader
@@ -51,6 +54,8 @@ def _summary_rows(s: dict[str, Any]) -> list[dict[str, Any]]:
     ]
     rows += [{"field": f"  skipped: {reason}", "value": n} for reason, n in sorted(skipped.items())]
     rows.append({"field": "listed without files", "value": s["missing_files"]})
+    if s.get("duplicate_ids"):
+        rows.append({"field": "duplicate ids (kept once)", "value": s["duplicate_ids"]})
     if s.get("resumed_from"):
         rows.append({"field": "resumed after", "value": f"{s['resumed_from']} records"})
     if s.get("records_per_s"):
@@ -60,7 +65,9 @@ def _summary_rows(s: dict[str, Any]) -> list[dict[str, Any]]:
 
 @user_errors
 def prepare(
-    data_dir: Annotated[Path, typer.Argument(help="Dataset folder (PTB-XL, CPSC2018, CinC, MIMIC-IV-ECG, WFDB).")],
+    data_dir: Annotated[list[Path], typer.Argument(
+        help="Dataset folder(s) (PTB-XL, CPSC2018, CinC, MIMIC-IV-ECG, WFDB, NumPy sidecar .json) or a list file; "
+             "several are cached together, each record id once.")],
     out: Annotated[Optional[Path], typer.Option(
         "--out", "-o", help="Cache file (default: etp-data/signals-<format>-<preset>.h5 under the working directory).")] = None,
     preset: Annotated[str, typer.Option(help="Preprocessing preset: etp-100hz, etp-500hz, raw-100hz, raw-500hz.")] = "etp-100hz",
@@ -83,6 +90,8 @@ def prepare(
     reader = open_reader(data_dir, p, sampling_rate=sampling_rate, text_source=text_source, fmt=fmt)
     target = out if out is not None else default_cache_path(reader.format_name, p.name)
     summary = build_cache(reader, target, p, workers=workers, batch_size=batch_size, progress=True, force=force)
+    if getattr(reader, "duplicates", 0):
+        summary["duplicate_ids"] = reader.duplicates
     if as_json:
         emit_json(summary)
         return

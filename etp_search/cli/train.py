@@ -15,35 +15,45 @@ from etp_search.errors import DataError, EtpError
 logger = logging.getLogger(__name__)
 
 
-def _ensure_cache(data: Path, preset: str, cache: Optional[Path], text_source: str, is_main: bool, progress: bool) -> Path:
-    """DATA_DIR as a signal cache path: itself when it is one, else build/reuse a cache of the folder."""
+def _ensure_cache(data: list[Path], preset: str, cache: Optional[Path], text_source: str, is_main: bool,
+                  progress: bool) -> Path:
+    """DATA_DIR as a signal cache path: itself when it is one, else build/reuse a cache of the folder(s).
+
+    Several folders (or a list file, or a NumPy sidecar .json) become one cache; a record id present
+    in more than one of them is kept once (the reader logs how many).
+    """
     from etp_search.cli.prepare import default_cache_path
     from etp_search.preprocess import get_preset
-    from etp_search.readers import detect_format, open_dataset
+    from etp_search.readers import dataset_paths, detect_format, open_dataset
     from etp_search.signal_cache import build_cache, is_signal_cache
     from training.distributed import barrier
 
-    if data.is_file():
-        if not is_signal_cache(data):
-            raise DataError(f"{data} is not a finished signal cache; pass a dataset folder or a cache from `etp-search prepare`")
-        return data
-    if not data.is_dir():
-        raise DataError(f"{data} does not exist; pass a dataset folder or a signal cache .h5")
+    from etp_search.readers.multi import is_list_file
+    from etp_search.readers.npy_folder import is_sidecar_file
+
+    if len(data) == 1 and data[0].is_file() and is_signal_cache(data[0]):
+        return data[0]
+    for d in data:
+        if not d.exists():
+            raise DataError(f"{d} does not exist; pass a dataset folder or a signal cache .h5")
+        if d.is_file() and not (is_list_file(d) or is_sidecar_file(d)):
+            raise DataError(f"{d} is not a finished signal cache; pass a dataset folder or a cache from `etp-search prepare`")
+    paths = dataset_paths(data[0] if len(data) == 1 else data)
     p = get_preset(preset)
-    fmt = detect_format(data)
-    target = cache or default_cache_path(fmt, p.name)
-    if is_signal_cache(target):
+    fmts = [detect_format(d) for d in paths]
+    target = cache or default_cache_path("+".join(dict.fromkeys(fmts)), p.name)
+    if len(paths) == 1 and is_signal_cache(target):
         from etp_search.signal_cache import SignalCache
 
         with SignalCache.open(target) as existing:
-            same_data = Path(str(existing.attrs.get("data_dir", ""))).resolve() == data.resolve()
+            same_data = Path(str(existing.attrs.get("data_dir", ""))).resolve() == paths[0].resolve()
             if same_data and existing.preset.name == p.name and text_source in existing.text_sources:
                 # Every text source is cached, so a cache built for another default source serves too.
                 logger.info("signal cache %s: %d records (reused)", target, len(existing))
                 return target
     if is_main:
-        rate = p.fs if fmt == "ptbxl" and p.fs in (100, 500) else None
-        reader = open_dataset(data, fmt=fmt, sampling_rate=rate, text_source=text_source)
+        rate = p.fs if "ptbxl" in fmts and p.fs in (100, 500) else None
+        reader = open_dataset(paths[0] if len(paths) == 1 else paths, sampling_rate=rate, text_source=text_source)
         summary = build_cache(reader, target, p, progress=progress)
         logger.info("signal cache %s: %d records (%s)", target, summary["records"],
                     "reused" if summary["up_to_date"] else "built")
@@ -91,8 +101,9 @@ def _folds(text: str, flag: str) -> list[int]:
 
 @user_errors
 def train(
-    data_dir: Annotated[Optional[Path], typer.Argument(
-        help="Dataset folder (a signal cache is built or reused) or a signal cache .h5; omit with --resume.")] = None,
+    data_dir: Annotated[Optional[list[Path]], typer.Argument(
+        help="Dataset folder(s), NumPy sidecar .json or a list file (one signal cache is built or reused; each "
+             "record id once), or a signal cache .h5; omit with --resume.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder (must be new or empty).")] = None,
     resume: Annotated[Optional[Path], typer.Option(
         "--resume", help="Continue the run in this folder from its last saved state (same settings).")] = None,
@@ -138,7 +149,7 @@ def train(
         cfg = TrainConfig.from_dict(json.loads(cfg_file.read_text()))
         cfg.out = str(resume)
     else:
-        if data_dir is None or out is None:
+        if not data_dir or out is None:
             raise EtpError("pass DATA_DIR and --out RUN_DIR (or --resume RUN_DIR to continue a run)")
         _check_new_out(out)
         cfg = TrainConfig(

@@ -66,7 +66,7 @@ def _config_of(checkpoint: str | Path | None) -> EtpConfig:
     return EtpConfig.from_dict(read_checkpoint_config(resolve_checkpoint(checkpoint))["model"])
 
 
-def provenance_for(ckpt: Path, cfg: EtpConfig, data: Path, fmt: str, text_source: str) -> dict[str, Any]:
+def provenance_for(ckpt: Path, cfg: EtpConfig, data: Path | list[Path], fmt: str, text_source: str) -> dict[str, Any]:
     preset = get_preset(cfg.preset)
     return {
         "checkpoint_sha256": checkpoint_fingerprint(ckpt),
@@ -77,13 +77,13 @@ def provenance_for(ckpt: Path, cfg: EtpConfig, data: Path, fmt: str, text_source
         "sampling_rate": preset.fs,
         "text_source": text_source,
         "dataset_format": fmt,
-        "data_dir": str(data.resolve()),
+        "data_dir": str(data.resolve()) if isinstance(data, Path) else ";".join(str(d.resolve()) for d in data),
         "package_version": etp_search.__version__,
     }
 
 
 def index_data(
-    data: str | Path,
+    data: str | Path | list[str | Path],
     store: str | Path,
     checkpoint: str | Path | None = None,
     *,
@@ -106,7 +106,8 @@ def index_data(
     Returns:
         Summary: records found, written now, skipped by reason, total rows, seconds, rec/s, index info.
     """
-    data, store = Path(data), Path(store)
+    data = Path(data) if isinstance(data, (str, Path)) else [Path(d) for d in data]  # several folders: one source
+    store = Path(store)
     device = pick_device(device)
     if store.is_dir():
         raise EtpError(f"--store {store} is a folder; pass a file path such as {store / 'store.h5'}")

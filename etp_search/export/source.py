@@ -114,17 +114,17 @@ class Source:
         return self._iter(todo) if todo else iter(())
 
 
-def open_source(data: str | Path, preset: Preset, *, text_source: str, sampling_rate: int | None,
-                batch_size: int, workers: int | None) -> Source:
+def open_source(data: str | Path | Sequence[str | Path], preset: Preset, *, text_source: str,
+                sampling_rate: int | None, batch_size: int, workers: int | None) -> Source:
     """Open a dataset folder or a signal cache as a stream of preprocessed batches.
 
     Reading and preprocessing run in DataLoader worker processes (dataset folders) or a prefetch
     thread (caches), so they overlap with encoding in the main process.
     """
-    path = Path(data)
-    if path.is_file() and is_signal_cache(path):
+    path = Path(data) if isinstance(data, (str, Path)) else None
+    if path is not None and path.is_file() and is_signal_cache(path):
         return _cache_source(path, preset, text_source, batch_size)
-    reader = open_dataset(path, sampling_rate=sampling_rate, text_source=text_source)
+    reader = open_dataset(data, sampling_rate=sampling_rate, text_source=text_source)  # several folders: one id once
     refs = reader.refs()
     if workers is None:
         workers = max(1, min(4, (os.cpu_count() or 2) - 1))

@@ -6,7 +6,11 @@
 
 Layouts (``detect_format`` names): "ptbxl", "mimic-iv-ecg", "cinc" (PhysioNet/CinC 2020/2021
 .hea/.mat with #Dx SNOMED codes), "cpsc2018" (original MATLAB structs + REFERENCE.csv) and
-"wfdb" (any folder of WFDB records, searched recursively).
+"wfdb" (any folder of WFDB records, searched recursively) and "npy" (a folder of per-record NumPy
+arrays whose rate, layout, lead order and unit are declared in a sidecar, ``readers.npy_folder``).
+
+Several folders read as one (``open_dataset([a, b])`` or a list file, ``readers.multi``): each
+record id is kept once, from the first folder that has it.
 """
 
 from __future__ import annotations
@@ -15,13 +19,14 @@ import importlib
 import logging
 import os
 from pathlib import Path
+from typing import Sequence
 
 from etp_search.errors import DataError
 from etp_search.readers.base import ReadSummary, Reader, SkipRecord, standard_lead
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["open_dataset", "detect_format", "list_formats", "Reader", "ReadSummary", "SkipRecord",
+__all__ = ["open_dataset", "dataset_paths", "detect_format", "list_formats", "Reader", "ReadSummary", "SkipRecord",
            "standard_lead"]
 
 # format name -> "module:Class", imported on use so one layout's code never slows another.
@@ -31,9 +36,10 @@ _READERS = {
     "cinc": "etp_search.readers.cpsc:CincReader",
     "cpsc2018": "etp_search.readers.cpsc:Cpsc2018Reader",
     "wfdb": "etp_search.readers.wfdb_folder:WfdbFolderReader",
+    "npy": "etp_search.readers.npy_folder:NpyFolderReader",
 }
 _LOOKED_FOR = ("PTB-XL (ptbxl_database.csv), MIMIC-IV-ECG (record_list.csv), CinC 2020/2021 (.hea + .mat), "
-               "CPSC2018 (.mat structs + REFERENCE.csv), WFDB (.hea + .dat)")
+               "CPSC2018 (.mat structs + REFERENCE.csv), WFDB (.hea + .dat), NumPy arrays (etp-arrays.json)")
 
 
 def list_formats() -> list[str]:
@@ -76,11 +82,17 @@ def detect_format(path: str | Path) -> str:
     Raises:
         DataError: the path is missing, not a folder, or holds no known layout.
     """
+    from etp_search.readers.npy_folder import SIDECAR, has_arrays, is_sidecar_file
+
     root = Path(path)
     if not root.exists():
         raise DataError(f"{root} does not exist; pass the dataset folder")
+    if root.is_file() and is_sidecar_file(root):
+        return "npy"
     if not root.is_dir():
         raise DataError(f"{root} is a file; pass the folder that holds the dataset")
+    if (root / SIDECAR).is_file():
+        return "npy"
     if (root / "ptbxl_database.csv").exists():
         return "ptbxl"
     if (root / "record_list.csv").exists():
@@ -92,15 +104,30 @@ def detect_format(path: str | Path) -> str:
         return "cpsc2018"
     if header is not None:
         return "wfdb"
+    if has_arrays(root):
+        return "npy"  # the reader then asks for the sidecar that declares the arrays' layout
     raise DataError(f"no ECG dataset found in {root}; looked for {_LOOKED_FOR}")
 
 
-def open_dataset(path: str | Path, *, fmt: str | None = None, sampling_rate: int | None = None,
-                 text_source: str = "scp_en") -> Reader:
-    """Open a dataset folder as a streaming reader.
+def dataset_paths(path: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The dataset paths an argument stands for: one folder, several, or the entries of a list file."""
+    from etp_search.readers.multi import is_list_file, read_list_file
+
+    items = [path] if isinstance(path, (str, Path)) else list(path)
+    out: list[Path] = []
+    for item in items:
+        p = Path(item)
+        out.extend(read_list_file(p) if is_list_file(p) else [p])
+    return out
+
+
+def open_dataset(path: str | Path | Sequence[str | Path], *, fmt: str | None = None,
+                 sampling_rate: int | None = None, text_source: str = "scp_en") -> Reader:
+    """Open a dataset folder (or several, or a list file of them) as a streaming reader.
 
     Args:
-        path: Dataset folder.
+        path: Dataset folder, a NumPy sidecar .json, a list file (one path per line), or a sequence
+            of these; more than one dataset gives a ``MultiReader`` where each record id is kept once.
         fmt: Layout name (see ``list_formats``); detected when None.
         sampling_rate: PTB-XL only: 100 (default) or 500.
         text_source: "scp_en" (default), "report" or "column:<name>". Layouts without SCP codes
@@ -110,10 +137,19 @@ def open_dataset(path: str | Path, *, fmt: str | None = None, sampling_rate: int
         DataError: unknown layout or format name, a broken table, or an explicit ``fmt`` that finds
             none of its records (the message names the detected layout).
     """
+    paths = dataset_paths(path)
+    if len(paths) != 1:
+        from etp_search.readers.multi import MultiReader
+
+        if not paths:
+            raise DataError("no dataset given; pass one or more dataset folders")
+        readers = [open_dataset(p, fmt=fmt, sampling_rate=sampling_rate, text_source=text_source) for p in paths]
+        return MultiReader(readers, text_source)
+    path = paths[0]
     name = detect_format(path) if fmt is None else fmt
     if name not in _READERS:
         raise DataError(f"unknown dataset format '{fmt}'; known formats: {', '.join(_READERS)}")
-    if not Path(path).is_dir():
+    if not Path(path).is_dir() and not (name == "npy" and Path(path).is_file()):
         raise DataError(f"{path} is not a folder; pass the dataset folder")
     # An explicit --format must fit the folder ("wfdb" reads any WFDB-based layout on purpose).
     checked = fmt is not None and name != "wfdb"
