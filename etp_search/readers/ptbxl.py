@@ -84,6 +84,16 @@ def _as_int(value: float) -> int:
     return -1 if math.isnan(value) else int(value)
 
 
+def row_numbers(row: dict[str, str], ref: str) -> dict[str, float | int]:
+    """age (nan = unknown), sex, strat_fold and patient_id (-1 = unknown) of one ptbxl_database.csv row.
+
+    Raises:
+        SkipRecord: "malformed <column>" for a cell that is neither empty nor a valid value.
+    """
+    values = {col: _cell(row, col, ref) for col in _RANGES}
+    return {"age": values["age"], **{col: _as_int(values[col]) for col in ("sex", "strat_fold", "patient_id")}}
+
+
 class PtbxlReader(Reader):
     """Reader for the PTB-XL folder layout.
 
@@ -175,17 +185,14 @@ class PtbxlReader(Reader):
             scp_codes = parse_scp_codes(row["scp_codes"])
         except ValueError as exc:
             raise SkipRecord("malformed scp_codes", f"ecg_id {ref}: {exc}") from None
-        numbers = {col: _cell(row, col, ref) for col in _RANGES}  # before the signal: a bad row costs no read
+        numbers = row_numbers(row, ref)  # before the signal: a bad row costs no read
         rel = inside_root(row[self._filename_col], f"ecg_id {ref}: {self._filename_col}", self.root)
         sig = read_wfdb(self.root / rel)
         if abs(sig.fs - self.fs) > 1e-6:
             raise SkipRecord("unexpected sampling rate", f"{rel}: {sig.fs} Hz, expected {self.fs}")
         texts = self.texts_for(row, scp_codes)
         meta = {
-            "age": numbers["age"],
-            "sex": _as_int(numbers["sex"]),
-            "strat_fold": _as_int(numbers["strat_fold"]),
-            "patient_id": _as_int(numbers["patient_id"]),
+            **numbers,
             "source": rel,
             "missing_leads": sig.missing_leads,
             "texts": texts,
