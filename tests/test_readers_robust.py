@@ -385,3 +385,39 @@ def test_two_ids_naming_one_signal_file_is_one_table_error(example_ptbxl, tmp_pa
     _edit_cell(root, "17", "filename_lr", "records100/00000/00009_lr")
     with pytest.raises(DataError, match="more than one ecg_id"):
         open_dataset(root)
+
+
+def test_metadata_outside_what_the_pipeline_stores_is_a_skip_for_every_reader(tmp_path):
+    # A generic NumPy-folder table with strat_fold 1e20 ended `prepare` in an OverflowError (int16 column).
+    class _Meta(_Exploding):
+        def read(self, ref: str) -> EcgRecord:
+            meta = {"overflow": {"strat_fold": 10 ** 20}, "recursion": {"sex": 7}, "key": {"age": float("inf")},
+                    "nofs": {"patient_id": -5}, "empty": {"strat_fold": 2.5}}.get(ref, {"strat_fold": -1, "age": 40.0})
+            return EcgRecord(id=ref, signal=np.ones((12, 1000), np.float32), fs=100.0, meta=meta)
+
+    reader = _Meta(tmp_path)
+    assert [r.id for r in reader] == ["fine"]
+    assert reader.summary.skipped == {"malformed strat_fold": 2, "malformed sex": 1, "malformed age": 1,
+                                      "malformed patient_id": 1}
+
+
+def test_prepare_of_a_numpy_folder_with_an_absurd_fold_counts_it(tmp_path, monkeypatch):
+    from etp_search.cli import _register, app
+
+    signals = tmp_path / "npy" / "signals"
+    signals.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    t = np.arange(1000) / 100.0
+    for rid in ("1", "2", "3"):  # 10 s at 100 Hz, samples x leads, beats at 1.2 Hz so the rate check passes
+        beat = np.sin(2 * np.pi * 1.2 * t) ** 15
+        np.save(signals / f"{rid}.npy", (beat[:, None] + 0.01 * rng.normal(size=(1000, 12))).astype(np.float32))
+    (tmp_path / "npy" / "meta.csv").write_text("id,report,labels,strat_fold\n1,a,AFIB,1e20\n2,b,SR,3\n3,c,SR,4\n")
+    (tmp_path / "npy" / "etp-arrays.json").write_text(json.dumps(
+        {"format": "npy-folder", "signals": "signals", "fs": 100, "layout": "samples x leads", "leads": "standard",
+         "unit": "mV", "table": "meta.csv", "table_convention": "generic"}))
+    _register()
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["prepare", str(tmp_path / "npy"), "--workers", "0", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["skipped"] == {"malformed strat_fold": 1} and out["records"] == 2

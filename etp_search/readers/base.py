@@ -215,10 +215,34 @@ def check_record(rec: object, ref: str) -> EcgRecord:
     if signal.shape[1] < MIN_SECONDS * fs:
         raise SkipRecord("signal too short", f"{ref}: {signal.shape[1] / fs:.3g} s, at least {MIN_SECONDS:g} s "
                          "are needed for one heartbeat")
+    _check_meta(rec.meta, ref)
     nan_samples = check_finite(signal, rec.leads)
     if nan_samples:
         rec.meta["nan_samples"] = int(rec.meta.get("nan_samples") or 0) + nan_samples
     return rec
+
+
+# Values the pipeline stores for the common metadata (the signal cache's strat_fold is int16; -1 and
+# nan mean unknown): anything else would end a whole `prepare` in an OverflowError, or be a silent lie.
+_META_RANGES = {"strat_fold": (1, 32767), "sex": (0, 1), "patient_id": (0, 2 ** 53)}
+
+
+def _check_meta(meta: Any, ref: str) -> None:
+    if not isinstance(meta, dict):
+        raise SkipRecord("reader error: meta", f"{ref}: meta is {type(meta).__name__}, not a dict")
+    for key, (lo, hi) in _META_RANGES.items():
+        value = meta.get(key, -1)
+        if value is None or value == -1:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
+            raise SkipRecord(f"malformed {key}", f"{ref}: {key} {value!r} is not -1 (unknown) or an integer {lo}..{hi}")
+    age = meta.get("age", math.nan)
+    try:
+        ok = age is None or math.isnan(float(age)) or 0.0 <= float(age) <= 300.0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise SkipRecord("malformed age", f"{ref}: age {age!r} is not nan (unknown) or 0..300")
 
 
 #: Unexpected exception types already logged at WARNING in this process (then DEBUG, not a flood).
