@@ -9,8 +9,8 @@ records, a missing column) raise ``DataError`` with one line that says how to fi
 ``read``), so no reader, present or future, can let one record's failure escape as anything but a
 ``SkipRecord``: an unexpected exception becomes the reason ``"reader error: <Type>"`` and a
 returned record that breaks the ``EcgRecord`` contract (no id, not 12 x L, a sampling rate outside
-``MIN_FS``..``MAX_FS``, shorter than ``MIN_SECONDS``, non-finite samples) is skipped with a named
-reason. ``DataError`` (a table-level problem) and ``BaseException`` (Ctrl-C) pass through.
+``MIN_FS``..``MAX_FS``, shorter than ``MIN_SECONDS``, non-finite samples, a strat_fold, sex,
+patient_id or age the pipeline cannot store) is skipped with a named reason. ``DataError`` (a table-level problem) and ``BaseException`` (Ctrl-C) pass through.
 """
 
 from __future__ import annotations
