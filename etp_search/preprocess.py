@@ -15,6 +15,10 @@ Order of the steps, and why:
 4. Crop/pad to ``seconds``: a longer record is centre-cropped (the middle of a 6-60 s CPSC record is
    the part least affected by electrode settling at the start and lead-off at the end); a shorter
    record is zero-padded at the end, so sample 0 is always the record's first kept sample.
+   A record longer than ``seconds + 2 * PRECROP_MARGIN_S`` (70 s by default; a Holter recording)
+   is first centre-cropped to that length at its native rate, so memory and time are bounded by the
+   window, not by the record: every step after it sees at most 70 s. The 30 s margins keep the
+   filter's edge transients (well under 30 s for a 0.5 Hz Butterworth) out of the kept window.
 5. Per-lead z-score over the real (unpadded) samples only, with an epsilon, so padding stays exactly
    0 and a flat lead stays 0 instead of becoming 0/0.
 """
@@ -30,12 +34,32 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import signal as sps
 
-from etp_search.errors import EtpError
+from etp_search.errors import DataError, EtpError
+from etp_search.readers.base import MAX_FS, MIN_FS, MIN_SECONDS, SkipRecord
 from etp_search.records import STANDARD_LEADS
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_PRESET = "etp-100hz"
+#: Native seconds kept on each side of the output window before a long record is processed.
+PRECROP_MARGIN_S = 30.0
+#: Longest output window a preset may ask for (one hour; the model's is 10 s).
+MAX_PRESET_SECONDS = 3600.0
+
+
+class RejectedSignal(SkipRecord, DataError):
+    """A signal preprocessing refuses: a counted skip inside a pipeline, one error line for a user.
+
+    Both at once on purpose: pipelines that count ``SkipRecord`` count it, and the CLI, which turns
+    every ``EtpError`` into one line, shows it when a user passed the signal (``query --ecg``).
+    """
+
+
+def _in_range(value: Any, lo: float, hi: float) -> bool:
+    try:
+        return lo <= float(value) <= hi  # NaN compares False
+    except (TypeError, ValueError):
+        return False
 
 
 @dataclass(frozen=True)
@@ -66,6 +90,24 @@ class Preset:
     max_nan_fraction: float = 0.2
     flat_std_mv: float = 1e-3
 
+    def __post_init__(self) -> None:
+        # A preset also comes back from checkpoint/cache JSON: damaged numbers stop here in one line.
+        problems = []
+        if not _in_range(self.fs, MIN_FS, MAX_FS):
+            problems.append(f"fs {self.fs!r} (expected {MIN_FS:g}-{MAX_FS:g} Hz)")
+        if not _in_range(self.seconds, 1e-3, MAX_PRESET_SECONDS):
+            problems.append(f"seconds {self.seconds!r} (expected up to {MAX_PRESET_SECONDS:g})")
+        if self.bandpass is not None and not (len(self.bandpass) == 2 and _in_range(self.bandpass[0], 1e-6, MAX_FS)
+                                              and _in_range(self.bandpass[1], self.bandpass[0], MAX_FS)):
+            problems.append(f"bandpass {self.bandpass!r} (expected (low, high) with 0 < low < high)")
+        if not isinstance(self.filter_order, int) or not 1 <= self.filter_order <= 10:
+            problems.append(f"filter_order {self.filter_order!r} (expected 1-10)")
+        if not _in_range(self.max_nan_fraction, 0.0, 1.0):
+            problems.append(f"max_nan_fraction {self.max_nan_fraction!r} (expected 0-1)")
+        if problems:
+            raise EtpError(f"preset {self.name!r} has invalid {', '.join(problems)}; "
+                           "pass a preset of this toolkit (etp_search.preprocess.list_presets())")
+
     @property
     def length(self) -> int:
         """Samples per lead in the output."""
@@ -79,13 +121,21 @@ class Preset:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Preset":
         known = {f.name for f in fields(cls)}
+        if not isinstance(d, dict):
+            raise EtpError(f"preset must be a JSON object of {sorted(known)}, got {type(d).__name__}")
         unknown = set(d) - known
         if unknown:
             raise EtpError(f"preset has unknown fields {sorted(unknown)}; known fields: {sorted(known)}")
         d = dict(d)
         if d.get("bandpass") is not None:
-            d["bandpass"] = tuple(float(x) for x in d["bandpass"])
-        return cls(**d)
+            try:
+                d["bandpass"] = tuple(float(x) for x in d["bandpass"])
+            except (TypeError, ValueError):
+                raise EtpError(f"preset has invalid bandpass {d['bandpass']!r}; expected [low, high] in Hz") from None
+        try:
+            return cls(**d)
+        except TypeError as exc:  # a required field missing
+            raise EtpError(f"preset is incomplete ({exc}); known fields: {sorted(known)}") from None
 
 
 # Cut-offs. The 0.5 Hz high-pass removes baseline wander (respiration 0.1-0.5 Hz, electrode drift);
@@ -129,7 +179,8 @@ def _bandpass_sos(fs: float, low: float, high: float, order: int) -> np.ndarray:
 
 def _rational(target: float, native: float) -> tuple[int, int]:
     frac = Fraction(float(target) / float(native)).limit_denominator(1000)
-    return frac.numerator, frac.denominator
+    # Both rates lie in MIN_FS..MAX_FS, so the ratio lies in 1/200..200 and neither term is 0.
+    return max(frac.numerator, 1), max(frac.denominator, 1)
 
 
 def _repair(x: np.ndarray, preset: Preset, leads: Sequence[str], flags: dict[str, Any]) -> np.ndarray:
@@ -148,7 +199,8 @@ def _repair(x: np.ndarray, preset: Preset, leads: Sequence[str], flags: dict[str
                 ok = ~nan[row]
                 x[row, ~ok] = np.interp(idx[~ok], idx[ok], x[row, ok])
                 flags["interpolated_leads"].append(leads[row])
-    std = x.std(axis=1)
+    with np.errstate(over="ignore", invalid="ignore"):  # absurd amplitudes fail later, with a reason
+        std = x.std(axis=1)
     flat = np.flatnonzero(std < preset.flat_std_mv)
     for row in flat:
         if leads[row] not in flags["nan_leads"]:
@@ -172,25 +224,45 @@ def preprocess(
         (12, preset.length) float32 and flags: ``nan_leads`` (mostly NaN, zeroed), ``flat_leads``
         (no signal, zeroed), ``interpolated_leads`` (sparse NaNs filled), ``orig_seconds``,
         ``cropped``, ``padded``.
+
+    Raises:
+        RejectedSignal: a signal that is not (12, L) real numbers, a rate outside MIN_FS..MAX_FS
+            (a damaged header: 0.01 Hz would resample 10,000-fold), or under MIN_SECONDS long.
     """
     p = get_preset(preset)
-    x = np.asarray(signal, dtype=np.float64)
+    try:
+        x = np.asarray(signal)  # no copy yet: a long record is cropped before anything is allocated for it
+    except (TypeError, ValueError):  # ragged rows
+        raise RejectedSignal("bad signal shape", f"expected a ({len(leads)}, samples) array of numbers") from None
+    if np.iscomplexobj(x):
+        raise RejectedSignal("complex signal", "an ECG is real-valued; pass its real samples")
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+        raise RejectedSignal("bad signal type", f"expected numbers, got {x.dtype} values")
     if x.ndim != 2 or x.shape[0] != len(leads):
-        raise EtpError(f"expected a ({len(leads)}, samples) signal, got shape {x.shape}; transpose (samples, leads) input")
-    if not fs or fs <= 0:
-        raise EtpError(f"sampling rate must be positive, got {fs!r}")
-    x = x.copy()
+        raise RejectedSignal("bad signal shape", f"expected a ({len(leads)}, samples) signal, got shape {x.shape}; "
+                             "transpose (samples, leads) input")
+    try:
+        native = float(fs)
+    except (TypeError, ValueError):
+        native = float("nan")
+    if not MIN_FS <= native <= MAX_FS:
+        raise RejectedSignal("sampling rate out of range", f"{fs!r} Hz; an ECG is recorded at {MIN_FS:g}-{MAX_FS:g} Hz")
+    if x.shape[1] < MIN_SECONDS * native:
+        raise RejectedSignal("empty signal" if x.shape[1] == 0 else "signal too short",
+                             f"{x.shape[1]} samples at {native:g} Hz; at least {MIN_SECONDS:g} s are needed")
     flags: dict[str, Any] = {
         "nan_leads": [], "flat_leads": [], "interpolated_leads": [],
-        "orig_seconds": x.shape[1] / float(fs), "cropped": False, "padded": False,
+        "orig_seconds": x.shape[1] / native, "cropped": False, "padded": False,
     }
-    if x.shape[1] == 0:
-        flags["padded"] = True
-        return np.zeros((len(leads), p.length), np.float32), flags
-    x = _repair(x, p, leads, flags)
+    keep = int(np.ceil((p.seconds + 2 * PRECROP_MARGIN_S) * native))
+    if x.shape[1] > keep:  # bound the work by the window, not the record (see step 4 above)
+        start = (x.shape[1] - keep) // 2
+        x = x[:, start:start + keep]
+        flags["cropped"] = True
+    x = _repair(np.array(x, dtype=np.float64), p, leads, flags)  # always a copy: the caller's array is kept
 
-    if float(fs) != float(p.fs):
-        up, down = _rational(p.fs, fs)
+    if native != float(p.fs):
+        up, down = _rational(p.fs, native)
         x = sps.resample_poly(x, up, down, axis=1)
 
     if p.bandpass is not None and x.shape[1] > 1:
@@ -215,7 +287,11 @@ def preprocess(
             x[[list(leads).index(name) for name in dead]] = 0.0
 
     out = np.zeros((x.shape[0], length), dtype=np.float32)
-    out[:, :n] = x
+    with np.errstate(over="ignore"):  # an overflow is caught just below, with its reason
+        out[:, :n] = x
     if n < length:
         flags["padded"] = True
+    if not np.isfinite(out).all():  # e.g. samples near float32's limit overflowing in the filter
+        raise RejectedSignal("non-finite signal", "preprocessing produced inf/NaN; the samples are out of range "
+                             "for an ECG in mV")
     return out, flags

@@ -45,10 +45,22 @@ def _load_statements(path: str) -> pd.DataFrame:
     p = Path(path)
     if not p.exists():
         raise DataError(f"{p} not found; PTB-XL's scp_statements.csv must sit beside ptbxl_database.csv")
-    df = pd.read_csv(p, index_col=0)
+    try:
+        df = pd.read_csv(p, index_col=0)
+    except Exception as exc:  # noqa: BLE001 - empty, binary or not CSV: pandas raises several types
+        raise DataError(f"{p} cannot be read as CSV ({type(exc).__name__}); use the scp_statements.csv of PTB-XL") from None
     for col in ("description", "diagnostic", "form", "rhythm", "diagnostic_class", "diagnostic_subclass"):
         if col not in df.columns:
             raise DataError(f"{p} has no column '{col}'; use the scp_statements.csv of PTB-XL")
+    # Every statement's wording becomes report text: a blank one would read "nan", a repeated code is ambiguous.
+    blank = [str(c) for c, d in df["description"].items() if not isinstance(d, str) or not d.strip()]
+    if blank:
+        raise DataError(f"{p} has no description for {', '.join(blank[:5])}; use the scp_statements.csv of PTB-XL")
+    if df.index.duplicated().any():
+        raise DataError(f"{p} lists code {df.index[df.index.duplicated()][0]} twice; use the scp_statements.csv of PTB-XL")
+    for col in ("diagnostic", "form", "rhythm"):  # flags 1 or empty; text would silently change statement groups
+        if pd.to_numeric(df[col], errors="coerce").isna().sum() != df[col].isna().sum():
+            raise DataError(f"{p} column '{col}' holds values other than 1 or empty; use the scp_statements.csv of PTB-XL")
     return df
 
 
@@ -57,18 +69,38 @@ def load_scp_statements(path: str | Path | None = None) -> pd.DataFrame:
     return _load_statements(str(Path(path) if path is not None else SCP_STATEMENTS_CSV)).copy()
 
 
+#: Longest ``scp_codes`` text parsed: PTB-XL's longest is ~120 characters. Nested input far longer
+#: (a 200k-deep ``-(-(...))``) exhausts the parser's stack; it is refused before parsing.
+MAX_SCP_CODES_CHARS = 10_000
+
+
 def parse_scp_codes(literal: str) -> dict[str, float]:
-    """Parse PTB-XL's ``scp_codes`` (a Python dict literal) safely, never with eval.
+    """Parse PTB-XL's ``scp_codes`` (a Python dict literal of code -> likelihood) safely, never with eval.
+
+    Codes must be non-empty strings and likelihoods numbers in 0..100 (PTB-XL uses 0 for "unknown").
 
     Raises:
-        ValueError: when the text is not a dict literal of code -> number.
+        ValueError: when the text is not such a dict literal (a one-line reason).
     """
     if not isinstance(literal, str) or not literal.strip():
         return {}
-    value = ast.literal_eval(literal)
+    if len(literal) > MAX_SCP_CODES_CHARS:
+        raise ValueError(f"scp_codes is {len(literal)} characters long, at most {MAX_SCP_CODES_CHARS} are parsed")
+    try:
+        value = ast.literal_eval(literal)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as exc:
+        raise ValueError(f"scp_codes is not a dict literal ({type(exc).__name__}): {literal[:60]!r}") from None
     if not isinstance(value, dict):
         raise ValueError(f"scp_codes is not a dict literal: {literal[:60]!r}")
-    return {str(k): float(v) for k, v in value.items()}
+    out: dict[str, float] = {}
+    for code, likelihood in value.items():
+        if not isinstance(code, str) or not code.strip():
+            raise ValueError(f"scp_codes has the code {code!r}; codes are SCP statement names")
+        if isinstance(likelihood, bool) or not isinstance(likelihood, (int, float)) \
+                or not 0.0 <= likelihood <= 100.0:
+            raise ValueError(f"scp_codes gives {code!r} the likelihood {likelihood!r}; expected a number 0..100")
+        out[code] = float(likelihood)
+    return out
 
 
 def _group(row: pd.Series) -> int:

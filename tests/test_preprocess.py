@@ -131,3 +131,71 @@ def test_bad_input_is_a_user_error():
         preprocess(np.zeros((1000, 12)), 100.0)
     with pytest.raises(EtpError, match="sampling rate"):
         preprocess(np.zeros((12, 1000)), 0)
+
+
+# --- issue 11 item 9: numbers a damaged header or a caller can pass ---------------------------
+
+@pytest.mark.parametrize("fs", [0.01, 0.001, 1e9, float("inf"), float("nan"), 49.0, 10_001.0, "abc", None])
+def test_rates_outside_the_ecg_range_are_refused_before_resampling(fs):
+    # 0.01 Hz -> 100 Hz is a 10,000-fold resampling: a 24 KB file allocated 4-9 GB; 1e9 crashed scipy.
+    from etp_search.preprocess import RejectedSignal
+    from etp_search.readers import SkipRecord
+
+    with pytest.raises(RejectedSignal) as err:
+        preprocess(np.zeros((12, 1000), np.float32), fs, "etp-100hz")
+    assert err.value.reason == "sampling rate out of range" and "50-10000 Hz" in str(err.value)
+    # a counted skip inside a pipeline, one error line for a user of the API or the CLI
+    assert isinstance(err.value, SkipRecord) and isinstance(err.value, EtpError)
+
+
+@pytest.mark.parametrize("samples, reason", [(0, "empty signal"), (1, "signal too short"), (99, "signal too short")])
+def test_empty_and_sub_second_signals_are_refused(samples, reason):
+    from etp_search.preprocess import RejectedSignal
+
+    with pytest.raises(RejectedSignal) as err:  # a 0-sample record was embedded as zeros, flagged only "padded"
+        preprocess(np.ones((12, samples)), 100.0, "etp-100hz")
+    assert err.value.reason == reason
+    y, flags = preprocess(np.random.default_rng(0).normal(size=(12, 100)), 100.0, "etp-100hz")  # 1 s is kept
+    assert flags["padded"] and np.isfinite(y).all()
+
+
+@pytest.mark.parametrize("bad", [np.full((12, 1000), 1.0 + 1j), np.full((12, 1000), "x"), [[1.0, 2.0], [3.0]]])
+def test_complex_text_or_ragged_signals_are_refused(bad):
+    from etp_search.preprocess import RejectedSignal
+
+    with pytest.raises(RejectedSignal):
+        preprocess(bad, 100.0, "raw-100hz")
+
+
+def test_output_that_overflows_float32_is_refused_not_passed_on_as_inf():
+    from etp_search.preprocess import RejectedSignal
+
+    with pytest.raises(RejectedSignal, match="non-finite"):
+        preprocess(np.full((12, 5000), 1e300), 500.0, "raw-500hz")
+
+
+def test_long_record_costs_memory_of_the_window_not_of_the_record():
+    import tracemalloc
+
+    fs, minutes = 500.0, 30
+    t = np.arange(int(minutes * 60 * fs)) / fs
+    x = np.tile((np.sin(2 * np.pi * 8.0 * t) + 2.0 * np.sin(2 * np.pi * 0.1 * t)).astype(np.float32), (12, 1))
+    tracemalloc.start()
+    y, flags = preprocess(x, fs, "etp-100hz")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    # The record is 43 MB of float32; the whole-record path needed several float64 copies of it.
+    assert peak < x.nbytes / 2, peak
+    assert flags["cropped"] and flags["orig_seconds"] == minutes * 60 and y.shape == (12, 1000)
+    mid = (len(t) - 5000) // 2  # the kept window is the centre 10 s, cleaned of its 0.1 Hz wander
+    assert _corr(y[0], np.sin(2 * np.pi * 8.0 * t[mid:mid + 5000:5])) > 0.99
+    raw, _ = preprocess(x, fs, "raw-500hz")  # without resampling or filtering: the exact centre crop
+    np.testing.assert_array_equal(raw, x[:, mid:mid + 5000])
+
+
+@pytest.mark.parametrize("field, value", [("fs", 1e10), ("fs", -5), ("seconds", float("nan")), ("seconds", 1e9),
+                                          ("bandpass", [45.0, 0.5]), ("bandpass", "x"), ("filter_order", 0)])
+def test_damaged_preset_json_is_one_line(field, value):
+    with pytest.raises(EtpError) as err:
+        Preset.from_dict({**PRESETS["etp-100hz"].to_dict(), field: value})
+    assert "\n" not in str(err.value) and field in str(err.value)

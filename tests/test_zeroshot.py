@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,3 +136,42 @@ def test_assign_counts_sum_to_records():
     X, _, prompts = _planted(n=100)
     counts = Z.assign_counts(X, prompts)
     assert sum(counts.values()) == 100 and list(counts) == list(prompts)
+
+
+# --- issue 11 item 10: the README's own prompt-file example works as documented --------------
+
+def _readme_prompt_example() -> str:
+    """The ```json block under README.md's "**Prompt files**" paragraph, verbatim."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("**Prompt files**"):]
+    return section[section.index("```json\n") + len("```json\n"):section.index("\n```", section.index("```json"))]
+
+
+def test_readme_prompt_file_example_verbatim(tmp_path):
+    f = tmp_path / "prompts.json"
+    f.write_text(_readme_prompt_example(), encoding="utf-8")
+    task = get_task("rhythm")
+    cp = P.class_prompts(task, f)
+    # its templates wrap every phrase of a listed class and the description of a class left out
+    assert cp["AFIB"] == ["ECG showing atrial fibrillation", "ECG showing irregularly irregular rhythm"]
+    assert cp["SR"] == ["ECG showing sinus rhythm"]
+    assert cp["STACH"] == [f"ECG showing {task.description['STACH']}"]
+    # without a task (zeroshot --prompts FILE on any store) the file's classes carry the same prompts
+    assert P.load_prompt_file(f).classes["AFIB"] == cp["AFIB"]
+
+
+@pytest.mark.parametrize("template", ["ECG showing {}", "ECG showing {description}"])
+def test_both_placeholders_mean_the_phrase(tmp_path, template):
+    f = tmp_path / "p.json"
+    f.write_text(json.dumps({"classes": {"AFIB": ["afib {x}", "a\\1"]}, "templates": ["{}", template]}))
+    cp = P.class_prompts(get_task("rhythm"), f)
+    # braces or backslashes inside a phrase are text, never placeholders
+    assert cp["AFIB"] == ["afib {x}", "ECG showing afib {x}", "a\\1", "ECG showing a\\1"]
+
+
+def test_ensemble_keeps_its_shipped_prompts_and_default_templates():
+    task = get_task("diagnostic")  # no shipped file: every class goes through DEFAULT_TEMPLATES
+    cp = P.class_prompts(task, "ensemble")
+    c = task.classes[0]
+    assert cp[c] == [task.description[c], f"ECG showing {task.description[c]}",
+                     f"an electrocardiogram with {task.description[c]}"]

@@ -14,15 +14,21 @@ Prompt file format (JSON, UTF-8)::
 
     {
       "task": "rhythm",                              # optional, informational
-      "templates": ["ECG showing {description}"],    # optional; used for classes not listed
-      "classes": {                                   # required: class -> prompt(s)
+      "templates": ["ECG showing {}"],               # optional: wrap every phrase
+      "classes": {                                   # required: class -> phrase(s)
         "AFIB": ["atrial fibrillation", "irregularly irregular rhythm"],
-        "SR": "sinus rhythm"                         # a single string is one prompt
+        "SR": "sinus rhythm"                         # a single string is one phrase
       }
     }
 
-With a task, class names must be the task's classes (classes left out fall back to their
-description). Without a task (a store of any dataset), the class names are matched against the
+Templates (CLIP-style prompt templates): each must hold the placeholder ``{}`` or ``{description}``
+(the same thing), which is replaced by a phrase; a class's prompts are every template applied to
+every one of its phrases (above: "ECG showing atrial fibrillation", "ECG showing irregularly
+irregular rhythm"). Add ``"{}"`` as a template to keep the bare phrase too. Without ``templates``
+the phrases are the prompts, as written.
+
+With a task, class names must be the task's classes; a class left out gets its description (put
+through the file's templates, when it has any). Without a task (a store of any dataset), the class names are matched against the
 label keys stored with each record (e.g. PTB-XL SCP codes such as "AFIB"), which gives each
 class its ground truth. Every problem in a file is reported as one line naming the file.
 """
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -48,15 +55,37 @@ DEFAULT_TEMPLATES = ("{description}", "ECG showing {description}", "an electroca
 BUILTIN_SETS = ("default", "ensemble")
 
 
+#: A template's placeholder for the phrase: ``{}`` (as in the README) or ``{description}``.
+_PLACEHOLDER = re.compile(r"\{(?:description)?\}")
+
+
 @dataclass
 class PromptFile:
-    """A parsed prompt file: class -> prompts, plus optional fallback templates."""
+    """A parsed prompt file.
+
+    Attributes:
+        classes: Class -> prompts, the file's templates already applied (what gets encoded).
+        templates: The file's templates, or None when it has none.
+        task: The file's informational task name.
+        source: Where it came from, for messages.
+        phrases: Class -> phrases as written in the file (before templates).
+    """
 
     classes: dict[str, list[str]]
-    templates: tuple[str, ...] = DEFAULT_TEMPLATES
+    templates: tuple[str, ...] | None = None
     task: str | None = None
     source: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    phrases: dict[str, list[str]] = field(default_factory=dict)
+
+    def prompts_for(self, phrase: str) -> list[str]:
+        """One phrase (e.g. a class description) through the file's templates; itself without templates."""
+        return apply_templates(phrase, self.templates) if self.templates else [phrase]
+
+
+def apply_templates(phrase: str, templates: tuple[str, ...] | list[str]) -> list[str]:
+    """Each template with its ``{}``/``{description}`` placeholder replaced by ``phrase`` (duplicates dropped)."""
+    # A function replacement, so braces or backslashes inside the phrase are never re-interpreted.
+    return _dedup([_PLACEHOLDER.sub(lambda _: phrase, t) for t in templates])
 
 
 def _prompt_list(value: Any, where: str) -> list[str]:
@@ -83,14 +112,19 @@ def parse_prompt_data(data: Any, source: str = "prompt file") -> PromptFile:
     if not isinstance(classes, dict) or not classes:
         raise DataError(f'{source}: needs a non-empty "classes" object mapping class -> prompt(s)')
     parsed = {str(c): _prompt_list(v, f"{source}: class {c!r}") for c, v in classes.items()}
-    templates = data.get("templates", list(DEFAULT_TEMPLATES))
-    if (not isinstance(templates, list) or not templates
-            or not all(isinstance(t, str) and "{description}" in t for t in templates)):
-        raise DataError(f'{source}: "templates" must be a list of strings that each contain {{description}}')
+    templates = data.get("templates")
+    if templates is not None and (
+            not isinstance(templates, list) or not templates
+            or not all(isinstance(t, str) and t.strip() and _PLACEHOLDER.search(t) for t in templates)):
+        raise DataError(f'{source}: "templates" must be a non-empty list of strings that each contain {{}} or '
+                        f'{{description}} (the class phrase), e.g. ["ECG showing {{}}"]')
     task = data.get("task")
     if task is not None and not isinstance(task, str):
         raise DataError(f'{source}: "task" must be a task name string')
-    return PromptFile(parsed, tuple(templates), task, source)
+    fixed = tuple(t.strip() for t in templates) if templates is not None else None
+    prompts = {c: _dedup([q for p in ps for q in apply_templates(p, fixed)]) if fixed else ps
+               for c, ps in parsed.items()}
+    return PromptFile(prompts, fixed, task, source, parsed)
 
 
 def load_prompt_file(path: str | Path) -> PromptFile:
@@ -110,10 +144,6 @@ def _dedup(prompts: list[str]) -> list[str]:
     return list(dict.fromkeys(prompts))
 
 
-def _templated(description: str, templates: tuple[str, ...]) -> list[str]:
-    return _dedup([t.format(description=description) for t in templates])
-
-
 def class_prompts(task: Task | str, prompt_set: str | Path = "default") -> dict[str, list[str]]:
     """Prompts per class of ``task`` (a Task or its name) for a built-in set name or a prompt file path.
 
@@ -128,9 +158,10 @@ def class_prompts(task: Task | str, prompt_set: str | Path = "default") -> dict[
     if str(prompt_set) == "ensemble":
         shipped = PROMPT_DIR / f"{task.name}.json"
         pf = load_prompt_file(shipped) if shipped.is_file() else PromptFile({})
+        templates = pf.templates or DEFAULT_TEMPLATES
         return {
             c: _dedup([task.description[c], *pf.classes[c]]) if c in pf.classes
-            else _templated(task.description[c], pf.templates)
+            else apply_templates(task.description[c], templates)
             for c in task.classes
         }
     pf = load_prompt_file(prompt_set)
@@ -141,7 +172,7 @@ def class_prompts(task: Task | str, prompt_set: str | Path = "default") -> dict[
     missing = [c for c in task.classes if c not in pf.classes]
     if missing:
         logger.info("%s lists no prompts for %s; using their descriptions", pf.source, ", ".join(missing))
-    return {c: pf.classes[c] if c in pf.classes else [task.description[c]] for c in task.classes}
+    return {c: pf.classes[c] if c in pf.classes else pf.prompts_for(task.description[c]) for c in task.classes}
 
 
 def free_label_prompts(labels: str | list[str]) -> dict[str, list[str]]:

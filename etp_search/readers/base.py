@@ -4,14 +4,23 @@ A reader turns one published dataset layout into ``EcgRecord`` objects, one at a
 of a single record (a truncated file, a lying header) raise ``SkipRecord`` with a short stable
 reason and are counted in ``ReadSummary.skipped``; problems of the whole folder or table (no
 records, a missing column) raise ``DataError`` with one line that says how to fix them.
+
+``Reader.read`` is guarded for every subclass (``Reader.__init_subclass__`` wraps the subclass's
+``read``), so no reader, present or future, can let one record's failure escape as anything but a
+``SkipRecord``: an unexpected exception becomes the reason ``"reader error: <Type>"`` and a
+returned record that breaks the ``EcgRecord`` contract (no id, not 12 x L, a sampling rate outside
+``MIN_FS``..``MAX_FS``, shorter than ``MIN_SECONDS``, non-finite samples, a strat_fold, sex,
+patient_id or age the pipeline cannot store) is skipped with a named reason. ``DataError`` (a table-level problem) and ``BaseException`` (Ctrl-C) pass through.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -19,6 +28,17 @@ from etp_search.errors import DataError
 from etp_search.records import STANDARD_LEADS, EcgRecord
 
 logger = logging.getLogger(__name__)
+
+#: Sampling rates (Hz) a record may have. Below 50 Hz no ECG waveform survives (a QRS lasts ~0.1 s),
+#: above 10 kHz is no ECG archive; a header outside this range is damaged, and resampling it to the
+#: model's rate would need absurd ratios (0.01 Hz -> 100 Hz made a 24 KB file allocate 4-9 GB).
+MIN_FS = 50.0
+MAX_FS = 10_000.0
+#: Shortest record kept: under 1 s a 12-lead ECG holds no whole heartbeat (0 samples held nothing).
+MIN_SECONDS = 1.0
+#: Most samples (all channels) one record may hold, checked before a signal is allocated: 50 M is a
+#: 2.3 h 12-lead record at 500 Hz (~1 GB while decoding); larger is a damaged header or not an ECG.
+MAX_SAMPLES = 50_000_000
 
 #: Text sources every reader understands; PTB-XL adds "scp_en" and readers with tables "column:<name>".
 REPORT = "report"
@@ -30,9 +50,32 @@ class SkipRecord(Exception):
     """One record cannot be read; ``reason`` is a short stable key counted in the summary."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
+        # One line always: a detail may quote file bytes or an exception text with newlines.
+        detail = " ".join(str(detail).split())
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+
+    def __reduce__(self):  # picklable across worker processes with both arguments
+        return type(self), (self.reason, self.detail)
+
+
+def check_sampling_rate(fs: object, where: str) -> float:
+    """``fs`` as a float within ``MIN_FS``..``MAX_FS``; else SkipRecord "sampling rate out of range"."""
+    try:
+        value = float(fs)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        value = math.nan
+    if not (MIN_FS <= value <= MAX_FS):  # also refuses NaN and inf
+        raise SkipRecord("sampling rate out of range",
+                         f"{where}: {fs!r} Hz, an ECG is recorded at {MIN_FS:g}-{MAX_FS:g} Hz")
+    return value
+
+
+def check_size(n_samples: int, where: str) -> None:
+    """Refuse a record of more than ``MAX_SAMPLES`` samples before anything is allocated for it."""
+    if n_samples > MAX_SAMPLES:
+        raise SkipRecord("record too large", f"{where}: {n_samples} samples, at most {MAX_SAMPLES} are read")
 
 
 @dataclass
@@ -151,15 +194,102 @@ def to_millivolts(signal: np.ndarray, units: Sequence[str | None]) -> list[str]:
     return unknown
 
 
+def check_record(rec: object, ref: str) -> EcgRecord:
+    """Enforce the ``EcgRecord`` contract on what a reader returned; a breach is a SkipRecord.
+
+    Non-finite samples are zeroed and counted (``check_finite``) for readers that did not do it.
+    """
+    if not isinstance(rec, EcgRecord):
+        raise SkipRecord("reader error: not a record", f"{ref}: the reader returned {type(rec).__name__}")
+    if not isinstance(rec.id, str) or not rec.id.strip():
+        raise SkipRecord("empty record id", f"{ref}: record id {rec.id!r}")
+    fs = check_sampling_rate(rec.fs, ref)
+    signal = rec.signal
+    if not isinstance(signal, np.ndarray) or signal.ndim != 2 or signal.shape[0] != len(rec.leads):
+        shape = getattr(signal, "shape", type(signal).__name__)
+        raise SkipRecord("bad signal shape", f"{ref}: signal {shape}, expected {len(rec.leads)} leads by N samples")
+    if np.iscomplexobj(signal) or not np.issubdtype(signal.dtype, np.number):
+        raise SkipRecord("bad signal type", f"{ref}: {signal.dtype} samples, expected real numbers")
+    if signal.shape[1] == 0:
+        raise SkipRecord("empty signal", f"{ref}: 0 samples")
+    if signal.shape[1] < MIN_SECONDS * fs:
+        raise SkipRecord("signal too short", f"{ref}: {signal.shape[1] / fs:.3g} s, at least {MIN_SECONDS:g} s "
+                         "are needed for one heartbeat")
+    _check_meta(rec.meta, ref)
+    nan_samples = check_finite(signal, rec.leads)
+    if nan_samples:
+        rec.meta["nan_samples"] = int(rec.meta.get("nan_samples") or 0) + nan_samples
+    return rec
+
+
+# Values the pipeline stores for the common metadata (the signal cache's strat_fold is int16; -1 and
+# nan mean unknown): anything else would end a whole `prepare` in an OverflowError, or be a silent lie.
+_META_RANGES = {"strat_fold": (1, 32767), "sex": (0, 1), "patient_id": (0, 2 ** 53)}
+
+
+def _check_meta(meta: Any, ref: str) -> None:
+    if not isinstance(meta, dict):
+        raise SkipRecord("reader error: meta", f"{ref}: meta is {type(meta).__name__}, not a dict")
+    for key, (lo, hi) in _META_RANGES.items():
+        value = meta.get(key, -1)
+        if value is None or value == -1:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
+            raise SkipRecord(f"malformed {key}", f"{ref}: {key} {value!r} is not -1 (unknown) or an integer {lo}..{hi}")
+    age = meta.get("age", math.nan)
+    try:
+        ok = age is None or math.isnan(float(age)) or 0.0 <= float(age) <= 300.0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise SkipRecord("malformed age", f"{ref}: age {age!r} is not nan (unknown) or 0..300")
+
+
+#: Unexpected exception types already logged at WARNING in this process (then DEBUG, not a flood).
+_WARNED: set[str] = set()
+
+
+def _guarded(read: Callable[[Any, str], EcgRecord]) -> Callable[[Any, str], EcgRecord]:
+    """Wrap a reader's ``read`` so one record's failure can only ever be a SkipRecord."""
+
+    @functools.wraps(read)
+    def guarded_read(self: Any, ref: str) -> EcgRecord:
+        try:
+            return check_record(read(self, ref), str(ref))
+        except (SkipRecord, DataError):
+            raise  # already a counted skip, or a table-level problem with its own one line
+        except Exception as exc:  # noqa: BLE001 - any one-record failure (OverflowError, RecursionError, ...)
+            kind = type(exc).__name__
+            level = logging.DEBUG if kind in _WARNED else logging.WARNING
+            _WARNED.add(kind)
+            logger.log(level, "%s: record %s: %s: %s (skipped; further %s are logged at debug level)",
+                       type(self).__name__, ref, kind, exc, kind)
+            raise SkipRecord(f"reader error: {kind}", f"{ref}: {exc}") from None
+
+    guarded_read.__etp_guarded__ = True  # type: ignore[attr-defined]
+    return guarded_read
+
+
 class Reader:
     """Base of all readers: ``refs()`` lists records cheaply, ``read(ref)`` loads one.
 
     Subclasses set ``format_name``, ``root``, ``fs`` and ``text_source`` and implement
     ``_list_refs`` and ``read``. Readers hold only paths and small tables so they pickle cheaply
     to worker processes; signals are read one record at a time.
+
+    A subclass's ``read`` is wrapped when the class is created (``__init_subclass__``), so a new
+    reader just raises ``SkipRecord`` where it knows the reason and gets the rest for free: any
+    other exception of one record becomes a counted skip, and the returned record is checked
+    (``check_record``). Raise ``DataError`` only for problems of the whole dataset.
     """
 
     format_name: str = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        read = cls.__dict__.get("read")
+        if read is not None and not getattr(read, "__etp_guarded__", False):
+            cls.read = _guarded(read)  # type: ignore[method-assign]
 
     def __init__(self, root: str | Path, text_source: str = SCP_EN) -> None:
         self.root = Path(root)
@@ -209,6 +339,24 @@ class Reader:
         return f"{type(self).__name__}(root={str(self.root)!r}, fs={self.fs}, text_source={self.text_source!r})"
 
 
+def require_ids(ids: Sequence[str], column: str, path: Path) -> None:
+    """One DataError line for an empty or duplicated id: the key of every record is then in doubt."""
+    ids = [str(i).strip() for i in ids]
+    empty = [row for row, i in enumerate(ids) if not i]
+    if empty:
+        raise DataError(f"{path} has {len(empty)} row(s) without {column} (first: data row {empty[0] + 1}); "
+                        "every record needs its id: re-download the file")
+    if len(set(ids)) != len(ids):
+        raise DataError(f"{path} has duplicate {column} values; re-download it")
+
+
+def inside_root(rel: str, what: str, root: Path) -> str:
+    """A table's relative signal path, refused (SkipRecord) when empty, absolute or climbing out with '..'."""
+    if not rel.strip() or Path(rel).is_absolute() or ".." in Path(rel).parts:
+        raise SkipRecord("malformed filename", f"{what}: {rel[:60]!r} is not a path inside {root}")
+    return rel
+
+
 def require_columns(columns: Sequence[str], needed: Sequence[str], path: Path) -> None:
     """Raise one DataError line naming the first missing column and the file."""
     for col in needed:
@@ -243,6 +391,8 @@ def parse_age_sex(comments: Sequence[str]) -> tuple[float, int]:
                 age = float(value)
             except ValueError:
                 pass
+            if not 0.0 <= age <= 300.0:  # "inf", "-5": no age (NaN stays NaN)
+                age = float("nan")
         elif key == "sex":
             sex = sex_code(value)
     return age, sex

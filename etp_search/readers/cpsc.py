@@ -31,7 +31,7 @@ from etp_search.labels import CPSC2018_CLASSES, CPSC2018_DESCRIPTIONS
 from etp_search.readers.base import REPORT, SCP_EN, Reader, SkipRecord, check_finite, native_text_source, \
     parse_age_sex, require_columns, sex_code
 from etp_search.readers.snomed import diagnosis, parse_dx
-from etp_search.readers.wfdb_io import read_wfdb
+from etp_search.readers.wfdb_io import check_mat_size, read_wfdb
 from etp_search.records import STANDARD_LEADS, EcgRecord
 
 logger = logging.getLogger(__name__)
@@ -64,10 +64,14 @@ def load_reference(path: Path) -> dict[str, list[str]]:
             if not value:
                 continue
             try:
-                number = int(float(value))
-                classes.append(CPSC2018_CLASSES[number - 1])
-            except (ValueError, IndexError):
-                raise DataError(f"{path}: label '{value}' of {row['Recording']} is not a class number 1..9") from None
+                number = float(value)
+            except ValueError:
+                number = math.nan
+            # 0 or -1 once indexed the class list from its end: label 0 silently became "STE"
+            if not (1 <= number <= len(CPSC2018_CLASSES) and number.is_integer()):
+                raise DataError(f"{path}: label '{value[:20]}' of {row['Recording'][:40]} is not a class number 1..9; "
+                                "re-download REFERENCE.csv")
+            classes.append(CPSC2018_CLASSES[int(number) - 1])
         out[row["Recording"].strip()] = list(dict.fromkeys(classes))
     return out
 
@@ -198,6 +202,9 @@ class Cpsc2018Reader(_CpscBase):
         if not rel.endswith(".mat"):
             rel += ".mat"
         path = self.root / rel
+        if not path.is_file():
+            raise SkipRecord("missing signal file" if not path.exists() else "unreadable signal file", str(path))
+        check_mat_size(path)
         try:
             mat = scipy.io.loadmat(str(path), squeeze_me=True, struct_as_record=False)
         except Exception as exc:  # not a MATLAB file, truncated, ...
@@ -210,7 +217,13 @@ class Cpsc2018Reader(_CpscBase):
                                  f"header; put {path.with_suffix('.hea').name} beside it")
             raise SkipRecord("missing variable", f"{path} has no struct 'ECG' with field 'data'; pass a CPSC2018 "
                              ".mat or a WFDB record with its .hea")
-        data = np.asarray(data, dtype=np.float32)
+        data = np.asarray(data)
+        if np.iscomplexobj(data):  # a float cast would drop the imaginary part without a word
+            raise SkipRecord("complex signal", f"{path}: ECG.data holds complex numbers; an ECG is real-valued")
+        if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
+            raise SkipRecord("bad signal type", f"{path}: ECG.data holds {data.dtype} values, expected numbers; "
+                             "pass an unmodified CPSC2018 .mat")
+        data = data.astype(np.float32)
         if data.ndim != 2 or data.shape[0] != len(STANDARD_LEADS) or data.shape[1] == 0:
             raise SkipRecord("bad signal shape", f"{path}: ECG.data has shape {data.shape}, expected 12 leads "
                              "by N samples; pass an unmodified CPSC2018 .mat")
@@ -219,7 +232,9 @@ class Cpsc2018Reader(_CpscBase):
         age_value = _scalar(_field(ecg, "age"))
         try:
             age = float(age_value) if age_value is not None else math.nan
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
+            age = math.nan
+        if not 0.0 <= age <= 300.0:  # CPSC writes NaN for an unknown age; inf or -5 is no age either
             age = math.nan
         sex_value = _scalar(_field(ecg, "sex"))
         sex = sex_code(sex_value) if sex_value is not None else -1

@@ -18,8 +18,8 @@ from pathlib import Path
 import pandas as pd
 
 from etp_search.errors import DataError
-from etp_search.readers.base import COLUMN_PREFIX, REPORT, SCP_EN, Reader, SkipRecord, native_text_source, \
-    require_columns
+from etp_search.readers.base import COLUMN_PREFIX, REPORT, SCP_EN, Reader, SkipRecord, inside_root, \
+    native_text_source, require_columns, require_ids
 from etp_search.readers.wfdb_io import read_wfdb
 from etp_search.records import EcgRecord
 
@@ -46,6 +46,12 @@ def join_reports(table: pd.DataFrame) -> pd.Series:
     return parts.apply(lambda row: STATEMENT_SEPARATOR.join(v for v in row if v), axis=1)
 
 
+def _id_number(value: object) -> int:
+    """A MIMIC id as an int, -1 when it is no plain ASCII number ("²".isdigit() is True, int() refuses it)."""
+    text = str(value).strip()
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else -1
+
+
 class MimicReader(Reader):
     """Reader for the MIMIC-IV-ECG layout; record id = study_id."""
 
@@ -57,8 +63,7 @@ class MimicReader(Reader):
         list_path = self.root / RECORD_LIST
         records = _read_csv(list_path)
         require_columns(records.columns, ["study_id", "path"], list_path)
-        if records["study_id"].duplicated().any():
-            raise DataError(f"{list_path} has duplicate study_id values; re-download it")
+        require_ids(records["study_id"].tolist(), "study_id", list_path)
         meas_path = self.root / MEASUREMENTS
         texts = pd.Series("", index=records["study_id"])
         extra_columns: dict[str, pd.Series] = {}
@@ -95,7 +100,7 @@ class MimicReader(Reader):
             row = self._table.loc[str(ref)]
         except KeyError:
             raise SkipRecord("unknown record", f"study_id {ref} is not in {RECORD_LIST}") from None
-        rel = row["path"]
+        rel = inside_root(row["path"], f"study_id {ref}: path", self.root)
         sig = read_wfdb(self.root / rel)
         texts = {REPORT: self._texts.get(ref, "")}
         for name, column in self._extra.items():
@@ -103,8 +108,7 @@ class MimicReader(Reader):
         subject = row.get("subject_id", "")
         meta = {"age": float("nan"), "sex": -1, "strat_fold": -1, "source": rel,
                 "missing_leads": sig.missing_leads, "texts": texts,
-                "subject_id": int(subject) if str(subject).isdigit() else -1,
-                "study_id": int(ref) if str(ref).isdigit() else -1, "ecg_time": row.get("ecg_time", "")}
+                "subject_id": _id_number(subject), "study_id": _id_number(ref), "ecg_time": row.get("ecg_time", "")}
         if sig.dropped_channels:
             meta["dropped_channels"] = sig.dropped_channels
         if sig.nan_samples:

@@ -2,6 +2,19 @@
 
 A partial download is normal: rows whose signal files are absent are left out of ``refs()`` and
 counted once in ``summary.missing_files`` rather than reported row by row.
+
+What a damaged table does (table-level problems are one DataError line, one row's problems skip
+that record with a named reason):
+
+- a missing required column, a duplicate or an empty ``ecg_id``: DataError (the key of every
+  record is in doubt, so no record of the file is trusted);
+- no ``strat_fold`` column at all (a table cut down by hand): a WARNING when the reader opens, and
+  every record gets fold -1, which every verb treats as "no folds" (train splits by id hash,
+  zeroshot/probe name the fallback). Why not an error: index and query need no folds;
+- one row's cell that is not a valid value: its record is skipped, e.g. "malformed strat_fold" for
+  ``1e999``, "malformed patient_id" for ``inf``, "malformed scp_codes" for ``{'NORM': None}``. An
+  empty cell (or ``nan``) is "unknown": age nan, sex/strat_fold/patient_id -1. A wrong fold would
+  put the record into the wrong split, so it is never guessed.
 """
 
 from __future__ import annotations
@@ -14,7 +27,8 @@ from pathlib import Path
 import pandas as pd
 
 from etp_search.errors import DataError
-from etp_search.readers.base import COLUMN_PREFIX, REPORT, SCP_EN, Reader, SkipRecord, require_columns
+from etp_search.readers.base import COLUMN_PREFIX, REPORT, SCP_EN, Reader, SkipRecord, inside_root, \
+    require_columns, require_ids
 from etp_search.readers.wfdb_io import read_wfdb
 from etp_search.records import EcgRecord
 from etp_search.text import SCP_STATEMENTS_CSV, check_text_source, compose_scp_report, load_scp_statements, \
@@ -42,17 +56,42 @@ def _existing_records(root: Path, top: str) -> set[str]:
     return found
 
 
-def _as_float(v) -> float:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
+# Valid values of the numeric columns (PTB-XL writes age 300 for patients over 89, ids as "15709.0");
+# a strat_fold must fit the signal cache's int16 column.
+_RANGES = {"age": (0.0, 300.0, False), "sex": (0.0, 1.0, True), "strat_fold": (1.0, 32767.0, True),
+           "patient_id": (0.0, 2.0 ** 53, True)}
+_UNKNOWN = {"", "nan", "na", "none"}
+
+
+def _cell(row: dict[str, str], column: str, ref: str) -> float:
+    """A numeric cell: nan when empty/unknown; a value out of its column's range skips the record."""
+    text = str(row.get(column, "")).strip()
+    if text.lower() in _UNKNOWN:
         return math.nan
-    return f
+    lo, hi, integer = _RANGES[column]
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (lo <= value <= hi) or (integer and not value.is_integer()):
+        kind = "an integer" if integer else "a number"
+        raise SkipRecord(f"malformed {column}", f"ecg_id {ref}: {column} {text[:30]!r} is not {kind} "
+                         f"in {lo:g}..{hi:g} ({DATABASE_CSV} damaged?)")
+    return value
 
 
-def _as_int(v, default: int = -1) -> int:
-    f = _as_float(v)
-    return default if math.isnan(f) else int(f)
+def _as_int(value: float) -> int:
+    return -1 if math.isnan(value) else int(value)
+
+
+def row_numbers(row: dict[str, str], ref: str) -> dict[str, float | int]:
+    """age (nan = unknown), sex, strat_fold and patient_id (-1 = unknown) of one ptbxl_database.csv row.
+
+    Raises:
+        SkipRecord: "malformed <column>" for a cell that is neither empty nor a valid value.
+    """
+    values = {col: _cell(row, col, ref) for col in _RANGES}
+    return {"age": values["age"], **{col: _as_int(values[col]) for col in ("sex", "strat_fold", "patient_id")}}
 
 
 class PtbxlReader(Reader):
@@ -93,8 +132,16 @@ class PtbxlReader(Reader):
         keep = [c for c in ("ecg_id", "patient_id", "age", "sex", "strat_fold", "report", "scp_codes",
                             self._filename_col, self._text_column) if c and c in columns]
         keep = list(dict.fromkeys(keep))
-        if table["ecg_id"].duplicated().any():
-            raise DataError(f"{db_path} has duplicate ecg_id values; re-download it")
+        require_ids(table["ecg_id"].tolist(), "ecg_id", db_path)
+        files = table[self._filename_col].str.strip()
+        shared = files[(files != "") & files.duplicated()]
+        if len(shared):  # two ids reading one signal would put the same ECG into the store twice
+            raise DataError(f"{db_path} gives {shared.iloc[0][:60]!r} to more than one ecg_id ({self._filename_col}); "
+                            "re-download it")
+        if "strat_fold" not in columns:
+            logger.warning("%s has no strat_fold column: every record gets fold -1 (no benchmark folds: train "
+                           "splits by id hash, zeroshot/probe use all records); use the unmodified file for the "
+                           "PTB-XL folds", db_path)
         # Plain dict of tuples: a pandas .loc per record cost more than reading the signal.
         self._columns = {c: i for i, c in enumerate(keep)}
         self._rows = {row[0]: row for row in table[keep].itertuples(index=False, name=None)}
@@ -136,18 +183,16 @@ class PtbxlReader(Reader):
         row = self.row(ref)
         try:
             scp_codes = parse_scp_codes(row["scp_codes"])
-        except (ValueError, SyntaxError):
-            raise SkipRecord("malformed scp_codes", f"ecg_id {ref}") from None
-        rel = row[self._filename_col]
+        except ValueError as exc:
+            raise SkipRecord("malformed scp_codes", f"ecg_id {ref}: {exc}") from None
+        numbers = row_numbers(row, ref)  # before the signal: a bad row costs no read
+        rel = inside_root(row[self._filename_col], f"ecg_id {ref}: {self._filename_col}", self.root)
         sig = read_wfdb(self.root / rel)
         if abs(sig.fs - self.fs) > 1e-6:
             raise SkipRecord("unexpected sampling rate", f"{rel}: {sig.fs} Hz, expected {self.fs}")
         texts = self.texts_for(row, scp_codes)
         meta = {
-            "age": _as_float(row.get("age")),
-            "sex": _as_int(row.get("sex")),
-            "strat_fold": _as_int(row.get("strat_fold")),
-            "patient_id": _as_int(row.get("patient_id")),
+            **numbers,
             "source": rel,
             "missing_leads": sig.missing_leads,
             "texts": texts,
