@@ -34,11 +34,12 @@ def browser_missing() -> str | None:
     return None
 
 
-def start_server(store: Path, *args: str, timeout: float = 180.0) -> tuple[subprocess.Popen, str]:
+def start_server(store: Path, *args: str, timeout: float = 180.0,
+                 env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     """Run `etp-search serve --port 0` on ``store``; returns the process and its base URL once it listens."""
     exe = Path(sys.executable).with_name("etp-search")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "from etp_search.cli import main; main()"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
     proc = subprocess.Popen(cmd + ["serve", "--store", str(store), "--port", "0", *args],
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
     lines: list[str] = []

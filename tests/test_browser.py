@@ -92,3 +92,31 @@ def test_search_plot_and_upload_in_a_real_browser(browser, server: str, tmp_path
     assert "unknown column 'nosuchcolumn'" in d.find_element(By.ID, "error").text
     severe = [e for e in d.get_log("browser") if e["level"] == "SEVERE" and "400" not in e["message"]]
     assert not severe, severe
+
+
+@pytest.mark.slow
+def test_page_asks_for_the_token_and_then_works(browser, example_store: Path) -> None:
+    """A server started with a token (from ETP_SERVE_TOKEN, so it is not on the command line): the page
+    loads, its API calls get 401, it shows the token field, and with the token thumbnails and plots load."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    pytest.importorskip("uvicorn")
+    proc, url = start_server(example_store, env={"ETP_SERVE_TOKEN": "browser-test-token"})
+    try:
+        d, wait = browser, WebDriverWait(browser, 60)
+        d.get(url + "/")
+        d.execute_script("sessionStorage.clear()")
+        d.refresh()
+        wait.until(lambda d: d.find_element(By.ID, "token-form").is_displayed())
+        assert "bearer token" in d.find_element(By.ID, "status").text
+        d.find_element(By.ID, "token").send_keys("browser-test-token", Keys.ENTER)
+        wait.until(lambda d: "50 ECGs" in d.find_element(By.ID, "status").text)
+        assert not d.find_element(By.ID, "token-form").is_displayed()
+        d.find_element(By.ID, "q").send_keys("sinus rhythm", Keys.ENTER)
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results canvas.thumb[data-drawn='1']")) == 10)
+        d.find_element(By.CSS_SELECTOR, "#results .card button.open").click()
+        wait.until(lambda d: d.find_element(By.ID, "rec-plot").get_attribute("data-loaded") == "1")
+    finally:
+        stop_server(proc)
