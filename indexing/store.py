@@ -48,6 +48,8 @@ DEFAULT_META_SCHEMA: dict[str, str] = {"age": "float", "sex": "int", "strat_fold
 META_TYPES = ("float", "int", "str", "json")
 _MISSING = {"float": float("nan"), "int": -1, "str": "", "json": None}
 _FANOUT = 8
+#: |norm - 1| above this on a unit-norm store means damaged bytes (float32 normalisation errs ~1e-7).
+_NORM_TOL = 1e-3
 _PART_RE = re.compile(r"^p(\d{10})-(\d{10})-L(\d+)\.h5$")
 _STR = h5py.string_dtype("utf-8")
 _REBUILD_HINT = "rebuild it with `etp-search index DATA_DIR --rebuild` (or point --store elsewhere)"
@@ -103,17 +105,27 @@ def _decode_str(arr: np.ndarray) -> list[str]:
     return [s.decode("utf-8") if isinstance(s, bytes) else s for s in arr.tolist()]
 
 
+#: What h5py / HDF5 raise on damaged files: failed chunk reads or checksums (OSError), broken
+#: strings (UnicodeDecodeError is a ValueError), missing datasets (KeyError), odd shapes (TypeError).
+_DAMAGE = (OSError, ValueError, KeyError, TypeError, RuntimeError)
+
+
+def _damaged(path: Path, what: str, err: BaseException) -> StoreError:
+    reason = (str(err).splitlines() or [type(err).__name__])[0][:80]
+    return StoreError(f"store {path} is damaged ({what}: {reason}); {_REBUILD_HINT}")
+
+
 def _write_rows(f: h5py.File, cols: Mapping[str, np.ndarray], dim: int) -> None:
     """Write a batch's columns as chunked, resizable datasets."""
     for name, arr in cols.items():
         n = len(arr)
         if arr.dtype == object:
             f.create_dataset(name, data=arr, dtype=_STR, maxshape=(None,), chunks=(max(1, min(4096, n)),))
-        elif arr.ndim == 2:
-            f.create_dataset(name, data=arr, maxshape=(None, arr.shape[1]),
+        elif arr.ndim == 2:  # fletcher32: a flipped byte in a chunk fails the read instead of being used
+            f.create_dataset(name, data=arr, maxshape=(None, arr.shape[1]), fletcher32=True,
                              chunks=(max(1, min(_chunk_rows(dim), n)), arr.shape[1]))
         else:
-            f.create_dataset(name, data=arr, maxshape=(None,), chunks=(max(1, min(65536, n)),))
+            f.create_dataset(name, data=arr, maxshape=(None,), chunks=(max(1, min(65536, n)),), fletcher32=True)
         _hook("mid-write")
 
 
@@ -187,6 +199,8 @@ class EmbeddingStore:
         self._header = _header
         self.dim: int = int(_header["dim"])
         self.has_text: bool = bool(_header["has_text"])
+        #: Vectors are unit-norm (stores written by ``index``): reads check it and name damaged rows.
+        self.unit_norm: bool = bool(_header.get("unit_norm", False))
         self.uuid: str = _header["store_uuid"]
         self.meta_schema: dict[str, str] = dict(_header["meta_schema"])
         self.provenance: dict[str, Any] = dict(_header["provenance"])
@@ -197,7 +211,7 @@ class EmbeddingStore:
     @classmethod
     def create(cls, path: str | os.PathLike, dim: int, provenance: Mapping[str, Any] | None = None,
                meta_schema: Mapping[str, str] | None = None, *, has_text: bool = True,
-               overwrite: bool = False) -> EmbeddingStore:
+               unit_norm: bool = False, overwrite: bool = False) -> EmbeddingStore:
         """Create an empty store.
 
         Args:
@@ -208,6 +222,8 @@ class EmbeddingStore:
             meta_schema: extra metadata columns, name -> "float" | "int" | "str" | "json"; the
                 standard columns (age, sex, strat_fold, source) are always present.
             has_text: whether rows carry report vectors as well as ECG vectors.
+            unit_norm: vectors are L2-normalised; appends refuse others and reads check norms, so
+                flipped bytes in vector data are named instead of searched.
             overwrite: replace an existing store at ``path`` (its parts are deleted).
         """
         path = Path(path)
@@ -228,7 +244,8 @@ class EmbeddingStore:
         except TypeError as e:
             raise StoreError(f"provenance must be JSON-serialisable ({e}); pass plain dicts/strings/numbers") from e
         prov.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        header = {"dim": int(dim), "has_text": bool(has_text), "store_uuid": uuid_mod.uuid4().hex,
+        header = {"dim": int(dim), "has_text": bool(has_text), "unit_norm": bool(unit_norm),
+                  "store_uuid": uuid_mod.uuid4().hex,
                   "meta_schema": schema, "provenance": prov, "merged_upto": -1}
         store = cls.__new__(cls)
         store.path, store.parts_dir, store._lock_fd, store._files = path, Path(str(path) + ".parts"), None, {}
@@ -321,6 +338,12 @@ class EmbeddingStore:
                 raise StoreError(f"store {self.path} was recreated by another process while open; "
                                  "run the command again")
             ids: list[str] = _decode_str(main["ids"][:])
+        except StoreError:
+            main.close()
+            raise
+        except _DAMAGE as e:
+            main.close()
+            raise _damaged(self.path, "record ids", e) from e
         except BaseException:
             main.close()
             raise
@@ -332,9 +355,12 @@ class EmbeddingStore:
         start = len(ids)
         for lo, hi, level, p in visible:
             with _open_h5(p) as f:
-                if f.attrs.get("store_uuid") != self.uuid:
-                    raise StoreError(f"part {p} belongs to another store; {_REBUILD_HINT}")
-                part_ids = _decode_str(f["ids"][:])
+                try:
+                    if f.attrs.get("store_uuid") != self.uuid:
+                        raise StoreError(f"part {p} belongs to another store; {_REBUILD_HINT}")
+                    part_ids = _decode_str(f["ids"][:])
+                except _DAMAGE as e:
+                    raise _damaged(p, "record ids", e) from e
             segments.append(_Segment(p, start, len(part_ids), lo, hi, level))
             ids.extend(part_ids)
             start += len(part_ids)
@@ -446,7 +472,7 @@ class EmbeddingStore:
             raise StoreError(f"row index out of range for a store of {self._n} rows")
         return np.where(idx < 0, idx + self._n, idx)
 
-    def _read(self, name: str, rows: Any, width: int | None, dtype: Any) -> np.ndarray:
+    def _read(self, name: str, rows: Any, width: int | None, dtype: Any) -> Any:
         """Read dataset ``name`` for ``rows`` across main + parts into one preallocated array.
 
         A part may be merged away by a concurrent writer between the scan and the read; rows keep
@@ -455,13 +481,18 @@ class EmbeddingStore:
         sel = self._rows_index(rows)
         for attempt in range(_READ_RETRIES):
             try:
-                return self._read_sel(name, sel, width, dtype)
+                out = self._read_sel(name, sel, width, dtype)
+                return _decode_str(out) if dtype == object else out
             except _Vanished as e:
                 if attempt == _READ_RETRIES - 1:
                     raise self._transient_failure(e) from e
                 logger.debug("store file gone while reading (%s); re-scanning", e)
                 time.sleep(0.01 * 2 ** attempt)
                 self.refresh()
+            except StoreError:
+                raise
+            except _DAMAGE as e:
+                raise _damaged(self.path, f"reading {name}", e) from e
         raise AssertionError("unreachable")
 
     def _read_sel(self, name: str, sel: np.ndarray | slice, width: int | None, dtype: Any) -> np.ndarray:
@@ -500,31 +531,49 @@ class EmbeddingStore:
 
     def ecg(self, rows: Any = None) -> np.ndarray:
         """ECG vectors (n, dim) float32 for ``rows`` (None = all, slice, int array or bool mask)."""
-        return self._read("ecg", rows, self.dim, np.float32)
+        return self.vectors("ecg", rows)
 
     def text(self, rows: Any = None) -> np.ndarray:
         """Report vectors (n, dim) float32; StoreError if the store holds none."""
-        if not self.has_text:
-            raise StoreError(f"store {self.path} holds no report vectors; rebuild it with text embedding enabled")
-        return self._read("text", rows, self.dim, np.float32)
+        return self.vectors("text", rows)
 
     def vectors(self, which: str, rows: Any = None) -> np.ndarray:
-        """``ecg(rows)`` or ``text(rows)`` by name."""
+        """ECG ("ecg") or report ("text") vectors for ``rows``; on a unit-norm store, rows whose norm
+        is not 1 (damaged bytes) raise StoreError naming them."""
         if which not in ("ecg", "text"):
             raise StoreError(f"unknown vector kind {which!r}; use 'ecg' or 'text'")
-        return self.ecg(rows) if which == "ecg" else self.text(rows)
+        if which == "text" and not self.has_text:
+            raise StoreError(f"store {self.path} holds no report vectors; rebuild it with text embedding enabled")
+        x = self._read(which, rows, self.dim, np.float32)
+        if self.unit_norm and len(x):
+            self._check_norms(which, x, rows)
+        return x
+
+    def _check_norms(self, which: str, x: np.ndarray, rows: Any) -> None:
+        norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+        bad = np.flatnonzero(~(np.abs(norms - 1.0) < _NORM_TOL))  # also catches nan
+        if not bad.size:
+            return
+        sel = self._rows_index(rows)
+        at = (np.arange(sel.start, sel.stop) if isinstance(sel, slice) else np.asarray(sel))[bad]
+        shown = ", ".join(f"{int(r)} ({self._ids[int(r)]!r}, norm {norms[b]:.4g})" for r, b in zip(at[:3], bad[:3]))
+        raise StoreError(f"store {self.path} has damaged {which} vectors in {len(bad)} row(s): {shown}"
+                         f"{', ...' if len(bad) > 3 else ''} (stored vectors have norm 1); {_REBUILD_HINT}")
 
     def texts(self, rows: Any = None) -> list[str]:
         """Report texts for ``rows``."""
-        return _decode_str(self._read("texts", rows, None, object))
+        return self._read("texts", rows, None, object)
 
     def labels_json(self, rows: Any = None) -> list[str]:
         """Labels as stored: one JSON object string (code -> weight) per row."""
-        return _decode_str(self._read("labels", rows, None, object))
+        return self._read("labels", rows, None, object)
 
     def labels(self, rows: Any = None) -> list[dict[str, float]]:
         """Labels decoded: one dict (dataset-native code -> weight) per row."""
-        return [json.loads(s) if s else {} for s in self.labels_json(rows)]
+        try:
+            return [json.loads(s) if s else {} for s in self.labels_json(rows)]
+        except ValueError as e:
+            raise _damaged(self.path, "labels", e) from e
 
     def meta(self, col: str, rows: Any = None) -> np.ndarray | list[Any]:
         """One metadata column: float64 / int64 / str arrays, or a list for "json" columns."""
@@ -535,9 +584,12 @@ class EmbeddingStore:
             return self._read(f"meta/{col}", rows, None, np.float64)
         if kind == "int":
             return self._read(f"meta/{col}", rows, None, np.int64)
-        values = _decode_str(self._read(f"meta/{col}", rows, None, object))
+        values = self._read(f"meta/{col}", rows, None, object)
         if kind == "json":
-            return [json.loads(v) for v in values]
+            try:
+                return [json.loads(v) for v in values]
+            except ValueError as e:
+                raise _damaged(self.path, f"metadata column {col}", e) from e
         return np.array(values, dtype=str) if values else np.array([], dtype=str)
 
     # ---------------------------------------------------------------- provenance
@@ -587,6 +639,11 @@ class EmbeddingStore:
             os.close(self._lock_fd)
             self._lock_fd = None
 
+    def begin_write(self) -> None:
+        """Become the store's writer now (held until ``close``): take the lock, pick up others'
+        appends, delete crash leftovers. StoreError when another process is writing."""
+        self._begin_write()
+
     def _begin_write(self) -> None:
         """Take the writer lock, pick up others' appends, and delete crash leftovers."""
         if self._lock_fd is None:
@@ -619,8 +676,8 @@ class EmbeddingStore:
         n = len(ids)
         if n == 0:
             return
+        self._begin_write()  # lock + refresh first: the "already stored" check must see other writers' rows
         cols = self._batch_columns(ids, ecg, text, texts, labels, meta)
-        self._begin_write()
         seq = self._next_seq
         final = self.parts_dir / f"p{seq:010d}-{seq:010d}-L0.h5"
         self.parts_dir.mkdir(exist_ok=True)
@@ -693,6 +750,11 @@ class EmbeddingStore:
             raise StoreError(f"{name} vectors have shape {x.shape}; this store expects ({n}, {self.dim})")
         if not np.isfinite(x).all():
             raise StoreError(f"{name} vectors contain NaN/inf (bad input record?); drop those records")
+        if self.unit_norm and n:
+            norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+            if not (np.abs(norms - 1.0) < _NORM_TOL).all():
+                raise StoreError(f"{name} vectors must be L2-normalised for this store (norms "
+                                 f"{norms.min():.4g}..{norms.max():.4g}); normalise them before appending")
         return x
 
     def _merge_tiers(self) -> None:
@@ -772,6 +834,7 @@ def _write_header(f: h5py.File, header: Mapping[str, Any]) -> None:
     f.attrs["format_version"] = FORMAT_VERSION
     f.attrs["dim"] = int(header["dim"])
     f.attrs["has_text"] = bool(header["has_text"])
+    f.attrs["unit_norm"] = bool(header.get("unit_norm", False))
     f.attrs["store_uuid"] = header["store_uuid"]
     f.attrs["meta_schema"] = json.dumps(header["meta_schema"])
     f.attrs["merged_upto"] = int(header["merged_upto"])
@@ -808,7 +871,7 @@ def _copy_segments(f: h5py.File, segments: Sequence[_Segment], store: EmbeddingS
         is_str = h5py.check_string_dtype(dtype) is not None
         chunks = ((max(1, min(_chunk_rows(store.dim), total)),) + width) if width else (max(1, min(65536, total)),)
         dst = f.create_dataset(name, shape=(total,) + width, maxshape=(None,) + width,
-                               dtype=_STR if is_str else dtype, chunks=chunks)
+                               dtype=_STR if is_str else dtype, chunks=chunks, fletcher32=not is_str)
         pos = 0
         for seg in segments:
             with _open_h5(seg.path) as src:
@@ -822,7 +885,12 @@ def _copy_segments(f: h5py.File, segments: Sequence[_Segment], store: EmbeddingS
 
 def _read_header(path: Path) -> dict[str, Any]:
     with _open_h5(path) as f:
-        return _header_of(f, path)
+        try:
+            return _header_of(f, path)
+        except StoreError:
+            raise
+        except _DAMAGE as e:
+            raise _damaged(path, "header", e) from e
 
 
 def _header_of(f: h5py.File, path: Path) -> dict[str, Any]:
@@ -835,11 +903,13 @@ def _header_of(f: h5py.File, path: Path) -> dict[str, Any]:
         raise StoreError(f"store {path} has format version {version}, this etp-search reads {FORMAT_VERSION}; "
                          f"{_REBUILD_HINT}")
     try:
-        return {"dim": int(a["dim"]), "has_text": bool(a["has_text"]), "store_uuid": str(a["store_uuid"]),
+        return {"dim": int(a["dim"]), "has_text": bool(a["has_text"]), "unit_norm": bool(a.get("unit_norm", False)),
+                "store_uuid": str(a["store_uuid"]),
                 "meta_schema": json.loads(a["meta_schema"]), "provenance": json.loads(a["provenance"]),
                 "merged_upto": int(a["merged_upto"]), "n_rows": int(f["ids"].shape[0])}
-    except (KeyError, ValueError) as e:
-        raise StoreError(f"store {path} has a damaged header ({e}); {_REBUILD_HINT}") from e
+    except _DAMAGE as e:
+        raise StoreError(f"store {path} has a damaged header ({str(e).splitlines()[0][:80] if str(e) else e!r}); "
+                         f"{_REBUILD_HINT}") from e
 
 
 def _canon(value: Any) -> Any:
