@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from etp_search.errors import DataError, EtpError, ModelError, StoreMismatchError
+from etp_search.errors import DataError, EtpError
 from etp_search.records import EcgRecord
 
 logger = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class Searcher:
     # ------------------------------------------------------------------ model and indexes
 
     def checkpoint_path(self) -> Path:
-        from etp_search.export.runner import resolve_checkpoint
+        from etp_search.models.resolve import resolve_checkpoint
 
         if self._checkpoint is not None:
             return resolve_checkpoint(self._checkpoint)
@@ -136,16 +136,10 @@ class Searcher:
     @property
     def model(self) -> Any:
         if self._model is None:
-            from etp_search.export.runner import pick_device
-            from etp_search.models import checkpoint_fingerprint, load_checkpoint
+            from etp_search.models import load_checkpoint
+            from etp_search.models.resolve import pick_device, resolve_checkpoint
 
-            path = self.checkpoint_path()
-            want = self.store.provenance.get("checkpoint_sha256")
-            have = checkpoint_fingerprint(path)
-            if want and have != want:
-                raise StoreMismatchError(
-                    f"store {self.store.path} was written by checkpoint {want[:12]}, but {path} is {have[:12]}; "
-                    f"pass the store's checkpoint with --checkpoint, or re-index with `etp-search index DATA_DIR --checkpoint {path} --rebuild`")
+            path = resolve_checkpoint(self.checkpoint_path(), self.store.provenance.get("checkpoint_sha256"))
             self._model = load_checkpoint(path, device=pick_device(self._device))
         return self._model
 

@@ -16,6 +16,7 @@ from etp_search.cli import _register, app
 from etp_search.errors import DataError, EtpError, StoreMismatchError
 from etp_search.export import index_data
 from etp_search.export import runner as runner_mod
+from etp_search.models import resolve as resolve_mod
 from etp_search.models import EcgEncoderConfig, EtpConfig, EtpModel, save_checkpoint
 from etp_search.search import Searcher
 from indexing.errors import ProvenanceMismatchError
@@ -230,16 +231,16 @@ def test_store_without_index_files_is_searched_in_memory_and_nothing_is_written(
 
 
 def test_random_baseline_checkpoint_is_materialised_once(tmp_path):
-    if not (runner_mod.default_checkpoint() / "config.json").exists():
+    if not (resolve_mod.default_checkpoint() / "config.json").exists():
         pytest.skip("starter checkpoint not shipped yet")
-    a = runner_mod.resolve_checkpoint("random", tmp_path / "s.h5")
-    b = runner_mod.resolve_checkpoint("random", tmp_path / "s.h5")
+    a = resolve_mod.resolve_checkpoint("random", store_path=tmp_path / "s.h5")
+    b = resolve_mod.resolve_checkpoint("random", store_path=tmp_path / "s.h5")
     assert a == b and (a / "model.safetensors").exists()
 
 
 def test_missing_checkpoint_is_one_line(tmp_path):
     with pytest.raises(EtpError, match="does not exist"):
-        runner_mod.resolve_checkpoint(tmp_path / "nope")
+        resolve_mod.resolve_checkpoint(tmp_path / "nope")
     with pytest.raises(DataError):
         from etp_search.search import read_ecg_file
 

@@ -349,3 +349,30 @@ def test_missing_faiss_names_the_extra_to_install():
             "try:\n    import indexing.faiss_index\nexcept Exception as e:\n    print(type(e).__name__, e)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert out.stdout.startswith("IndexingError FAISS is not installed") and "etp-search[cpu]" in out.stdout
+
+
+def test_filters_are_sized_to_the_rows_the_view_covers(tmp_path):
+    """Issue 11.3: 'the row filter has 1029 entries but the index holds 1013 rows' while index appended."""
+    from indexing.filters import filter_rows
+
+    x = _clustered(120, d=8)
+    store = EmbeddingStore.create(tmp_path / "f.h5", 8, {})
+    store.append([f"r{i}" for i in range(100)], x[:100], x[:100], meta={"strat_fold": [i % 10 + 1 for i in range(100)]})
+    build_or_update(store, "ecg")  # index saved for 100 rows
+    store.append([f"r{i}" for i in range(100, 110)], x[100:110], x[100:110],
+                 meta={"strat_fold": [i % 10 + 1 for i in range(100, 110)]})
+    reader = EmbeddingStore.open(tmp_path / "f.h5")
+    view = SearchView.open(reader, "ecg")
+    assert (view.n, view.n_indexed) == (110, 100)
+    store.append([f"r{i}" for i in range(110, 120)], x[110:], x[110:], meta={"strat_fold": [i % 10 + 1 for i in range(110, 120)]})
+    reader.refresh()  # the store grew under the view: a filter now has 120 entries
+    mask = filter_rows(reader, ["strat_fold=3"])
+    assert mask.shape == (120,)
+    _, rows = view.search(x[[102, 52]], 3, mask)
+    allowed = np.flatnonzero(mask[:110])
+    ref = _brute(x[[102, 52]], x[:110], 3, np.isin(np.arange(110), allowed))[1]
+    assert np.array_equal(rows, ref) and (rows < 110).all()
+    _, rows = view.search(x[[102]], 2, np.array([102, 115]))  # row ids past the view are ignored
+    assert rows.tolist() == [[102]]
+    store.close()
+    reader.close()
