@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from indexing.errors import ProvenanceMismatchError, RecordNotFoundError, StoreError
-from indexing.store import _FANOUT, EmbeddingStore
+from indexing.segments import FANOUT as _FANOUT
+from indexing.store import EmbeddingStore
 
 DIM = 8
 PROV = {"checkpoint_sha256": "a" * 64, "model_config": {"embed_dim": DIM, "ecg": {"name": "test_tiny"}},
@@ -145,15 +146,15 @@ def test_reader_rescans_when_the_writer_merges_its_parts_away(store):
 
 
 def test_reader_gives_up_without_advising_a_rebuild_while_a_writer_is_busy(store, monkeypatch):
-    import indexing.store as st
+    import indexing.segments as st
 
     ids, e, t = _batch(0, 3)
     store.append(ids, e, t)  # the fixture's store object now holds the write lock
     reader = EmbeddingStore.open(store.path)
-    monkeypatch.setattr(st, "_READ_RETRIES", 2)
+    monkeypatch.setattr(st, "READ_RETRIES", 2)
 
     def always_gone(*a, **k):
-        raise st._Vanished("cannot read x: the file is gone")
+        raise st.Vanished("cannot read x: the file is gone")
 
     monkeypatch.setattr(reader, "_read_sel", always_gone)
     with pytest.raises(StoreError) as err:
@@ -217,7 +218,7 @@ def test_single_writer_lock(store):
 
 
 def test_exception_mid_append_leaves_store_unchanged(store, monkeypatch):
-    import indexing.store as st
+    import indexing._io as st
 
     ids, e, t = _batch(0, 4)
     store.append(ids[:2], e[:2], t[:2])
