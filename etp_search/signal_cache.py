@@ -9,8 +9,8 @@ Layout of the file (all datasets have one row per kept record, in the reader's `
     /meta/<column>     (N,) age float32, sex int8, strat_fold int16, patient_id/source/... str
     attrs              preset (JSON), format, data_dir, text_source, fs, package_version, skipped ...
 
-Building runs the reader and the preprocessing in a process pool (``imap`` keeps the order), and
-writes batch by batch into ``OUT.partial``, whose ``refs_done`` attribute is flushed after every
+Building runs the reader and the preprocessing through ``etp_search.pipeline`` (the DataLoader
+pipeline `index` uses too; it keeps the order), and writes batch by batch into ``OUT.partial``, whose ``refs_done`` attribute is flushed after every
 batch. An interrupted build resumes from there; the finished file replaces ``OUT`` in one
 ``os.replace``, so an existing cache is never left half-written.
 """
@@ -20,9 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing as mp
 import os
-import signal
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -33,7 +31,7 @@ import numpy as np
 from etp_search import __version__
 from etp_search.errors import DataError, EtpError
 from etp_search.preprocess import Preset, get_preset
-from etp_search.records import STANDARD_LEADS
+from etp_search.records import STANDARD_LEADS, RecordMeta
 
 logger = logging.getLogger(__name__)
 
@@ -76,70 +74,30 @@ def _text_key(source: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Worker side: each process gets the reader and preset once (Pool initializer), then only refs.
-
-_WORKER: dict[str, Any] = {}
+# One record -> one cache row (runs inside the pipeline's workers).
 
 
-def _init_worker(reader: Any, preset: Preset) -> None:
-    _WORKER["reader"] = reader
-    _WORKER["preset"] = preset
-
-
-def _init_pool_worker(reader: Any, preset: Preset) -> None:
-    # Ctrl-C goes to the whole process group: only the parent handles it (stops the pool and keeps
-    # the committed batches); workers would otherwise each print a KeyboardInterrupt traceback.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _init_worker(reader, preset)
-
-
-def _scalar(value: Any, fill: Any) -> Any:
-    if value is None:
-        return fill
-    if isinstance(value, float) and np.isnan(value):
-        return fill
-    return value
-
-
-def _process(ref: str) -> tuple[str, str | None, Any]:
-    """Read and preprocess one record: (ref, None, row) or (ref, skip reason, None)."""
-    reader, preset = _WORKER["reader"], _WORKER["preset"]
-    from etp_search.preprocess import preprocess
-
-    try:
-        rec = reader.read(ref)
-        sig, flags = preprocess(rec.signal, rec.fs, preset, leads=rec.leads)
-    except Exception as exc:  # noqa: BLE001 - one bad file must not end a build of 800k records
-        reason = getattr(exc, "reason", None)  # readers' SkipRecord carries a short stable key
-        if reason is None:
-            reason = f"error: {type(exc).__name__}"
-            logger.warning("skipping %s: %s: %s", ref, type(exc).__name__, exc)
-        return ref, str(reason), None
+def cache_row(text_source: str, rec: Any, sig: np.ndarray, flags: dict) -> dict[str, Any]:
+    """The cache's row for one preprocessed record; metadata normalised through RecordMeta."""
     meta = rec.meta or {}
     texts = dict(meta.get("texts") or {})
-    source = getattr(reader, "text_source", None) or "default"
-    texts.setdefault(source, rec.text or "")
-    pid = meta.get("patient_id")
-    if isinstance(pid, float) and pid.is_integer():
-        pid = int(pid)  # PTB-XL stores patient ids as floats ("15709.0")
-    if isinstance(pid, (int, np.integer)) and pid < 0:
-        pid = None  # readers use -1 for unknown ids, like sex and strat_fold
-    row = {
+    texts.setdefault(text_source, rec.text or "")
+    m = RecordMeta.from_values(meta)
+    return {
         "id": str(rec.id),
         "signal": sig,
         "labels": json.dumps(rec.labels or {}, sort_keys=True),
         "texts": texts,
-        "age": _scalar(meta.get("age"), np.nan),
-        "sex": _scalar(meta.get("sex"), -1),
-        "strat_fold": _scalar(meta.get("strat_fold"), -1),
-        "patient_id": "" if _scalar(pid, None) is None else str(pid),
-        "source": str(meta.get("source") or ""),
-        "missing_leads": ",".join(meta.get("missing_leads") or []),
+        "age": m.age,
+        "sex": m.sex,
+        "strat_fold": m.strat_fold,
+        "patient_id": "" if m.patient_id < 0 else str(m.patient_id),  # the cache's str column; "" = unknown
+        "source": m.source,
+        "missing_leads": ",".join(m.missing_leads),
         "flagged_leads": ",".join(flags["nan_leads"] + flags["flat_leads"]),
         "orig_seconds": flags["orig_seconds"],
         "native_fs": float(rec.fs),
     }
-    return ref, None, row
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,29 +203,15 @@ class _Writer:
 
 
 def _iter_results(reader: Any, preset: Preset, refs: Sequence[str], workers: int) -> Iterator[tuple[str, str | None, Any]]:
-    if workers <= 1:
-        _init_worker(reader, preset)
-        yield from map(_process, refs)
-        return
-    # A worker process gets ~8 chunks per pass so the pool stays busy without holding many records.
-    chunksize = max(1, min(32, len(refs) // (workers * 8) or 1))
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    with ctx.Pool(workers, initializer=_init_pool_worker, initargs=(reader, preset)) as pool:
-        yield from imap_windowed(pool, _process, refs, chunksize, workers)
+    """(ref, skip reason or None, row) for every ref, in order, through the shared pipeline."""
+    from functools import partial
 
+    from etp_search.pipeline import read_records
 
-def imap_windowed(pool: Any, fn: Any, items: Sequence[Any], chunksize: int, workers: int) -> Iterator[Any]:
-    """``pool.imap`` over ``items`` in windows of ~8 chunks per worker, results in order.
-
-    Plain ``imap`` feeds every task into the pool's pipe from a helper thread. When the consumer
-    stops early (Ctrl-C, an error, a crash test) ``Pool.terminate`` drains the pipe once, but the
-    helper then blocks writing its end-of-work sentinels into the refilled pipe and terminate waits
-    for it forever (seen as a hang in CI). A window's tasks fit in the pipe, so the helper never
-    blocks and terminate always returns.
-    """
-    window = max(1, workers * chunksize * 8)
-    for start in range(0, len(items), window):
-        yield from pool.imap(fn, items[start:start + window], chunksize=chunksize)
+    transform = partial(cache_row, getattr(reader, "text_source", None) or "default")
+    for chunk in read_records(reader, refs, preset, transform, workers=workers if workers > 1 else 0):
+        for item in chunk:
+            yield item.ref, item.skip, item.value
 
 
 def _open_partial(partial: Path, config: dict[str, Any]) -> h5py.File:

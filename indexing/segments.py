@@ -130,6 +130,14 @@ def _copy_segments(f: h5py.File, segments: Sequence[_Segment], store: SegmentFil
         crash_point("mid-write")
 
 
+def _inode(path: Path) -> tuple[int, int]:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError as e:
+        raise Vanished(f"cannot read {path}: the file is gone") from e
+    return st.st_ino, st.st_dev
+
+
 class SegmentFiles:
     """Files, re-scans, the writer lock, merges and compaction of one store (a base of EmbeddingStore).
 
@@ -175,6 +183,7 @@ class SegmentFiles:
         self._close_files()  # the main file may have been replaced by a compaction
         # Header, ids and later reads of the main file all go through this one handle, so a
         # compaction that replaces the file meanwhile cannot pair a new header with old parts.
+        inode = _inode(self.path)
         main = _open_h5(self.path)
         try:
             header = _header_of(main, self.path)
@@ -195,6 +204,12 @@ class SegmentFiles:
         self._header = header
         merged_upto = int(header["merged_upto"])
         visible, _ = _scan_parts(self.parts_dir, merged_upto)
+        if _inode(self.path) != inode:
+            # A compaction replaced the main file (and deleted the parts it folded in) between
+            # opening it and listing the parts: the old main with no parts would look empty.
+            main.close()
+            self._files.pop(self.path, None)
+            raise Vanished(f"store {self.path} was compacted while being opened")
         segments = [_Segment(self.path, 0, int(header["n_rows"]))]
         start = len(ids)
         for lo, hi, level, p in visible:

@@ -302,3 +302,24 @@ def test_second_writer_is_refused_before_any_embedding(built, ckpts, example_ptb
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def test_index_takes_a_factory_string_and_a_pluggable_builder(ckpts, example_ptbxl, tmp_path):
+    """The index-building step is pluggable (a streaming builder can replace read-all + build_index)."""
+    from etp_search.export import IndexSummary
+    from indexing.faiss_index import build_index
+
+    calls = []
+
+    def builder(store, which, factory):
+        calls.append((which, factory, len(store)))
+        x = np.concatenate([store.vectors(which, slice(a, min(len(store), a + 16))) for a in range(0, len(store), 16)])
+        return build_index(x, factory="Flat")
+
+    summary = index_data(example_ptbxl, tmp_path / "s.h5", ckpts[0], workers=0, progress=False,
+                         factory="Flat", builder=builder)
+    assert isinstance(summary, IndexSummary) and summary.written == summary["written"] == 50
+    assert calls == [("ecg", "Flat", 50), ("text", "Flat", 50)]
+    assert summary.ecg_index is not None and summary.ecg_index.factory == "Flat" and summary.ecg_index.n_rows == 50
+    side = json.loads((tmp_path / "s.h5.ecg.faiss.json").read_text())
+    assert side["which"] == "ecg" and side["factory_requested"] == "Flat" and len(side["sha256"]) == 64

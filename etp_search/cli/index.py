@@ -35,7 +35,7 @@ def index(
 
     summary = index_data(data_dir[0] if len(data_dir) == 1 else data_dir, store, checkpoint, batch_size=batch_size, workers=workers, device=device,
                          rebuild=rebuild, rebuild_index=rebuild_index, sampling_rate=sampling_rate,
-                         text_source=text_source, factory=factory)
+                         text_source=text_source, factory=factory).as_dict()
     if json_out:
         emit_json(summary)
         return

@@ -10,8 +10,6 @@ files); a 1000-record sample takes seconds and estimates fractions to about +-3 
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import signal
 from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -29,27 +27,11 @@ _TASKS_FOR_FORMAT = {
     "cinc": ("cpsc2018",),
 }
 
-_READER: list[Any] = []
-
-
-def _init(reader: Any) -> None:
-    _READER[:] = [reader]
-
-
-def _init_pool(reader: Any) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
-    _init(reader)
-
-
-def _stats(ref: str) -> tuple[str | None, dict[str, Any] | None]:
+def _stats(text_source: str, rec: Any, _signal: Any, _flags: dict) -> dict[str, Any]:
     """Small per-record facts (the signal itself never leaves the worker)."""
-    try:
-        rec = _READER[0].read(ref)
-    except Exception as exc:  # noqa: BLE001 - counted like prepare counts them
-        return getattr(exc, "reason", None) or f"error: {type(exc).__name__}", None
     texts = dict((rec.meta or {}).get("texts") or {})
-    texts.setdefault(getattr(_READER[0], "text_source", None) or "default", rec.text or "")
-    return None, {
+    texts.setdefault(text_source, rec.text or "")
+    return {
         "fs": float(rec.fs),
         "seconds": rec.signal.shape[-1] / float(rec.fs),
         "labels": dict(rec.labels or {}),
@@ -79,27 +61,23 @@ def dataset_info(reader: Any, sample: int = DEFAULT_SAMPLE, workers: int | None 
     skipped: Counter[str] = Counter()
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=len(chosen), unit="rec", desc="info", disable=not progress)
-    if workers <= 1 or len(chosen) < 64:
-        _init(reader)
-        results = map(_stats, chosen)
-        pool = None
-    else:
-        pool = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn").Pool(
-            workers, initializer=_init_pool, initargs=(reader,))
-        from etp_search.signal_cache import imap_windowed
+    from functools import partial
 
-        results = imap_windowed(pool, _stats, chosen, 16, workers)
+    from etp_search.pipeline import read_records
+
+    transform = partial(_stats, getattr(reader, "text_source", None) or "default")
+    chunks = read_records(reader, chosen, None, transform, workers=0 if workers <= 1 or len(chosen) < 64 else workers)
     try:
-        for reason, row in results:
-            bar.update(1)
-            if reason is None:
-                rows.append(row)
-            else:
-                skipped[reason] += 1
+        for chunk in chunks:
+            for item in chunk:
+                bar.update(1)
+                if item.skip is None:
+                    rows.append(item.value)
+                else:
+                    skipped[item.skip] += 1
     finally:
         bar.close()
-        if pool is not None:
-            pool.terminate()
+        del chunks  # shuts the pipeline's workers down now
 
     secs = np.array([r["seconds"] for r in rows]) if rows else np.array([np.nan])
     fmt = reader.format_name

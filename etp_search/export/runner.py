@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from etp_search.export.writer import StoreWriter
 from etp_search.models import checkpoint_fingerprint, load_checkpoint
 from etp_search.models.config import EtpConfig
 from etp_search.models.resolve import config_of, pick_device, resolve_checkpoint
+from indexing.index_files import IndexBuilder
 from etp_search.preprocess import get_preset
 
 logger = logging.getLogger(__name__)
@@ -37,6 +39,49 @@ def provenance_for(ckpt: Path, cfg: EtpConfig, data: Path | list[Path], fmt: str
     }
 
 
+@dataclass(frozen=True)
+class IndexInfo:
+    """One FAISS index as ``index`` left it."""
+
+    factory: str | None
+    n_rows: int | None
+    recall_at_10: float | None
+    nprobe: int | None
+    on_gpu: bool | None
+
+
+@dataclass(frozen=True)
+class IndexSummary:
+    """What one ``index`` run did. ``summary["written"]`` works too (read-only mapping access)."""
+
+    store: str
+    checkpoint: str
+    device: str
+    format: str
+    records_found: int
+    written: int
+    already_stored: int
+    skipped: dict[str, int]
+    seconds: float
+    records_per_s: float | None
+    rows: int
+    ecg_index: IndexInfo | None = None
+    text_index: IndexInfo | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        return {k: v for k, v in out.items() if not (k.endswith("_index") and v is None)}
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.__dataclass_fields__ or (key.endswith("_index") and getattr(self, key) is None):
+            raise KeyError(key)
+        value = getattr(self, key)
+        return asdict(value) if isinstance(value, IndexInfo) else value
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key in self.as_dict()
+
+
 def index_data(
     data: str | Path | list[str | Path],
     store: str | Path,
@@ -51,15 +96,19 @@ def index_data(
     text_source: str | None = None,
     factory: str = "auto",
     build_index: bool = True,
+    builder: IndexBuilder | None = None,
     progress: bool = True,
-) -> dict[str, Any]:
+) -> IndexSummary:
     """Embed every record of ``data`` (dataset folder or signal cache) into ``store`` and index it.
 
     Resumable: records already in the store are skipped, so an interrupted run continues where it
     stopped, and indexing the same folder twice adds nothing.
 
+    ``factory`` is the FAISS index-factory string ("auto", "Flat", "IVF1024,Flat", ...); ``builder``
+    replaces how a new index is made (``indexing.index_files.IndexBuilder``), e.g. a streaming one.
+
     Returns:
-        Summary: records found, written now, skipped by reason, total rows, seconds, rec/s, index info.
+        IndexSummary: records found, written now, skipped by reason, total rows, seconds, rec/s, indexes.
     """
     data = Path(data) if isinstance(data, (str, Path)) else [Path(d) for d in data]  # several folders: one source
     store = Path(store)
@@ -101,13 +150,14 @@ def index_data(
                     writer.write(batch, mapper.ecg(batch.signals), mapper.texts(batch.texts))
                 bar.update(len(batch.ids) + sum(batch.skipped.values()))
         seconds = time.perf_counter() - t0
-        index_info = writer.finish(build_index=build_index, factory=factory, rebuild_index=rebuild_index)
+        index_info = writer.finish(build_index=build_index, factory=factory, rebuild_index=rebuild_index,
+                                   builder=builder)
     finally:
         writer.close()
-    return {
-        "store": str(store), "checkpoint": str(ckpt), "device": device, "format": source.format_name,
-        "records_found": source.total, "written": writer.written, "already_stored": source.total - len(todo),
-        "skipped": skipped, "seconds": round(seconds, 2),
-        "records_per_s": round(writer.written / seconds, 1) if seconds > 0 and writer.written else None,
-        **index_info,
-    }
+    return IndexSummary(
+        store=str(store), checkpoint=str(ckpt), device=device, format=source.format_name,
+        records_found=source.total, written=writer.written, already_stored=source.total - len(todo),
+        skipped=skipped, seconds=round(seconds, 2),
+        records_per_s=round(writer.written / seconds, 1) if seconds > 0 and writer.written else None,
+        rows=int(index_info["rows"]),
+        **{k: IndexInfo(**index_info[k]) for k in ("ecg_index", "text_index") if k in index_info})

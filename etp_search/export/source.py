@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from functools import partial
 import threading
 import queue
 from dataclasses import dataclass, field
@@ -12,12 +13,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
-from torch.utils.data import DataLoader, Dataset
-
 from etp_search.errors import DataError
-from etp_search.preprocess import Preset, preprocess
+from etp_search.pipeline import read_records
+from etp_search.preprocess import Preset
 from etp_search.readers import open_dataset
-from etp_search.readers.base import SkipRecord
 from etp_search.records import STORE_META_SCHEMA, RecordMeta
 from etp_search.signal_cache import SignalCache, is_signal_cache
 
@@ -44,37 +43,21 @@ def _meta_row(meta: dict[str, Any], dataset: str, flags: dict[str, Any]) -> dict
     return RecordMeta.from_values(meta).store_row(dataset, flags)
 
 
-class _RecordDataset(Dataset):
-    """Map-style dataset over record refs; runs read + preprocess inside DataLoader workers."""
-
-    def __init__(self, reader: Any, refs: Sequence[str], preset: Preset):
-        self.reader, self.refs, self.preset = reader, list(refs), preset
-
-    def __len__(self) -> int:
-        return len(self.refs)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        ref = self.refs[i]
-        try:
-            rec = self.reader.read(ref)
-            x, flags = preprocess(rec.signal, rec.fs, self.preset, rec.leads)
-        except SkipRecord as exc:
-            return {"skip": exc.reason, "id": ref}
-        return {
-            "id": rec.id, "signal": x, "text": rec.text, "labels": dict(rec.labels),
-            "meta": _meta_row(rec.meta, self.reader.format_name, flags),
-        }
+def _index_item(dataset: str, rec: Any, x: np.ndarray, flags: dict) -> dict[str, Any]:
+    """What the encoder and the store need of one preprocessed record (runs in the pipeline's workers)."""
+    return {"id": rec.id, "signal": x, "text": rec.text, "labels": dict(rec.labels),
+            "meta": _meta_row(rec.meta, dataset, flags)}
 
 
-def _collate(items: list[dict[str, Any]]) -> Batch:
-    ok = [it for it in items if "skip" not in it]
+def _batch(items: list[Any]) -> Batch:
+    ok = [it.value for it in items if it.skip is None]
     skipped: dict[str, int] = {}
     for it in items:
-        if "skip" in it:
-            skipped[it["skip"]] = skipped.get(it["skip"], 0) + 1
-    sig = np.stack([it["signal"] for it in ok]) if ok else np.empty((0, 12, 0), np.float32)
-    return Batch([it["id"] for it in ok], sig, [it["text"] for it in ok], [it["labels"] for it in ok],
-                 [it["meta"] for it in ok], skipped)
+        if it.skip is not None:
+            skipped[it.skip] = skipped.get(it.skip, 0) + 1
+    sig = np.stack([v["signal"] for v in ok]) if ok else np.empty((0, 12, 0), np.float32)
+    return Batch([v["id"] for v in ok], sig, [v["text"] for v in ok], [v["labels"] for v in ok],
+                 [v["meta"] for v in ok], skipped)
 
 
 @dataclass
@@ -103,8 +86,8 @@ def open_source(data: str | Path | Sequence[str | Path], preset: Preset, *, text
                 sampling_rate: int | None, batch_size: int, workers: int | None) -> Source:
     """Open a dataset folder or a signal cache as a stream of preprocessed batches.
 
-    Reading and preprocessing run in DataLoader worker processes (dataset folders) or a prefetch
-    thread (caches), so they overlap with encoding in the main process.
+    Reading and preprocessing run in the shared pipeline's worker processes (``etp_search.pipeline``,
+    dataset folders) or a prefetch thread (caches), so they overlap with encoding in the main process.
     """
     path = Path(data) if isinstance(data, (str, Path)) else None
     if path is not None and path.is_file() and is_signal_cache(path):
@@ -117,10 +100,12 @@ def open_source(data: str | Path | Sequence[str | Path], preset: Preset, *, text
     if workers is None:
         workers = max(1, min(4, (os.cpu_count() or 2) - 1))
 
+    transform = partial(_index_item, reader.format_name)
+
     def it(todo: list[int]) -> Iterator[Batch]:
-        ds = _RecordDataset(reader, [refs[i] for i in todo], preset)
-        yield from DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
-                              prefetch_factor=2 if workers else None, persistent_workers=False)
+        for chunk in read_records(reader, [refs[i] for i in todo], preset, transform, workers=workers,
+                                  chunk=batch_size):
+            yield _batch(chunk)
 
     missing = getattr(reader.summary, "missing_files", 0)
     line = f"{reader.format_name}: {len(refs)} records with signal files" + (f", {missing} rows without" if missing else "")
