@@ -16,12 +16,14 @@ Only numpy, h5py and faiss are imported: ``indexing/`` imports nothing of ours.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -287,7 +289,8 @@ def build_index(data: ArrayLike, plan: IndexPlan, *, chunk_rows: int = DEFAULT_C
                 ivfdata.unlink()
             from faiss.contrib.ondisk import merge_ondisk
 
-            merge_ondisk(index, shards, str(ivfdata))
+            with _stdout_to_stderr():  # faiss printf()s "resizing ..." to stdout; keep --json clean
+                merge_ondisk(index, shards, str(ivfdata))
         finally:
             for s in shards:
                 Path(s).unlink(missing_ok=True)
@@ -313,6 +316,18 @@ def build_index(data: ArrayLike, plan: IndexPlan, *, chunk_rows: int = DEFAULT_C
     t2 = time.perf_counter()
     set_search_params(index, nprobe=16, k_factor=8)
     return index, BuildReport(plan.to_dict(), n, train_rows, t1 - t0, t2 - t1, chunks, files)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _refined(base: faiss.Index, refine: faiss.Index) -> faiss.Index:
