@@ -283,7 +283,11 @@ def main() -> None:
             pass
     doc["data"] = _child(["data", str(args.work), str(max(sizes))], log) if not _has_data(args.work, max(sizes)) else {"reused": True}
     for n in sizes:
-        res: dict = {"truth": _child(["truth", str(args.work), str(n)], log), "indexes": {}}
+        prev = doc["sizes"].get(str(n), {})
+        have_truth = (args.work / f"truth-{n}.npy").exists() and "truth" in prev
+        res: dict = {"truth": prev["truth"] if have_truth else _child(["truth", str(args.work), str(n)], log),
+                     "indexes": dict(prev.get("indexes", {}))}
+        doc["sizes"][str(n)] = res
         for spec in args.kinds.split(","):
             kind, ondisk = spec.replace("-ondisk", ""), spec.endswith("-ondisk")
             if kind == "flat" and not _fits_flat(n, args.max_flat_gb):
@@ -292,6 +296,7 @@ def main() -> None:
             b = _child(["build", str(args.work), str(n), kind, "1" if ondisk else "0", str(args.threads)], log)
             q = _child(["query", str(args.work), str(n), kind, "1" if ondisk else "0"], log) if "error" not in b else {}
             res["indexes"][spec] = {"build": b, "query": q}
+            _write(doc, args.out)  # after every configuration: a stopped run keeps what it measured
             for p in args.work.glob(f"{kind}{'-ondisk' if ondisk else ''}-{n}.index*"):
                 p.unlink()
         if n <= args.store_max:
