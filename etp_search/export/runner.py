@@ -50,6 +50,7 @@ def index_data(
     sampling_rate: int | None = None,
     text_source: str | None = None,
     factory: str = "auto",
+    max_index_memory: int | None = None,
     build_index: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -101,7 +102,8 @@ def index_data(
                     writer.write(batch, mapper.ecg(batch.signals), mapper.texts(batch.texts))
                 bar.update(len(batch.ids) + sum(batch.skipped.values()))
         seconds = time.perf_counter() - t0
-        index_info = writer.finish(build_index=build_index, factory=factory, rebuild_index=rebuild_index)
+        index_info = writer.finish(build_index=build_index, factory=factory, rebuild_index=rebuild_index,
+                                   max_index_memory=max_index_memory)
     finally:
         writer.close()
     return {
