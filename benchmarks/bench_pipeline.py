@@ -31,7 +31,7 @@ from _paths import portable  # noqa: E402
 sys.path.insert(0, str(ROOT))
 
 from etp_search.export import index_data  # noqa: E402
-from etp_search.export.runner import resolve_checkpoint  # noqa: E402
+from etp_search.models.resolve import resolve_checkpoint  # noqa: E402
 from etp_search.models import load_checkpoint  # noqa: E402
 from etp_search.preprocess import get_preset  # noqa: E402
 from etp_search.search import Searcher  # noqa: E402

@@ -10,13 +10,14 @@
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from etp_search.errors import DataError, EtpError, ModelError, StoreMismatchError
+from etp_search.errors import DataError, EtpError
 from etp_search.records import EcgRecord
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,15 @@ def read_ecg_file(path: str | Path) -> EcgRecord:
     return rec
 
 
+def check_text(text: str) -> None:
+    """EtpError for text that is not valid Unicode (bytes a shell passed through as surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise EtpError("the query text is not valid UTF-8 (undecodable bytes); type it in plain text, "
+                       "or set a UTF-8 locale (e.g. LANG=C.UTF-8)") from None
+
+
 class Searcher:
     """Searches one embedding store; loads the model only for queries that need encoding.
 
@@ -91,7 +101,9 @@ class Searcher:
         self._device = device
         self._factory = factory
         self._model = None
-        self._indexes: dict[str, Any] = {}
+        self._views: dict[str, Any] = {}
+        #: Serialises this Searcher's store reads, so threads may share it (FAISS searches run outside).
+        self.lock = threading.RLock()
 
     @classmethod
     def open(cls, store_path: str | Path, checkpoint: str | Path | None = None, device: str | None = None,
@@ -112,7 +124,7 @@ class Searcher:
     # ------------------------------------------------------------------ model and indexes
 
     def checkpoint_path(self) -> Path:
-        from etp_search.export.runner import resolve_checkpoint
+        from etp_search.models.resolve import resolve_checkpoint
 
         if self._checkpoint is not None:
             return resolve_checkpoint(self._checkpoint)
@@ -124,25 +136,34 @@ class Searcher:
     @property
     def model(self) -> Any:
         if self._model is None:
-            from etp_search.export.runner import pick_device
-            from etp_search.models import checkpoint_fingerprint, load_checkpoint
+            from etp_search.models import load_checkpoint
+            from etp_search.models.resolve import pick_device, resolve_checkpoint
 
-            path = self.checkpoint_path()
-            want = self.store.provenance.get("checkpoint_sha256")
-            have = checkpoint_fingerprint(path)
-            if want and have != want:
-                raise StoreMismatchError(
-                    f"store {self.store.path} was written by checkpoint {want[:12]}, but {path} is {have[:12]}; "
-                    f"pass the store's checkpoint with --checkpoint, or re-index with `etp-search index DATA_DIR --checkpoint {path} --rebuild`")
+            path = resolve_checkpoint(self.checkpoint_path(), self.store.provenance.get("checkpoint_sha256"))
             self._model = load_checkpoint(path, device=pick_device(self._device))
         return self._model
 
-    def index(self, which: str) -> Any:
-        if which not in self._indexes:
-            from indexing.faiss_index import open_or_build
+    def view(self, which: str) -> Any:
+        """The read-only ``indexing.view.SearchView`` over ``which`` ("ecg" / "text") vectors, opened once."""
+        with self.lock:
+            if which not in self._views:
+                from indexing.view import SearchView
 
-            self._indexes[which], _ = open_or_build(self.store, which, factory=self._factory)
-        return self._indexes[which]
+                self._views[which] = SearchView.open(self.store, which)
+            return self._views[which]
+
+    @property
+    def views(self) -> dict[str, Any]:
+        """The views opened so far, by kind."""
+        return dict(self._views)
+
+    def with_store(self, store: Any) -> Searcher:
+        """A Searcher over ``store`` (this store reopened with more rows) sharing this one's model and
+        loaded indexes: the new rows are searched exactly until the next `index` run saves them."""
+        other = Searcher(store, self._checkpoint, self._device, self._factory)
+        other._model = self._model
+        other._views = {w: v.grown(store) for w, v in self._views.items()}
+        return other
 
     # ------------------------------------------------------------------ queries
 
@@ -150,6 +171,7 @@ class Searcher:
         """Report text -> nearest ECGs (target "ecg") or reports (target "report")."""
         if not text or not text.strip():
             raise EtpError("the query text is empty; pass words to search for, e.g. --text \"atrial fibrillation\"")
+        check_text(text)
         import torch
 
         with torch.inference_mode():
@@ -204,22 +226,35 @@ class Searcher:
 
     def _search(self, vec: np.ndarray, k: int, target: str, where: Sequence[str],
                 exclude_row: int | None = None) -> list[Hit]:
-        from indexing.faiss_index import search
+        self.check_k(k)
+        return self.search_vector(vec, k, target, where, exclude_row)
 
+    def search_vector(self, vec: np.ndarray, k: int, target: str = "ecg", where: Sequence[str] = (),
+                      exclude_row: int | None = None) -> list[Hit]:
+        """Nearest ECGs ("ecg") or reports ("report") to one (1, dim) vector, among the rows ``where``
+        keeps and without ``exclude_row``; k is capped at the rows that can match."""
         if target not in TARGETS:
             raise EtpError(f"unknown target {target!r}; use one of: {', '.join(TARGETS)}")
-        self.check_k(k)
-        allowed = self.allowed_rows(where)
+        if k < 1:
+            raise EtpError(f"k must be at least 1 (got {k}); pass e.g. -k 10")
+        which = "ecg" if target == "ecg" else "text"
+        if which == "text" and not self.store.has_text:
+            raise EtpError(f"store {self.store.path.name} holds no report vectors; search with target 'ecg'")
+        view = self.view(which)
+        with self.lock:
+            allowed = self.allowed_rows(where)
+            view.prepare()  # reads the tail's vectors once
+        if allowed is not None:
+            allowed = allowed[:view.n]  # filters see the store; the view covers its first view.n rows
         if exclude_row is not None:
-            if allowed is None:
-                allowed = np.ones(len(self.store), dtype=bool)
-            allowed[exclude_row] = False
+            allowed = np.ones(view.n, dtype=bool) if allowed is None else allowed.copy()
+            if exclude_row < view.n:
+                allowed[exclude_row] = False
         if allowed is not None and not allowed.any():
             return []
-        which = "ecg" if target == "ecg" else "text"
-        index = self.index(which)
-        scores, rows = _single_thread_search(search, index, vec, k, allowed)
-        return self.hits(rows[0], scores[0])
+        scores, rows = _single_thread_search(view, vec, k, allowed)
+        with self.lock:
+            return self.hits(rows[0], scores[0])
 
     def hits(self, rows: np.ndarray, scores: np.ndarray) -> list[Hit]:
         rows = np.asarray(rows, dtype=np.int64)
@@ -237,17 +272,19 @@ class Searcher:
         return out
 
 
-def _single_thread_search(search: Any, index: Any, vec: np.ndarray, k: int, allowed: Any) -> tuple[np.ndarray, np.ndarray]:
+def _single_thread_search(view: Any, vec: np.ndarray, k: int, allowed: Any) -> tuple[np.ndarray, np.ndarray]:
     """One query on CPU runs faster on one OpenMP thread (no thread wake-ups; bench_index.py measured
     45 ms on 1 thread vs 196 ms on 2 at 1M rows), so narrow the pool for the call and restore it."""
     import faiss
 
     before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
+    if before != 1:
+        faiss.omp_set_num_threads(1)
     try:
-        return search(index, vec, k, allowed_rows=allowed)
+        return view.search(vec, k, allowed_rows=allowed)
     finally:
-        faiss.omp_set_num_threads(before)
+        if before != 1:
+            faiss.omp_set_num_threads(before)
 
 
 def _scalar(v: Any) -> Any:

@@ -1,7 +1,10 @@
 """Embedding store (HDF5) and FAISS index: arrays in, arrays out (numpy, h5py, faiss only).
 
 - ``indexing.store.EmbeddingStore``: crash-safe append-only store of vectors + record metadata.
-- ``indexing.faiss_index``: build / search (filters inside FAISS) / save / load / update, and
-  ``open_or_build(store, which)`` that keeps an index in step with its store.
+- ``indexing.faiss_index``: build (recall-tuned IVF or exact) / filtered search / incremental add.
+- ``indexing.index_files``: index files + sidecar (rows, which vectors, SHA-256); ``build_or_update``,
+  the writer's step at the end of ``index`` (the only code that writes index files).
+- ``indexing.view.SearchView``: read-only search, saved index + exact search over the store's tail.
+- ``indexing.gpu``: GPU detection and CPU <-> GPU copies.
 - ``indexing.filters``: ``--where`` expressions -> row masks.
 """

@@ -1,4 +1,4 @@
-"""File helpers shared by the store and the FAISS index: fsync, atomic replace, path checks."""
+"""File helpers shared by the store and the FAISS index: fsync, atomic replace, path checks, the crash hook."""
 
 from __future__ import annotations
 
@@ -9,6 +9,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from indexing.errors import IndexingError
+
+#: Test hook (faiss contrib/big_batch_search.py style ``crash_at``), the one for the whole store:
+#: called with a point name at each step of a write; a test sets it to raise or ``os._exit``.
+crash_hook: Callable[[str], None] | None = None
+
+
+def crash_point(point: str) -> None:
+    """Call the test hook, if one is set, at a named step of a write."""
+    if crash_hook is not None:
+        crash_hook(point)
 
 
 def fsync_path(path: Path) -> None:

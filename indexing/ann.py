@@ -43,6 +43,8 @@ IVF_FLAT_MAX_ROWS = 3_000_000
 TRAIN_PER_LIST = 64
 TRAIN_MAX = 262_144
 DEFAULT_CHUNK_ROWS = 65_536
+#: PQ with 8-bit codes trains 256 centroids per sub-quantizer: FAISS wants ~39 rows per centroid.
+PQ_MIN_ROWS = 39 * 256
 
 
 class ArrayLike(Protocol):
@@ -147,6 +149,8 @@ def plan_index(n: int, dim: int, factory: str = "auto", max_memory: int | None =
 
     if factory != "auto":
         plan = make(factory, "named")  # type: ignore[arg-type]
+        if plan.kind == "ivf_pq_refine" and n < PQ_MIN_ROWS:
+            raise AnnError(f"IVF-PQ needs at least {PQ_MIN_ROWS} rows to train (have {n}); use Flat or IVF-Flat")
         if not fits(plan):
             raise AnnError(
                 f"a {plan.factory} index of {n} rows needs ~{_mb(plan.memory_bytes)} in RAM, over the "
@@ -167,9 +171,12 @@ def plan_index(n: int, dim: int, factory: str = "auto", max_memory: int | None =
         logger.info("%s of %d rows needs %s, over the budget %s", plan.factory, n, _mb(plan.memory_bytes), _mb(budget or 0))
     # Row count allowed a cheaper layout but the budget did not: fall through to PQ if it fits.
     plan = make("ivf_pq_refine", "budget")
-    if fits(plan):
+    if fits(plan) and n >= PQ_MIN_ROWS:
         return plan
     hint = "raise --max-index-memory" + ("" if ondisk else " or keep the inverted lists on disk")
+    if n < PQ_MIN_ROWS:
+        raise AnnError(f"{n} rows x {dim} need ~{_mb(make('flat', '').memory_bytes)} as exact vectors, over "
+                       f"{_mb(budget or 0)}, and PQ codes need {PQ_MIN_ROWS} rows to train; raise --max-index-memory")
     raise AnnError(
         f"no index of {n} rows x {dim} fits {_mb(budget or 0)} (IVF-PQ+refine needs ~{_mb(plan.memory_bytes)}); {hint}"
     )
@@ -429,3 +436,111 @@ def tune_nprobe(index: faiss.Index, queries: np.ndarray, truth: np.ndarray, targ
             break
     set_search_params(index, nprobe=best[0], k_factor=k_factor)
     return best
+
+
+# ------------------------------------------------------------------------- a store's builder
+
+
+class VectorColumn:
+    """A store's ECG or report vectors as an array-like (``shape`` + slices) for ``build_index``.
+
+    Duck-typed on ``store.vectors(which, slice)``, ``len(store)`` and ``store.dim``, so this module
+    still imports nothing of ours.
+    """
+
+    def __init__(self, store: Any, which: str) -> None:
+        self.store, self.which = store, which
+        self.shape = (len(store), int(store.dim))
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        a, b, _ = key.indices(self.shape[0])
+        return self.store.vectors(self.which, slice(a, b))
+
+
+def held_out_recall(index: faiss.Index, data: ArrayLike, *, queries: int = 200, k: int = 10, seed: int = 0,
+                    target: float = 0.95, k_factor: float = 16,
+                    chunk_rows: int = DEFAULT_CHUNK_ROWS) -> dict[str, Any]:
+    """Recall@k against streamed exact search for ``queries`` sampled rows, each row's own hit dropped.
+
+    Sets the smallest nprobe (1, 2, 4, ...) that reaches ``target`` on the index and returns
+    ``{"nprobe", "recall_at_10", "recall_queries"}`` (nprobe absent for an exact index).
+    """
+    n = int(data.shape[0])
+    kk = min(k, n - 1)
+    if kk < 1:
+        return {"recall_at_10": 1.0, "recall_queries": 0}
+    rows = np.sort(np.random.default_rng(seed + 1).choice(n, size=min(queries, n), replace=False))
+    xq = np.concatenate([np.asarray(data[int(r):int(r) + 1], np.float32) for r in rows])
+    _, truth = exact_knn(data, xq, kk + 1, chunk_rows)
+
+    def drop_self(ids: np.ndarray) -> np.ndarray:
+        out = np.full((len(ids), kk), -1, np.int64)
+        for i, (row, q) in enumerate(zip(ids, rows)):
+            kept = row[(row != q) & (row >= 0)][:kk]
+            out[i, :len(kept)] = kept
+        return out
+
+    truth = drop_self(truth)
+    try:
+        nlist = int(faiss.extract_index_ivf(index).nlist)
+    except RuntimeError:
+        nlist = 0
+    ladder = [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if p < nlist] + [nlist] if nlist else [0]
+    best = (0, -1.0)
+    for p in ladder:
+        set_search_params(index, nprobe=p or None, k_factor=k_factor)
+        r = recall_at_k(drop_self(index.search(xq, kk + 1)[1]), truth, kk)
+        if r > best[1]:
+            best = (p, r)
+        if r >= target:
+            break
+    set_search_params(index, nprobe=best[0] or None, k_factor=k_factor)
+    out: dict[str, Any] = {"recall_at_10": round(float(best[1]), 4), "recall_queries": len(rows)}
+    if nlist:
+        out["nprobe"] = int(best[0])
+    return out
+
+
+def store_builder(max_memory: int | None = None, *, seed: int = 0,
+                  chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Callable[[Any, str, str], tuple[faiss.Index, dict]]:
+    """An ``indexing.index_files.IndexBuilder`` for ``--factory auto``: plan by rows and budget,
+    train on a sample, add the store's vectors chunk by chunk, measure held-out recall@10."""
+
+    def build(store: Any, which: str, factory: str) -> tuple[faiss.Index, dict]:
+        t0 = time.perf_counter()
+        column = VectorColumn(store, which)
+        plan = plan_index(column.shape[0], column.shape[1], "auto", max_memory=max_memory)
+        index, rep = build_index(column, plan, chunk_rows=chunk_rows, seed=seed)
+        info: dict[str, Any] = {"factory": plan.factory, "factory_requested": factory, "dim": plan.dim,
+                                "metric": "inner_product", "normalized": True, "seed": seed,
+                                "faiss_version": faiss.__version__, "layout": plan.kind,
+                                "memory_estimate_bytes": plan.memory_bytes, "max_index_memory": max_memory,
+                                "n_rows": int(index.ntotal), "n_rows_at_build": int(index.ntotal), "on_gpu": False}
+        if plan.nlist:
+            info.update(nlist=plan.nlist, train_size=rep.train_rows, train_seconds=round(rep.train_s, 3))
+        if plan.kind == "flat":
+            info.update(recall_at_10=1.0, recall_exact=True)
+        else:
+            info.update(held_out_recall(index, column, seed=seed, chunk_rows=chunk_rows), recall_exact=False)
+        if plan.kind == "ivf_pq_refine":
+            info["k_factor"] = 16
+        info["build_seconds"] = round(time.perf_counter() - t0, 3)
+        logger.info("built %s over %d rows in %.1fs (recall@10 %.3f)", plan.factory, info["n_rows"],
+                    info["build_seconds"], info["recall_at_10"])
+        return index, info
+
+    return build
+
+
+def parse_bytes(text: str) -> int:
+    """'4G', '512M', '1.5GiB', '1000000' -> bytes (K/M/G/T are powers of 1024)."""
+    s = str(text).strip().upper().removesuffix("IB").removesuffix("B")
+    mult = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}.get(s[-1:], 1)
+    num = s[:-1] if s[-1:] in "KMGT" and s[-1:] else s
+    try:
+        value = float(num)
+    except ValueError:
+        raise AnnError(f"cannot read {text!r} as a memory size; write e.g. 4G, 512M or 1073741824") from None
+    if value <= 0:
+        raise AnnError(f"memory size {text!r} must be positive; write e.g. 4G or 512M")
+    return int(value * mult)

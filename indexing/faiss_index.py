@@ -1,7 +1,9 @@
-"""FAISS indexes over store vectors: build, filtered search, save/load with a sidecar, incremental add.
+"""FAISS indexes over vectors: build (with recall-tuned nprobe), filtered search, incremental add.
 
 Small free functions over numpy arrays (faiss contrib/ondisk.py, autofaiss style). FAISS ids are
-store rows. Vectors are L2-normalised and searched by inner product, so scores are cosines.
+store rows. Vectors are L2-normalised and searched by inner product, so scores are cosines. Files
+and sidecars live in ``indexing.index_files`` (written by the writer only); queries go through
+``indexing.view``; GPU placement is ``indexing.gpu``.
 
 - Exact ``IndexFlatIP`` by default; past ``ivf_threshold`` rows (or by an index-factory string) an
   IVF index trained on a seeded sample, with ``nprobe`` tuned at build time to reach
@@ -14,19 +16,16 @@ store rows. Vectors are L2-normalised and searched by inner product, so scores a
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
-import os
 import re
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from indexing._io import atomic_write, check_file_path
-from indexing.errors import IndexingError, IndexStaleError, StoreError
+from indexing.errors import IndexingError, IndexStaleError
+from indexing.gpu import cpu_twin, is_gpu_index, resolve_use_gpu, to_gpu
 
 try:
     import faiss
@@ -44,67 +43,10 @@ DEFAULT_TARGET_RECALL = 0.95
 #: Held-out queries used to measure recall at build time.
 DEFAULT_RECALL_QUERIES = 500
 SIDECAR_VERSION = 1
-_REBUILD = "it is rebuilt from the store automatically, or run `etp-search index DATA_DIR --rebuild-index`"
+_REBUILD = "rebuild it with `etp-search index DATA_DIR --rebuild-index`"
 _FACTORY_EXAMPLES = "use 'auto', 'Flat', 'IVF1024,Flat' or 'IVF4096,PQ32'"
 #: FAISS k-means wants ~39 training points per centroid (it warns below that).
 _POINTS_PER_LIST = 39
-
-
-# ----------------------------------------------------------------------------- GPU selection
-
-
-def gpu_available() -> bool:
-    """True when this faiss build has GPU symbols and sees at least one device."""
-    return hasattr(faiss, "StandardGpuResources") and hasattr(faiss, "index_cpu_to_gpu") \
-        and faiss.get_num_gpus() > 0
-
-
-def resolve_use_gpu(use_gpu: bool | str) -> bool:
-    """Turn "auto" / True / False into a decision; True without a GPU is a user error."""
-    if use_gpu == "auto":
-        return gpu_available()
-    if use_gpu is True or use_gpu == "true":
-        if not gpu_available():
-            raise IndexingError("a GPU index was requested but faiss sees no GPU; install the faiss-gpu build "
-                                "(pip install 'etp-search[gpu]') or drop --gpu")
-        return True
-    if use_gpu is False or use_gpu == "false":
-        return False
-    raise IndexingError(f"use_gpu must be 'auto', True or False, not {use_gpu!r}")
-
-
-_GPU_RES: Any = None
-
-
-def _gpu_resources() -> Any:
-    global _GPU_RES
-    if _GPU_RES is None:
-        _GPU_RES = faiss.StandardGpuResources()
-    return _GPU_RES
-
-
-def is_gpu_index(index: Any) -> bool:
-    return type(index).__name__.startswith("Gpu") or bool(getattr(index, "_etp_on_gpu", False))
-
-
-def to_gpu(index: Any) -> Any:
-    """Copy a CPU index to GPU 0; index types the GPU cannot hold stay on CPU (logged)."""
-    if is_gpu_index(index):
-        return index
-    try:
-        gpu = faiss.index_cpu_to_gpu(_gpu_resources(), 0, index)
-    except Exception as e:  # e.g. PQ code sizes the GPU kernels do not support
-        logger.warning("keeping the index on CPU: faiss could not move it to the GPU (%s)", e)
-        return index
-    gpu._etp_cpu = index  # CPU twin for filtered searches the GPU index cannot take
-    return gpu
-
-
-def to_cpu(index: Any) -> Any:
-    """CPU version of an index (itself when already on CPU)."""
-    if not is_gpu_index(index):
-        return index
-    return faiss.index_gpu_to_cpu(index)
 
 
 # ----------------------------------------------------------------------------- build
@@ -147,7 +89,7 @@ def _ivf(index: Any) -> Any | None:
 
 def _ivf_attr(index: Any, name: str) -> int | None:
     """nlist / nprobe of a CPU IVF (possibly behind OPQ), a GPU IVF, or a GPU index's CPU twin."""
-    for cand in (index, getattr(index, "_etp_cpu", None)):
+    for cand in (index, cpu_twin(index)):
         if cand is None:
             continue
         ivf = _ivf(cand)
@@ -341,7 +283,7 @@ def _set_nprobe(index: Any, nprobe: int) -> None:
     if is_gpu_index(index):
         with contextlib.suppress(Exception):
             faiss.GpuParameterSpace().set_index_parameter(index, "nprobe", nprobe)
-        twin = getattr(index, "_etp_cpu", None)
+        twin = cpu_twin(index)
         if twin is not None:
             _set_nprobe(twin, nprobe)
         return
@@ -383,6 +325,9 @@ def _selector(allowed_rows: Any, ntotal: int) -> tuple[Any, Any, int]:
 
 
 def _params(index: Any, sel: Any, nprobe: int | None) -> Any:
+    if isinstance(index, faiss.IndexRefine):  # IVF-PQ + refine (indexing.ann): filter and probe the base
+        return faiss.IndexRefineSearchParameters(k_factor=float(index.k_factor),
+                                                 base_index_params=_params(index.base_index, sel, nprobe))
     if _ivf_attr(index, "nlist") is not None:
         p = faiss.SearchParametersIVF()
         p.nprobe = int(nprobe or _ivf_attr(index, "nprobe") or 1)
@@ -449,121 +394,10 @@ def _search_once(index: Any, q: np.ndarray, k: int, sel: Any, nprobe: int | None
         try:
             return index.search(q, k, params=_params(index, sel, nprobe))
         except Exception as e:  # GPU indexes of many faiss builds reject IDSelectors
-            cpu = getattr(index, "_etp_cpu", None)
-            if cpu is None:
-                cpu = index._etp_cpu = faiss.index_gpu_to_cpu(index)
+            cpu = cpu_twin(index, make=True)
             logger.debug("GPU index cannot filter (%s); searching its CPU copy", e)
             return cpu.search(q, k, params=_params(cpu, sel, nprobe))
     return index.search(q, k, params=_params(index, sel, nprobe))
-
-
-# ----------------------------------------------------------------------------- persistence
-
-
-def sidecar_path(path: str | os.PathLike) -> Path:
-    return Path(str(path) + ".json")
-
-
-def save_index(index: Any, path: str | os.PathLike, info: dict) -> dict:
-    """Write the index (from CPU) and its sidecar JSON atomically; returns the sidecar dict.
-
-    The index file is replaced before the sidecar, and the sidecar records the file size and
-    row count, so a crash between the two is caught by ``load_index`` as a stale index.
-    """
-    path = Path(path)
-    check_file_path(path, "index", "store.h5.ecg.faiss")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cpu = to_cpu(index)
-    atomic_write(path, lambda tmp: faiss.write_index(cpu, str(tmp)))
-    meta = dict(info)
-    meta.update(sidecar_version=SIDECAR_VERSION, n_rows=int(cpu.ntotal), dim=int(cpu.d),
-                file_bytes=path.stat().st_size, saved=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    for key in ("on_gpu", "saved_to_disk", "truncated_from"):  # facts about this process's copy only
-        meta.pop(key, None)
-    text = json.dumps(meta, indent=2, sort_keys=True)
-    atomic_write(sidecar_path(path), lambda tmp: tmp.write_text(text))
-    logger.info("saved index %s (%d rows, %.1f MB)", path, cpu.ntotal, meta["file_bytes"] / 1e6)
-    return meta
-
-
-def load_index(path: str | os.PathLike, store_uuid: str, n_rows: int, *, allow_behind: bool = False,
-               allow_ahead: bool = False, use_gpu: bool | str = False) -> tuple[Any, dict]:
-    """Load an index and check it against its store.
-
-    Raises IndexStaleError (saying it is rebuildable) when the file or sidecar is missing or
-    corrupt, belongs to another store, or holds more rows than the store (or fewer, unless
-    ``allow_behind``: then the caller adds rows ``info["n_rows"]:n_rows`` with update_index).
-    With ``allow_ahead``, an index holding more rows than ``n_rows`` (saved by a writer after
-    this reader opened the store) is cut back to ``n_rows`` in memory; ``info["truncated_from"]``
-    then says so, and such an index must not be saved.
-    """
-    path = Path(path)
-    check_file_path(path, "index", "store.h5.ecg.faiss")
-    err: IndexStaleError | None = None
-    for attempt in range(3):  # a writer replacing index + sidecar meanwhile can make one try see a mix
-        try:
-            index, info = _load_checked(path, store_uuid, n_rows, allow_behind, allow_ahead)
-            break
-        except _Torn as e:
-            err = e
-            time.sleep(0.05 * (attempt + 1))
-    else:
-        assert err is not None
-        raise IndexStaleError(str(err))
-    saved_rows = int(index.ntotal)
-    if saved_rows > n_rows:
-        cut = _truncated(index, n_rows)
-        if cut is None:
-            raise IndexStaleError(f"index {path} holds {saved_rows} rows but the store has {n_rows} and "
-                                  f"{type(index).__name__} cannot drop rows; {_REBUILD}")
-        info.update(truncated_from=saved_rows, n_rows=n_rows)
-        index = cut
-    if resolve_use_gpu(use_gpu):
-        index = to_gpu(index)
-    info["on_gpu"] = is_gpu_index(index)
-    return index, info
-
-
-class _Torn(IndexStaleError):
-    """Index file and sidecar disagree: damaged, or caught mid-replace by a writer (retried)."""
-
-
-def _load_checked(path: Path, store_uuid: str, n_rows: int, allow_behind: bool,
-                  allow_ahead: bool) -> tuple[Any, dict]:
-    side = sidecar_path(path)
-    if not path.exists() or not side.exists():
-        raise IndexStaleError(f"no index at {path} (or its sidecar {side.name}); {_REBUILD}")
-    try:
-        info = json.loads(side.read_text())
-        expected_bytes, sidecar_rows = int(info["file_bytes"]), int(info["n_rows"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise IndexStaleError(f"index sidecar {side} is unreadable ({e}); {_REBUILD}") from e
-    if info.get("store_uuid") != store_uuid:
-        raise IndexStaleError(f"index {path} was built for another store (uuid {info.get('store_uuid')}); {_REBUILD}")
-    if path.stat().st_size != expected_bytes:
-        raise _Torn(f"index {path} is damaged or from an interrupted write (size differs from its sidecar); "
-                    f"{_REBUILD}")
-    if (sidecar_rows > n_rows and not allow_ahead) or (sidecar_rows < n_rows and not allow_behind):
-        raise IndexStaleError(f"index {path} holds {sidecar_rows} rows but the store has {n_rows}; {_REBUILD}")
-    try:
-        index = faiss.read_index(str(path))
-    except RuntimeError as e:
-        raise _Torn(f"index {path} is corrupt ({_faiss_reason(e)[:80]}); {_REBUILD}") from e
-    if int(index.ntotal) != sidecar_rows or int(index.d) != int(info.get("dim", index.d)):
-        raise _Torn(f"index {path} does not match its sidecar ({index.ntotal} rows); {_REBUILD}")
-    return index, info
-
-
-def _truncated(index: Any, n_rows: int) -> Any | None:
-    """The CPU ``index`` without its rows from ``n_rows`` on (ids are rows), or None if it cannot."""
-    try:
-        removed = index.remove_ids(faiss.IDSelectorRange(int(n_rows), int(index.ntotal)))
-    except RuntimeError:
-        return None
-    if int(index.ntotal) != n_rows:
-        logger.debug("dropping rows from %s removed %s, left %d", type(index).__name__, removed, index.ntotal)
-        return None
-    return index
 
 
 def update_index(index: Any, new_vectors: np.ndarray, start_row: int) -> Any:
@@ -575,99 +409,7 @@ def update_index(index: Any, new_vectors: np.ndarray, start_row: int) -> Any:
         if x.shape[1] != index.d:
             raise IndexStaleError(f"new vectors have dimension {x.shape[1]}, the index {index.d}; {_REBUILD}")
         index.add(x)
-        twin = getattr(index, "_etp_cpu", None)
+        twin = cpu_twin(index)
         if twin is not None and twin is not index:
             twin.add(x)
     return index
-
-
-# ----------------------------------------------------------------------------- lead-level helper
-
-
-def default_index_path(store_path: str | os.PathLike, which: str) -> Path:
-    return Path(f"{store_path}.{which}.faiss")
-
-
-def open_or_build(store: Any, which: str = "ecg", index_path: str | os.PathLike | None = None,
-                  factory: str = "auto", *, use_gpu: bool | str = "auto", rebuild: bool = False,
-                  ivf_threshold: int = DEFAULT_IVF_THRESHOLD, nprobe: int | None = None,
-                  seed: int = 0) -> tuple[Any, dict]:
-    """Index for ``store``'s ``which`` vectors ("ecg" or "text"): load it when it is current, add the
-    rows appended since it was saved, or (re)build it when missing, stale, corrupt, of another
-    factory, or when "auto" crosses the flat -> IVF threshold.
-
-    Index files are written only under the store's write lock: while another process (an
-    ``etp-search index`` run) holds it, a reader keeps what it built or added in memory, and an
-    index saved by that writer for more rows than this reader sees is cut back in memory.
-    ``info["saved_to_disk"]`` says whether the files were (re)written.
-    """
-    if which not in ("ecg", "text"):
-        raise IndexingError(f"unknown vector kind {which!r}; use 'ecg' or 'text'")
-    n = len(store)
-    if n == 0:
-        if hasattr(store, "check_not_empty"):
-            store.check_not_empty()
-        raise StoreError(f"store {store.path} is empty; index a dataset into it first")
-    path = Path(index_path) if index_path else default_index_path(store.path, which)
-    check_file_path(path, "index", f"{Path(store.path).name}.{which}.faiss")
-    check_factory(factory, store.dim, n)
-    writer = bool(getattr(store, "holds_write_lock", False))
-    reason = "--rebuild-index was given" if rebuild else None
-    index = info = None
-    if reason is None:
-        try:
-            # Only a reader may see a saved index ahead of its view of the store (the writer
-            # appended and saved after the reader opened). For the writer, whose view is current,
-            # an index ahead of the store is stale.
-            index, info = load_index(path, store.uuid, n, allow_behind=True, allow_ahead=not writer,
-                                     use_gpu=use_gpu)
-        except IndexStaleError as e:
-            reason = str(e)
-    if index is not None:
-        assert info is not None
-        if info.get("which", which) != which:
-            reason = f"{path} indexes {info.get('which')} vectors, not {which}"
-        elif factory != info.get("factory_requested", info.get("factory")):
-            reason = f"factory {factory!r} requested, the index was built with {info.get('factory_requested')!r}"
-        elif factory == "auto" and info.get("factory") == "Flat" and n >= ivf_threshold:
-            reason = f"the store grew past {ivf_threshold} rows: switching from exact to IVF"
-        elif factory == "auto" and "nlist" in info and n > 4 * int(info.get("n_rows_at_build", n)):
-            # IVF lists trained on a quarter of today's rows are too few and too long to stay fast
-            reason = f"the store grew more than 4x since the IVF lists were trained ({info['n_rows_at_build']} rows)"
-    if reason is None and index is not None and info is not None:
-        have = int(index.ntotal)
-        if "truncated_from" in info:
-            logger.info("using %s cut back to %d rows in memory (it was saved for %d by a newer writer)",
-                        path, n, info["truncated_from"])
-            info["saved_to_disk"] = False
-            return index, info
-        if have < n:
-            t0 = time.perf_counter()
-            update_index(index, store.vectors(which, slice(have, n)), have)
-            info.update(n_rows=n, added_since_build=int(info.get("added_since_build", 0)) + n - have)
-            logger.info("added %d new rows to %s in %.1fs", n - have, path, time.perf_counter() - t0)
-            info = _save_if_free(store, index, path, info)
-        else:
-            info["saved_to_disk"] = False
-        return index, info
-    if path.exists() or rebuild:
-        logger.warning("rebuilding %s: %s", path, reason)
-    else:
-        logger.info("building %s", path)
-    vectors = store.vectors(which, slice(0, n))  # rows seen at the start, even if a refresh adds more
-    index, info = build_index(vectors, factory=factory, ivf_threshold=ivf_threshold, nprobe=nprobe,
-                              use_gpu=use_gpu, seed=seed)
-    info.update(store_uuid=store.uuid, which=which, added_since_build=0)
-    return index, _save_if_free(store, index, path, info)
-
-
-def _save_if_free(store: Any, index: Any, path: Path, info: dict) -> dict:
-    """Save under the store's write lock; keep the index in memory only if a writer holds it."""
-    on_gpu = is_gpu_index(index)
-    lock = store.write_lock() if hasattr(store, "write_lock") else contextlib.nullcontext(True)
-    with lock as free:
-        if not free:
-            logger.info("not saving %s: another process is writing the store; using the index in memory", path)
-            return dict(info, on_gpu=on_gpu, saved_to_disk=False)
-        saved = save_index(index, path, info)
-    return dict(saved, on_gpu=on_gpu, saved_to_disk=True)

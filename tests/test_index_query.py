@@ -16,6 +16,7 @@ from etp_search.cli import _register, app
 from etp_search.errors import DataError, EtpError, StoreMismatchError
 from etp_search.export import index_data
 from etp_search.export import runner as runner_mod
+from etp_search.models import resolve as resolve_mod
 from etp_search.models import EcgEncoderConfig, EtpConfig, EtpModel, save_checkpoint
 from etp_search.search import Searcher
 from indexing.errors import ProvenanceMismatchError
@@ -158,30 +159,88 @@ def test_cli_index_and_query_errors(built, tmp_path):
     assert not (tmp_path / "s.h5").exists()  # a wrong folder creates no store
 
 
-def test_corrupt_index_file_is_rebuilt_from_the_store(built, tmp_path):
+def _copy_store(built_store: Path, tmp_path: Path) -> Path:
     store = tmp_path / "store.h5"
-    shutil.copy(built[0], store)
-    for side in Path(built[0]).parent.glob(Path(built[0]).name + ".*"):
+    shutil.copy(built_store, store)
+    for side in Path(built_store).parent.glob(Path(built_store).name + ".*"):
         dst = tmp_path / side.name
         shutil.copytree(side, dst) if side.is_dir() else shutil.copy(side, dst)
-    ecg_index = tmp_path / "store.h5.ecg.faiss"
-    ecg_index.write_bytes(b"not a faiss index")
-    with Searcher.open(store) as s:
-        hits = s.query_record(s.store.ids[0], k=3)
-    assert len(hits) == 3 and ecg_index.stat().st_size > 100
+    return store
+
+
+@pytest.mark.parametrize("damage", ["flip", "swap", "garbage", "missing"])
+def test_damaged_or_swapped_index_is_never_searched(built, tmp_path, caplog, damage):
+    """Flipped bytes or swapped ecg/text files once gave a wrong top-k with exit 0 (sizes matched)."""
+    import logging
+
+    from indexing.index_files import build_or_update
+
+    store = _copy_store(built[0], tmp_path)
+    ecg_index, text_index = tmp_path / "store.h5.ecg.faiss", tmp_path / "store.h5.text.faiss"
+    with EmbeddingStore.open(store) as st:
+        rid, x = st.ids[3], st.ecg()
+    expect = [int(r) for r in np.argsort(-(x @ x[3]), kind="stable")[1:6]]
+    if damage == "flip":
+        data = bytearray(ecg_index.read_bytes())
+        rng = np.random.default_rng(0)
+        for i in rng.choice(np.arange(200, len(data)), size=2000, replace=False):
+            data[i] ^= 0xFF
+        ecg_index.write_bytes(bytes(data))  # same size: the old size check let this through
+    elif damage == "swap":
+        a, b = ecg_index.read_bytes(), text_index.read_bytes()
+        ecg_index.write_bytes(b)
+        text_index.write_bytes(a)
+    elif damage == "garbage":
+        ecg_index.write_bytes(b"not a faiss index")
+    else:
+        ecg_index.unlink()
+    before = ecg_index.read_bytes() if ecg_index.exists() else None
+    with caplog.at_level(logging.WARNING), Searcher.open(store) as s:
+        hits = s.query_record(rid, k=5)
+    assert [h.row for h in hits] == expect  # exact search over the store: the right answer
+    lines = [r.getMessage() for r in caplog.records if r.name == "indexing.view"]
+    assert len(lines) == 1 and "--rebuild-index" in lines[0] and "\n" not in lines[0]
+    assert (ecg_index.read_bytes() if ecg_index.exists() else None) == before  # a query never writes
+    with EmbeddingStore.open(store) as st:  # the writer's next run rebuilds it from the store
+        st.begin_write()
+        _, info = build_or_update(st, "ecg")
+    assert info["saved_to_disk"] and info["n_rows"] == 50
+    caplog.clear()
+    with caplog.at_level(logging.WARNING), Searcher.open(store) as s:
+        assert [h.row for h in s.query_record(rid, k=5)] == expect
+        assert s.view("ecg").n_indexed == 50
+    assert not [r for r in caplog.records if r.name == "indexing.view"]
+
+
+def test_store_without_index_files_is_searched_in_memory_and_nothing_is_written(built, tmp_path):
+    """A read-only folder whose FAISS file is missing: search, never try to write one."""
+    import stat
+
+    (tmp_path / "ro").mkdir()
+    store = _copy_store(built[0], tmp_path / "ro")
+    (store.parent / "store.h5.ecg.faiss").unlink()
+    files = sorted(p.name for p in store.parent.iterdir())
+    store.parent.chmod(stat.S_IRUSR | stat.S_IXUSR)  # (root may still write: the listing below checks)
+    try:
+        res = cli.invoke(app, ["query", "--store", str(store), "--record", "9", "-k", "3", "--json"])
+        assert res.exit_code == 0, res.output
+        assert len(json.JSONDecoder().raw_decode(res.output[res.output.index("[\n"):])[0]) == 3
+        assert sorted(p.name for p in store.parent.iterdir()) == files
+    finally:
+        store.parent.chmod(stat.S_IRWXU)
 
 
 def test_random_baseline_checkpoint_is_materialised_once(tmp_path):
-    if not (runner_mod.default_checkpoint() / "config.json").exists():
+    if not (resolve_mod.default_checkpoint() / "config.json").exists():
         pytest.skip("starter checkpoint not shipped yet")
-    a = runner_mod.resolve_checkpoint("random", tmp_path / "s.h5")
-    b = runner_mod.resolve_checkpoint("random", tmp_path / "s.h5")
+    a = resolve_mod.resolve_checkpoint("random", store_path=tmp_path / "s.h5")
+    b = resolve_mod.resolve_checkpoint("random", store_path=tmp_path / "s.h5")
     assert a == b and (a / "model.safetensors").exists()
 
 
 def test_missing_checkpoint_is_one_line(tmp_path):
     with pytest.raises(EtpError, match="does not exist"):
-        runner_mod.resolve_checkpoint(tmp_path / "nope")
+        resolve_mod.resolve_checkpoint(tmp_path / "nope")
     with pytest.raises(DataError):
         from etp_search.search import read_ecg_file
 

@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 
 import indexing.faiss_index as fi
+import indexing.gpu as gpu
 from indexing.errors import IndexingError, IndexStaleError, StoreError
-from indexing.faiss_index import (build_index, load_index, measure_recall, normalized, open_or_build, save_index,
-                                  search, update_index)
+from indexing.faiss_index import build_index, measure_recall, normalized, search, update_index
+from indexing.index_files import build_or_update, load_index, save_index
 from indexing.store import EmbeddingStore
+from indexing.view import SearchView
 
 faiss.omp_set_num_threads(1)  # tests share 2 cores with other jobs
 
@@ -147,14 +149,18 @@ def test_index_path_that_is_a_folder(tmp_path):
         load_index(tmp_path, "u", 50)
     store = _store(tmp_path, x)
     with pytest.raises(IndexingError, match="is a folder; pass a file path"):
-        open_or_build(store, "ecg", index_path=tmp_path)
+        build_or_update(store, "ecg", index_path=tmp_path)
+    with pytest.raises(IndexingError, match="is a folder; pass a file path"):
+        SearchView.open(store, "ecg", index_path=tmp_path)
     store.close()
 
 
 def test_empty_store_is_named_before_any_index_work(tmp_path):
     store = EmbeddingStore.create(tmp_path / "empty.h5", 8, {})
     with pytest.raises(StoreError, match=r"store .*empty.h5 is empty; index a dataset into it first"):
-        open_or_build(store, "ecg")
+        build_or_update(store, "ecg")
+    with pytest.raises(StoreError, match=r"store .*empty.h5 is empty; index a dataset into it first"):
+        SearchView.open(store, "ecg")
     with pytest.raises(StoreError, match="is empty; index a dataset into it first"):
         store.check_not_empty()
     from indexing.filters import filter_rows
@@ -169,9 +175,10 @@ def test_save_load_and_stale_or_corrupt_detection(tmp_path):
     x = _clustered(500, d=16)
     index, info = build_index(x)
     path = tmp_path / "ecg.faiss"
-    save_index(index, path, dict(info, store_uuid="u1"))
+    save_index(index, path, dict(info, store_uuid="u1", which="ecg"))
     side = json.loads((tmp_path / "ecg.faiss.json").read_text())
     assert side["n_rows"] == 500 and side["store_uuid"] == "u1" and side["factory"] == "Flat"
+    assert side["sha256"] == __import__("hashlib").sha256(path.read_bytes()).hexdigest()
     loaded, linfo = load_index(path, "u1", 500)
     assert np.array_equal(search(loaded, x[:3], 5)[1], search(index, x[:3], 5)[1])
     with pytest.raises(IndexStaleError, match="another store"):
@@ -187,7 +194,8 @@ def test_save_load_and_stale_or_corrupt_detection(tmp_path):
     assert "\n" not in str(err.value)
     garbage = tmp_path / "garbage.faiss"
     garbage.write_bytes(b"x" * 64)
-    (tmp_path / "garbage.faiss.json").write_text(json.dumps(dict(side, file_bytes=64)))
+    (tmp_path / "garbage.faiss.json").write_text(json.dumps(
+        dict(side, file_bytes=64, sha256=__import__("hashlib").sha256(b"x" * 64).hexdigest())))
     with pytest.raises(IndexStaleError, match="corrupt"):
         load_index(garbage, "u1", 500)
     with pytest.raises(IndexStaleError, match="no index"):
@@ -212,42 +220,42 @@ def _store(tmp_path, x, t=None):
     return s
 
 
-def test_open_or_build_builds_updates_and_rebuilds(tmp_path, caplog):
+def test_build_or_update_builds_updates_and_rebuilds(tmp_path, caplog):
     x = _clustered(900, d=16)
     store = _store(tmp_path, x[:600])
-    index, info = open_or_build(store, "ecg")
+    index, info = build_or_update(store, "ecg")
     path = tmp_path / "store.h5.ecg.faiss"
     assert path.exists() and info["n_rows"] == 600 and info["store_uuid"] == store.uuid and info["which"] == "ecg"
     store.append([f"r{i}" for i in range(600, 900)], x[600:], x[600:])
-    index, info = open_or_build(store, "ecg")  # incremental: no rebuild
+    index, info = build_or_update(store, "ecg")  # incremental: no rebuild
     assert index.ntotal == 900 and info["added_since_build"] == 300
     _, rows = search(index, x[[650, 899]], 1)
     assert rows[:, 0].tolist() == [650, 899]
-    tindex, tinfo = open_or_build(store, "text")
+    tindex, tinfo = build_or_update(store, "text")
     assert np.array_equal(search(tindex, x[:1], 1)[1], [[599]])  # text vectors were x reversed
     path.write_bytes(b"corrupt")
-    with caplog.at_level(logging.WARNING, logger="indexing.faiss_index"):
-        index, info = open_or_build(store, "ecg")
+    with caplog.at_level(logging.WARNING, logger="indexing.index_files"):
+        index, info = build_or_update(store, "ecg")
     assert "rebuilding" in caplog.text and "damaged" in caplog.text
     assert index.ntotal == 900 and info["added_since_build"] == 0
-    index, info = open_or_build(store, "ecg", ivf_threshold=800)  # the store crossed the IVF threshold
+    index, info = build_or_update(store, "ecg", ivf_threshold=800)  # the store crossed the IVF threshold
     assert info["factory"].startswith("IVF")
     store.append([f"n{i}" for i in range(2800)], np.tile(x, (4, 1))[:2800], np.tile(x, (4, 1))[:2800])
-    index, info = open_or_build(store, "ecg", ivf_threshold=800)  # grew > 4x: IVF lists retrained
+    index, info = build_or_update(store, "ecg", ivf_threshold=800)  # grew > 4x: IVF lists retrained
     assert info["n_rows_at_build"] == 3700 and info["added_since_build"] == 0
-    index, info = open_or_build(store, "ecg", factory="Flat")  # another factory asked for
+    index, info = build_or_update(store, "ecg", factory="Flat")  # another factory asked for
     assert info["factory"] == "Flat"
     store.close()
 
 
 def test_gpu_selection_on_a_cpu_machine(monkeypatch):
-    assert fi.resolve_use_gpu(False) is False
-    assert fi.resolve_use_gpu("auto") is fi.gpu_available()
-    monkeypatch.setattr(fi, "gpu_available", lambda: False)
+    assert gpu.resolve_use_gpu(False) is False
+    assert gpu.resolve_use_gpu("auto") is gpu.gpu_available()
+    monkeypatch.setattr(gpu, "gpu_available", lambda: False)
     with pytest.raises(IndexingError, match="faiss-gpu"):
-        fi.resolve_use_gpu(True)
+        gpu.resolve_use_gpu(True)
     with pytest.raises(IndexingError, match="use_gpu"):
-        fi.resolve_use_gpu("maybe")
+        gpu.resolve_use_gpu("maybe")
 
 
 class GpuFakeIndex:
@@ -273,8 +281,8 @@ def test_gpu_path_builds_saves_from_cpu_and_falls_back_for_filters(monkeypatch, 
         moved.append(type(index).__name__)
         return GpuFakeIndex(faiss.clone_index(index))
 
-    monkeypatch.setattr(fi, "gpu_available", lambda: True)
-    monkeypatch.setattr(fi, "_gpu_resources", lambda: object())
+    monkeypatch.setattr(gpu, "gpu_available", lambda: True)
+    monkeypatch.setattr(gpu, "_gpu_resources", lambda: object())
     monkeypatch.setattr(faiss, "index_cpu_to_gpu", fake_to_gpu, raising=False)
     monkeypatch.setattr(faiss, "index_gpu_to_cpu", lambda idx: faiss.clone_index(idx.cpu), raising=False)
     x = _clustered(800, d=16)
@@ -285,43 +293,51 @@ def test_gpu_path_builds_saves_from_cpu_and_falls_back_for_filters(monkeypatch, 
     allowed = np.arange(800) % 2 == 1
     _, rows = search(index, x[:3], 4, allowed)  # GPU rejects the selector: CPU copy answers
     assert np.array_equal(rows, _brute(x[:3], x, 4, allowed)[1])
-    save_index(index, tmp_path / "g.faiss", dict(info, store_uuid="u"))  # written via index_gpu_to_cpu
+    save_index(index, tmp_path / "g.faiss", dict(info, store_uuid="u", which="ecg"))  # written via index_gpu_to_cpu
     loaded, linfo = load_index(tmp_path / "g.faiss", "u", 800, use_gpu=True)
     assert isinstance(loaded, GpuFakeIndex) and linfo["on_gpu"]
 
 
-def test_reader_during_a_write_uses_indexes_in_memory_and_never_advises_rebuild(tmp_path):
+def test_reader_during_a_write_never_writes_and_sees_every_row(tmp_path, caplog):
     """A query that opened the store before an ``index`` run appended, merged and saved indexes."""
     x = _clustered(50, d=8)
     path = tmp_path / "lk.h5"
     writer = EmbeddingStore.create(path, 8, {})
     for i in range(0, 32, 8):  # four level-0 parts
         writer.append([f"r{j}" for j in range(i, i + 8)], x[i:i + 8], x[i:i + 8], texts=[f"t{j}" for j in range(i, i + 8)])
+    _, winfo = build_or_update(writer, "ecg")  # the writer saves an index of 32 rows
+    assert winfo["n_rows"] == 32 and winfo["saved_to_disk"]
     reader = EmbeddingStore.open(path)
     assert len(reader) == 32 and not reader.holds_write_lock
     for i in range(32, 50, 2):  # eight more parts: the writer merges the reader's parts away
         writer.append([f"r{j}" for j in range(i, i + 2)], x[i:i + 2], x[i:i + 2], texts=[f"t{j}" for j in range(i, i + 2)])
     writer.compact()
-    _, winfo = open_or_build(writer, "ecg")  # the writer (still holding the lock) saves 50 rows
-    assert winfo["n_rows"] == 50 and winfo["saved_to_disk"]
     assert reader.writer_active()
-
-    index, info = open_or_build(reader, "ecg")  # saved index is ahead of the reader: cut back in memory
-    assert index.ntotal == 32 and info["truncated_from"] == 50 and not info["saved_to_disk"]
-    assert json.loads((tmp_path / "lk.h5.ecg.faiss.json").read_text())["n_rows"] == 50  # file untouched
-    _, rows = search(index, x[[5, 31]], 1)
-    assert rows[:, 0].tolist() == [5, 31]
-    assert reader.texts(rows[:, 0]) == ["t5", "t31"]  # its parts were merged away: re-scanned, not an error
-
+    later = EmbeddingStore.open(path)  # a query opened now: the saved index covers 32 of its 50 rows
+    view = SearchView.open(later, "ecg")
+    assert (view.n, view.n_indexed) == (50, 32)
+    _, rows = view.search(x[[5, 31, 40, 49]], 1)
+    assert rows[:, 0].tolist() == [5, 31, 40, 49]  # 40 and 49 come from the exact tail search
+    assert later.texts(rows[:, 0]) == ["t5", "t31", "t40", "t49"]
+    _, winfo = build_or_update(writer, "ecg")  # the writer (still holding the lock) saves 50 rows
+    assert winfo["n_rows"] == 50 and winfo["added_since_build"] == 18
+    stamp = (tmp_path / "lk.h5.ecg.faiss").stat().st_mtime_ns
+    view = SearchView.open(reader, "ecg")  # saved index ahead of the reader: it re-scans the store
+    assert (view.n, view.n_indexed) == (50, 50) and len(reader) == 50
+    _, rows = view.search(x[[5, 31, 49]], 1)
+    assert rows[:, 0].tolist() == [5, 31, 49]
+    assert reader.texts(rows[:, 0]) == ["t5", "t31", "t49"]  # its parts were merged away: re-scanned
     (tmp_path / "lk.h5.text.faiss").unlink(missing_ok=True)
-    tindex, tinfo = open_or_build(reader, "text")  # no index yet, writer busy: built in memory only
-    assert not tinfo["saved_to_disk"] and not (tmp_path / "lk.h5.text.faiss").exists()
-    assert tindex.ntotal == len(reader)
+    with caplog.at_level(logging.WARNING, logger="indexing.view"):
+        tview = SearchView.open(reader, "text")  # no text index: exact search, one line, no file written
+    assert tview.n_indexed == 0 and tview.note and "--rebuild-index" in caplog.text
+    assert len([r for r in caplog.records if r.name == "indexing.view"]) == 1
+    assert not (tmp_path / "lk.h5.text.faiss").exists()
+    assert tview.search(x[[7]], 1)[1][0, 0] == 7
+    assert (tmp_path / "lk.h5.ecg.faiss").stat().st_mtime_ns == stamp  # readers never write
     writer.close()
-    assert not reader.writer_active()
-    _, tinfo = open_or_build(reader, "text")  # writer gone: the reader may save
-    assert tinfo["saved_to_disk"] and (tmp_path / "lk.h5.text.faiss").exists()
     reader.close()
+    later.close()
 
 
 def test_missing_faiss_names_the_extra_to_install():
@@ -333,3 +349,30 @@ def test_missing_faiss_names_the_extra_to_install():
             "try:\n    import indexing.faiss_index\nexcept Exception as e:\n    print(type(e).__name__, e)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert out.stdout.startswith("IndexingError FAISS is not installed") and "etp-search[cpu]" in out.stdout
+
+
+def test_filters_are_sized_to_the_rows_the_view_covers(tmp_path):
+    """Issue 11.3: 'the row filter has 1029 entries but the index holds 1013 rows' while index appended."""
+    from indexing.filters import filter_rows
+
+    x = _clustered(120, d=8)
+    store = EmbeddingStore.create(tmp_path / "f.h5", 8, {})
+    store.append([f"r{i}" for i in range(100)], x[:100], x[:100], meta={"strat_fold": [i % 10 + 1 for i in range(100)]})
+    build_or_update(store, "ecg")  # index saved for 100 rows
+    store.append([f"r{i}" for i in range(100, 110)], x[100:110], x[100:110],
+                 meta={"strat_fold": [i % 10 + 1 for i in range(100, 110)]})
+    reader = EmbeddingStore.open(tmp_path / "f.h5")
+    view = SearchView.open(reader, "ecg")
+    assert (view.n, view.n_indexed) == (110, 100)
+    store.append([f"r{i}" for i in range(110, 120)], x[110:], x[110:], meta={"strat_fold": [i % 10 + 1 for i in range(110, 120)]})
+    reader.refresh()  # the store grew under the view: a filter now has 120 entries
+    mask = filter_rows(reader, ["strat_fold=3"])
+    assert mask.shape == (120,)
+    _, rows = view.search(x[[102, 52]], 3, mask)
+    allowed = np.flatnonzero(mask[:110])
+    ref = _brute(x[[102, 52]], x[:110], 3, np.isin(np.arange(110), allowed))[1]
+    assert np.array_equal(rows, ref) and (rows < 110).all()
+    _, rows = view.search(x[[102]], 2, np.array([102, 115]))  # row ids past the view are ignored
+    assert rows.tolist() == [[102]]
+    store.close()
+    reader.close()

@@ -421,3 +421,71 @@ def test_prepare_of_a_numpy_folder_with_an_absurd_fold_counts_it(tmp_path, monke
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["skipped"] == {"malformed strat_fold": 1} and out["records"] == 2
+
+
+# --- layout detection never blocks or reads without bound ----------------------------------------
+
+def _detect_within(path: Path, seconds: float = 20.0) -> str:
+    import threading
+
+    from etp_search.readers import detect_format
+
+    out: dict[str, object] = {}
+    worker = threading.Thread(target=lambda: out.update(fmt=detect_format(path)), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"detect_format({path}) blocked"
+    return str(out["fmt"])
+
+
+def test_detection_passes_over_a_fifo_named_like_a_header(example_ptbxl, tmp_path):
+    import os
+
+    root = _wfdb_copy(example_ptbxl, tmp_path / "w")
+    os.mkfifo(root / "00000_aa.hea")  # sorts first: opening it for reading would wait for a writer forever
+    assert _detect_within(root) == "wfdb"
+    reader = open_dataset(root)
+    records = list(reader)
+    assert "00000_aa" not in {r.id for r in records} and len(records) == len(reader.refs()) - 1
+    assert reader.summary.skipped.get("malformed header") == 1
+
+
+def test_detection_reads_a_bounded_prefix_of_a_huge_header(example_ptbxl, tmp_path, monkeypatch):
+    from etp_search.readers import wfdb_io
+
+    root = _wfdb_copy(example_ptbxl, tmp_path / "w")
+    first = sorted(root.glob("*.hea"))[0]
+    first.write_bytes(first.read_bytes() + b"# " + b"x" * (3 << 20) + b"\n")
+    sizes: list[int] = []
+    real_open = open
+
+    def counting_open(file, mode="r", *args, **kwargs):
+        fh = real_open(file, mode, *args, **kwargs)
+        if str(file).endswith(".hea") and "b" in mode:
+            real_read = fh.read
+            fh.read = lambda n=-1: (sizes.append(n), real_read(n))[1]
+        return fh
+
+    monkeypatch.setattr("builtins.open", counting_open)
+    assert _detect_within(root) == "wfdb"
+    assert sizes and all(0 < n <= wfdb_io.MAX_HEADER_BYTES for n in sizes)
+
+
+def test_an_unlistable_subfolder_is_named_not_silently_skipped(example_ptbxl, tmp_path, monkeypatch, caplog):
+    import os
+
+    from etp_search import readers
+
+    root = _wfdb_copy(example_ptbxl, tmp_path / "w")
+    (root / "locked").mkdir()
+    real_listdir = os.listdir
+
+    def listdir(path="."):
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_listdir(path)
+
+    monkeypatch.setattr(readers.os, "listdir", listdir)
+    with caplog.at_level(logging.WARNING, logger="etp_search.readers"):
+        readers._has_bare_mat(root)
+    assert any("locked" in r.getMessage() and "unreadable" in r.getMessage() for r in caplog.records)

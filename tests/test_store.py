@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from indexing.errors import ProvenanceMismatchError, RecordNotFoundError, StoreError
-from indexing.store import _FANOUT, EmbeddingStore
+from indexing.segments import FANOUT as _FANOUT
+from indexing.store import EmbeddingStore
 
 DIM = 8
 PROV = {"checkpoint_sha256": "a" * 64, "model_config": {"embed_dim": DIM, "ecg": {"name": "test_tiny"}},
@@ -145,15 +146,15 @@ def test_reader_rescans_when_the_writer_merges_its_parts_away(store):
 
 
 def test_reader_gives_up_without_advising_a_rebuild_while_a_writer_is_busy(store, monkeypatch):
-    import indexing.store as st
+    import indexing.segments as st
 
     ids, e, t = _batch(0, 3)
     store.append(ids, e, t)  # the fixture's store object now holds the write lock
     reader = EmbeddingStore.open(store.path)
-    monkeypatch.setattr(st, "_READ_RETRIES", 2)
+    monkeypatch.setattr(st, "READ_RETRIES", 2)
 
     def always_gone(*a, **k):
-        raise st._Vanished("cannot read x: the file is gone")
+        raise st.Vanished("cannot read x: the file is gone")
 
     monkeypatch.setattr(reader, "_read_sel", always_gone)
     with pytest.raises(StoreError) as err:
@@ -217,7 +218,7 @@ def test_single_writer_lock(store):
 
 
 def test_exception_mid_append_leaves_store_unchanged(store, monkeypatch):
-    import indexing.store as st
+    import indexing._io as st
 
     ids, e, t = _batch(0, 4)
     store.append(ids[:2], e[:2], t[:2])
@@ -234,3 +235,85 @@ def test_exception_mid_append_leaves_store_unchanged(store, monkeypatch):
     assert not [p for p in store.parts_dir.iterdir() if p.name.startswith(".tmp-")]
     store.append(ids[2:], e[2:], t[2:])  # the retry succeeds: no duplicates, no gap
     assert np.array_equal(EmbeddingStore.open(store.path).ecg(), e)
+
+
+def _unit(n: int, d: int = 8, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_flipped_vector_bytes_are_named_not_used(tmp_path):
+    """Issue 11.5: damaged vector data (norms of thousands) fed retrieval silently."""
+    import h5py
+
+    from indexing.errors import StoreError
+
+    path = tmp_path / "n.h5"
+    with EmbeddingStore.create(path, 8, {}, unit_norm=True) as s:
+        s.append([f"r{i}" for i in range(20)], _unit(20), _unit(20, seed=1))
+        with pytest.raises(StoreError, match="must be L2-normalised"):
+            s.append(["bad"], 3 * _unit(1), _unit(1))
+        s.compact()
+    with h5py.File(path, "r") as f:
+        assert f["ecg"].fletcher32 and f["text"].fletcher32  # new stores checksum their chunks
+    # A damaged value that passes the checksum (rewritten through HDF5): the norm check names it.
+    with h5py.File(path, "r+") as f:
+        f["text"][7] = f["text"][7] * 9000.0
+    with EmbeddingStore.open(path) as s:
+        assert s.ecg().shape == (20, 8)
+        with pytest.raises(StoreError, match=r"damaged text vectors in 1 row\(s\): 7 \('r7', norm 9000\)") as e:
+            s.text()
+        assert "--rebuild" in str(e.value) and "\n" not in str(e.value)
+        assert s.text(np.arange(5)).shape == (5, 8)  # rows not damaged still read
+
+
+def test_flipped_bytes_inside_a_chunk_fail_the_checksum_with_one_line(tmp_path):
+    """Issue 11.6: damaged internals gave raw OSError / UnicodeDecodeError."""
+    import h5py
+
+    from indexing.errors import StoreError
+
+    path = tmp_path / "c.h5"
+    with EmbeddingStore.create(path, 64, {}, unit_norm=True) as s:
+        s.append([f"r{i}" for i in range(200)], _unit(200, 64), _unit(200, 64, seed=1),
+                 texts=[f"report {i}" for i in range(200)])
+        s.compact()
+    with h5py.File(path, "r") as f:
+        offset = f["ecg"].id.get_offset() if f["ecg"].chunks is None else f["ecg"].id.get_chunk_info(0).byte_offset
+    data = bytearray(path.read_bytes())
+    for i in range(offset + 100, offset + 140):
+        data[i] ^= 0x5A
+    path.write_bytes(bytes(data))
+    with EmbeddingStore.open(path) as s:
+        with pytest.raises(StoreError, match=r"store .*c.h5 is damaged \(reading ecg: .*\); rebuild it") as e:
+            s.ecg()
+        assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_fuzzed_store_bytes_give_one_line_or_correct_reads(tmp_path, seed):
+    """Seeded, bounded fuzz: flip bytes anywhere in a store; every read is correct or a StoreError."""
+    from indexing.errors import StoreError
+
+    path = tmp_path / "f.h5"
+    x, t = _unit(300, 16), _unit(300, 16, seed=1)
+    with EmbeddingStore.create(path, 16, {"checkpoint_sha256": "c"}, unit_norm=True) as s:
+        s.append([f"r{i}" for i in range(300)], x, t, texts=[f"report {i}" for i in range(300)],
+                 meta={"age": np.arange(300) / 3.0})
+        s.compact()
+    data = bytearray(path.read_bytes())
+    rng = np.random.default_rng(seed)
+    for i in rng.choice(len(data), size=int(rng.integers(1, 64)), replace=False):
+        data[i] ^= int(rng.integers(1, 256))
+    path.write_bytes(bytes(data))
+    try:
+        with EmbeddingStore.open(path) as s:
+            ids, ecg, text, texts, age = s.ids, s.ecg(), s.text(), s.texts(), s.meta("age")
+    except StoreError as e:
+        assert "\n" not in str(e) and ("rebuild" in str(e) or "not an etp-search" in str(e)), str(e)
+        return
+    assert ids == [f"r{i}" for i in range(300)]  # what was read is what was written
+    np.testing.assert_array_equal(ecg, x)
+    np.testing.assert_array_equal(text, t)
+    np.testing.assert_array_equal(age, np.arange(300) / 3.0)
+    assert texts == [f"report {i}" for i in range(300)]

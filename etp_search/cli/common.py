@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
 import math
+import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, TypeVar
@@ -37,6 +40,29 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
+_OS_FIXES = {errno.EACCES: "choose a folder you can write to (or fix its permissions)",
+             errno.EPERM: "choose a folder you can write to (or fix its permissions)",
+             errno.EROFS: "the file system is read-only: choose another folder",
+             errno.ENOSPC: "the disk is full: free space, then run the same command again (finished work is kept)",
+             errno.EDQUOT: "the disk quota is exceeded: free space, then run the same command again"}
+_H5_ERRNO = re.compile(r"errno = (\d+)")
+
+
+def os_error_line(exc: OSError) -> str | None:
+    """One line for an OSError a user can fix (permissions, read-only or full disk), else None."""
+    code = exc.errno
+    if code is None:  # h5py folds the C errno into its message
+        m = _H5_ERRNO.search(str(exc))
+        code = int(m.group(1)) if m else None
+        if code is None and "No space left" in str(exc):
+            code = errno.ENOSPC
+    fix = _OS_FIXES.get(code) if code is not None else None
+    if fix is None:
+        return None
+    where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+    return f"cannot write{where} ({os.strerror(code)}); {fix}"
+
+
 def user_errors(fn: F) -> F:
     """Turn user-caused errors raised below the CLI into one line on stderr and exit code 1."""
 
@@ -46,6 +72,11 @@ def user_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except _user_error_types() as exc:
             raise fail(str(exc)) from None
+        except OSError as exc:  # a read-only folder or a full disk: the user's to fix, not a bug to trace
+            message = os_error_line(exc)
+            if message is None:
+                raise
+            raise fail(message) from None
         except KeyboardInterrupt:
             typer.echo("interrupted: finished batches are kept; run the same command again to resume", err=True)
             raise typer.Exit(code=130) from None

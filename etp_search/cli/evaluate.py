@@ -146,7 +146,7 @@ def zeroshot(
     baseline_store: BaselineOpt = None,
     checkpoint: Annotated[Optional[str], typer.Option(help="Checkpoint that encodes the prompts; default: the store's.")] = None,
     split: Annotated[str, typer.Option(help="test (fold 10), val (fold 9) or all.")] = "test",
-    n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap resamples for the 95% interval (0: none).", min=0)] = 1000,
+    n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap resamples for the 95% interval (0: none; at most 100000).", min=0, max=100_000)] = 1000,
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
     json_out: JsonOpt = False,
     verbose: VerboseOpt = False,

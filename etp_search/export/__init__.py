@@ -6,6 +6,7 @@
 - ``writer``  appends whole batches to the embedding store and keeps its FAISS indexes current.
 """
 
-from etp_search.export.runner import index_data, resolve_checkpoint
+from etp_search.export.runner import index_data
+from etp_search.models.resolve import resolve_checkpoint
 
 __all__ = ["index_data", "resolve_checkpoint"]

@@ -46,7 +46,7 @@ class EtpMapper:
         new = list(dict.fromkeys(t for t in texts if t not in self._text))
         for s in range(0, len(new), batch_size):
             chunk = new[s:s + batch_size]
-            z = self.model.encode_text(chunk).float().cpu().numpy()
+            z = torch.nn.functional.normalize(self.model.encode_text(chunk).float(), dim=-1).cpu().numpy()
             for t, v in zip(chunk, z):
                 self._text[t] = v
         out = np.stack([self._text[t] for t in texts]) if texts else np.empty((0, self.model.cfg.embed_dim), np.float32)

@@ -1,4 +1,4 @@
-"""Run the export: resolve the checkpoint, stream batches through the model into the store."""
+"""Run the export: stream batches through the model into the store, then build its indexes."""
 
 from __future__ import annotations
 
@@ -7,64 +7,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm import tqdm
 
 import etp_search
-from etp_search.errors import DataError, EtpError, ModelError
+from etp_search.errors import DataError, EtpError
 from etp_search.export.mapper import EtpMapper
 from etp_search.export.source import open_source
 from etp_search.export.writer import StoreWriter
-from etp_search.models import EtpModel, checkpoint_fingerprint, default_checkpoint, load_checkpoint, read_checkpoint_config
-from etp_search.models.checkpoint import save_checkpoint
+from etp_search.models import checkpoint_fingerprint, load_checkpoint
 from etp_search.models.config import EtpConfig
-from etp_search.models.device import resolve_device
+from etp_search.models.resolve import config_of, pick_device, resolve_checkpoint
 from etp_search.preprocess import get_preset
 
 logger = logging.getLogger(__name__)
-
-RANDOM = "random"
-
-
-def pick_device(device: str | None = None) -> str:
-    """"auto"/None -> cuda when torch sees a GPU, else cpu; anything else is checked (one shared rule)."""
-    return resolve_device(device)
-
-
-def resolve_checkpoint(checkpoint: str | Path | None, store_path: str | Path | None = None, seed: int = 0) -> Path:
-    """The checkpoint folder to use.
-
-    None means the starter checkpoint shipped with the package. ``"random"`` materialises a randomly
-    initialised model of the starter's architecture (the baseline every results table compares
-    with) into ``STORE.random-init/`` so stores made with it carry a real, loadable provenance.
-    """
-    if checkpoint is None or str(checkpoint) == "":
-        path = default_checkpoint()
-        if not (path / "config.json").exists():
-            raise ModelError(f"no starter checkpoint at {path}; pass --checkpoint RUN_DIR/best from `etp-search train`")
-        return path
-    if str(checkpoint) == RANDOM:
-        base = default_checkpoint()
-        cfg = EtpConfig.from_dict(read_checkpoint_config(base)["model"]) if (base / "config.json").exists() else EtpConfig()
-        out = Path(str(store_path or "etp-data/store.h5") + ".random-init")
-        if not (out / "config.json").exists():
-            torch.manual_seed(seed)
-            save_checkpoint(EtpModel(cfg, load_text=False), out, extra={"note": f"random initialisation, seed {seed}"})
-            logger.info("random-init baseline checkpoint written to %s", out)
-        return out
-    path = Path(checkpoint)
-    if not path.exists():
-        raise ModelError(f"checkpoint {path} does not exist; pass a folder with config.json + model.safetensors")
-    return path
-
-
-def _config_of(checkpoint: str | Path | None) -> EtpConfig:
-    """The model config a checkpoint argument stands for, without loading weights or writing files."""
-    if checkpoint is not None and str(checkpoint) == RANDOM:
-        base = default_checkpoint()
-        return EtpConfig.from_dict(read_checkpoint_config(base)["model"]) if (base / "config.json").exists() else EtpConfig()
-    return EtpConfig.from_dict(read_checkpoint_config(resolve_checkpoint(checkpoint))["model"])
-
 
 def provenance_for(ckpt: Path, cfg: EtpConfig, data: Path | list[Path], fmt: str, text_source: str) -> dict[str, Any]:
     preset = get_preset(cfg.preset)
@@ -95,6 +50,7 @@ def index_data(
     sampling_rate: int | None = None,
     text_source: str | None = None,
     factory: str = "auto",
+    max_index_memory: int | None = None,
     build_index: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -112,7 +68,7 @@ def index_data(
     if store.is_dir():
         raise EtpError(f"--store {store} is a folder; pass a file path such as {store / 'store.h5'}")
     # Cheap checks first (the dataset, the factory), so a mistake costs nothing and leaves no files.
-    cfg0 = _config_of(checkpoint)
+    cfg0 = config_of(checkpoint)
     preset = get_preset(cfg0.preset)
     text_source = text_source or cfg0.text_source
     if sampling_rate is None:
@@ -126,7 +82,7 @@ def index_data(
         from indexing.faiss_index import check_factory
 
         check_factory(factory, cfg0.embed_dim)
-    ckpt = resolve_checkpoint(checkpoint, store)
+    ckpt = resolve_checkpoint(checkpoint, store_path=store)
     model = load_checkpoint(ckpt, device=device, load_text=True)
     cfg = model.cfg
     writer = StoreWriter(store, cfg.embed_dim, provenance_for(ckpt, cfg, data, source.format_name, text_source),
@@ -146,7 +102,8 @@ def index_data(
                     writer.write(batch, mapper.ecg(batch.signals), mapper.texts(batch.texts))
                 bar.update(len(batch.ids) + sum(batch.skipped.values()))
         seconds = time.perf_counter() - t0
-        index_info = writer.finish(build_index=build_index, factory=factory, rebuild_index=rebuild_index)
+        index_info = writer.finish(build_index=build_index, factory=factory, rebuild_index=rebuild_index,
+                                   max_index_memory=max_index_memory)
     finally:
         writer.close()
     return {

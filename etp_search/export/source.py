@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import threading
 import queue
@@ -15,15 +14,17 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
+from etp_search.errors import DataError
 from etp_search.preprocess import Preset, preprocess
 from etp_search.readers import open_dataset
 from etp_search.readers.base import SkipRecord
+from etp_search.records import STORE_META_SCHEMA, RecordMeta
 from etp_search.signal_cache import SignalCache, is_signal_cache
 
 logger = logging.getLogger(__name__)
 
-#: Metadata columns written to the store (EcgRecord.meta conventions); "dataset" names the layout.
-META_SCHEMA: dict[str, str] = {"patient_id": "int", "dataset": "str", "flags": "json"}
+#: Metadata columns written to the store: derived from RecordMeta (one schema for cache and store).
+META_SCHEMA: dict[str, str] = STORE_META_SCHEMA
 
 
 @dataclass
@@ -39,24 +40,8 @@ class Batch:
 
 
 def _meta_row(meta: dict[str, Any], dataset: str, flags: dict[str, Any]) -> dict[str, Any]:
-    def num(v: Any, fill: Any) -> Any:
-        try:
-            return fill if v is None or (isinstance(v, float) and math.isnan(v)) else v
-        except TypeError:
-            return fill
-
-    kept_flags = {k: v for k, v in flags.items() if v not in (None, [], False)}
-    if meta.get("missing_leads"):
-        kept_flags["missing_leads"] = list(meta["missing_leads"])
-    return {
-        "age": float(num(meta.get("age"), float("nan"))),
-        "sex": int(num(meta.get("sex"), -1)),
-        "strat_fold": int(num(meta.get("strat_fold"), -1)),
-        "source": str(meta.get("source", "")),
-        "patient_id": int(num(meta.get("patient_id"), -1)),
-        "dataset": dataset,
-        "flags": kept_flags,
-    }
+    """One store metadata row (``STORE_META_SCHEMA``) from a reader's or a cache's values."""
+    return RecordMeta.from_values(meta).store_row(dataset, flags)
 
 
 class _RecordDataset(Dataset):
@@ -124,6 +109,9 @@ def open_source(data: str | Path | Sequence[str | Path], preset: Preset, *, text
     path = Path(data) if isinstance(data, (str, Path)) else None
     if path is not None and path.is_file() and is_signal_cache(path):
         return _cache_source(path, preset, text_source, batch_size)
+    if path is not None and path.is_file() and _looks_like_hdf5(path):
+        raise DataError(f"{path} is an HDF5 file but not a complete signal cache (damaged or truncated?); "
+                        f"rebuild it with `etp-search prepare DATA_DIR --out {path} --force`, or pass a dataset folder")
     reader = open_dataset(data, sampling_rate=sampling_rate, text_source=text_source)  # several folders: one id once
     refs = reader.refs()
     if workers is None:
@@ -158,19 +146,38 @@ def _cache_source(path: Path, preset: Preset, text_source: str, batch_size: int)
         q: queue.Queue = queue.Queue(maxsize=2)
 
         def produce() -> None:  # prefetch the next batch while the encoder works
-            for s in range(0, rows_todo.size, batch_size):
-                rows = rows_todo[s:s + batch_size]
-                metas = [_meta_row({c: _py(cols[c][r]) for c in cols}, fmt, {}) for r in rows]
-                q.put(Batch([ids[r] for r in rows], cache.signals(rows), [texts[r] for r in rows],
-                            [labels[r] for r in rows], metas))
+            try:
+                for s in range(0, rows_todo.size, batch_size):
+                    rows = rows_todo[s:s + batch_size]
+                    metas = [_meta_row({c: _py(cols[c][r]) for c in cols}, fmt, {}) for r in rows]
+                    q.put(Batch([ids[r] for r in rows], cache.signals(rows), [texts[r] for r in rows],
+                                [labels[r] for r in rows], metas))
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which ends the run
+                q.put(exc)
+                return
             q.put(None)
 
-        t = threading.Thread(target=produce, daemon=True)
+        t = threading.Thread(target=produce, daemon=True, name="etp-cache-reader")
         t.start()
         while (b := q.get()) is not None:
+            if isinstance(b, BaseException):
+                reason = (str(b).splitlines() or [""])[0][:120]
+                raise DataError(f"reading signal cache {path} failed ({type(b).__name__}: {reason}); the batches "
+                                "written so far are kept: rebuild the cache with `etp-search prepare DATA_DIR "
+                                f"--out {path} --force` and run the same command again") from None
             yield b
 
     return Source("cache", fmt, ids, f"signal cache {path.name}: {len(ids)} records", it)
+
+
+def _looks_like_hdf5(path: Path) -> bool:
+    """The HDF5 signature at offset 0 (where h5py writes it), or a .h5/.hdf5 name."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return False
+    return head == b"\x89HDF\r\n\x1a\n" or path.suffix.lower() in (".h5", ".hdf5")
 
 
 def _py(v: Any) -> Any:

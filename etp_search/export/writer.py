@@ -9,8 +9,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from etp_search.export.source import META_SCHEMA, Batch
-from indexing.faiss_index import open_or_build
-from indexing.errors import StoreError
+from indexing.index_files import IndexBuilder, build_or_update
 from indexing.store import EmbeddingStore
 
 logger = logging.getLogger(__name__)
@@ -35,11 +34,16 @@ class StoreWriter:
             self.store = EmbeddingStore.open(self.path)
             self.store.check_provenance({k: provenance.get(k) for k in CHECKED_FIELDS})
         else:
-            self.store = EmbeddingStore.create(self.path, dim, dict(provenance), META_SCHEMA, overwrite=rebuild)
-        if self.store.writer_active():
+            self.store = EmbeddingStore.create(self.path, dim, dict(provenance), META_SCHEMA, unit_norm=True,
+                                               overwrite=rebuild)
+        try:
+            # The lock is held from here to close(): the ids already stored are read under it, so a
+            # second `index` started meanwhile either waits its turn in the error it gets or sees
+            # these rows; two runs can never both decide a record is new.
+            self.store.begin_write()
+        except BaseException:
             self.store.close()
-            raise StoreError(f"another process is writing {self.path} (an `etp-search index` run); "
-                             "wait for it to finish, then run this command again")
+            raise
         self.done_ids: set[str] = set(self.store.ids)
         self.written = 0
 
@@ -60,16 +64,39 @@ class StoreWriter:
         return len(ids)
 
     def finish(self, *, build_index: bool = True, factory: str = "auto", rebuild_index: bool = False,
-               use_gpu: bool | str = "auto") -> dict[str, Any]:
-        """Fold appended parts into the main file and bring the ECG and report indexes up to date."""
+               use_gpu: bool | str = "auto", builder: IndexBuilder | None = None,
+               max_index_memory: int | None = None) -> dict[str, Any]:
+        """Fold appended parts into the main file and build or extend, then save, the ECG and report
+        indexes (queries only read them). ``builder`` replaces how a new index is made; for
+        ``factory="auto"`` it defaults to ``indexing.ann.store_builder(max_index_memory)`` (layout by
+        rows and budget, vectors streamed from the store in chunks)."""
+        if builder is None and factory == "auto":
+            builder = _ann_builder(max_index_memory)
         if self.written:
             self.store.compact()
         out: dict[str, Any] = {"rows": len(self.store)}
         if build_index and len(self.store):
             for which in ("ecg", "text"):
-                _, info = open_or_build(self.store, which, factory=factory, rebuild=rebuild_index, use_gpu=use_gpu)
+                _, info = build_or_update(self.store, which, factory=factory, rebuild=rebuild_index,
+                                          use_gpu=use_gpu, builder=builder)
                 out[f"{which}_index"] = {k: info.get(k) for k in ("factory", "n_rows", "recall_at_10", "nprobe", "on_gpu")}
         return out
 
     def close(self) -> None:
         self.store.close()
+
+
+def _ann_builder(max_index_memory: int | None) -> IndexBuilder:
+    """``indexing.ann.store_builder`` with its plan errors (a budget nothing fits) as one CLI line."""
+    from indexing.ann import AnnError, store_builder
+    from indexing.errors import IndexingError
+
+    inner = store_builder(max_index_memory)
+
+    def build(store: Any, which: str, factory: str) -> tuple[Any, dict]:
+        try:
+            return inner(store, which, factory)
+        except AnnError as e:
+            raise IndexingError(str(e)) from None
+
+    return build

@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import stat
 from pathlib import Path
 from typing import Sequence
 
@@ -47,27 +48,54 @@ def list_formats() -> list[str]:
     return list(_READERS)
 
 
+def _unreadable(exc: OSError) -> None:
+    # A folder we may not list is named, not silently left out of the detection (os.walk's onerror).
+    logger.warning("skipped unreadable folder %s (%s)", exc.filename, exc.strerror or exc)
+
+
 def _first_header(root: Path) -> Path | None:
-    for dirpath, dirnames, files in os.walk(root):
+    for dirpath, dirnames, files in os.walk(root, onerror=_unreadable):
         dirnames.sort()
         for f in sorted(files):
-            if f.endswith(".hea"):
+            if f.endswith(".hea") and _is_regular(Path(dirpath) / f):
                 return Path(dirpath) / f
     return None
 
 
+def _is_regular(path: Path) -> bool:
+    """A regular file: a FIFO or device named like a record would block detection forever."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def _has_bare_mat(root: Path) -> bool:
     """A .mat with no .hea beside it, in root or one level down (the original CPSC2018 release)."""
-    for folder in [root, *sorted(p for p in root.iterdir() if p.is_dir())]:
-        names = set(os.listdir(folder))
+    try:
+        subfolders = sorted(p for p in root.iterdir() if p.is_dir())
+    except OSError as exc:
+        _unreadable(exc)
+        return False
+    for folder in [root, *subfolders]:
+        try:
+            names = set(os.listdir(folder))
+        except OSError as exc:
+            _unreadable(exc)
+            continue
         if any(n.endswith(".mat") and n[:-4] + ".hea" not in names for n in names):
             return True
     return False
 
 
 def _is_cinc_header(path: Path) -> bool:
+    from etp_search.readers.wfdb_io import MAX_HEADER_BYTES
+
+    if not _is_regular(path):
+        return False
     try:
-        text = path.read_text(errors="replace")
+        with open(path, "rb") as fh:  # bounded: a header is a few lines; a huge .hea is not read whole
+            text = fh.read(MAX_HEADER_BYTES).decode("utf-8", errors="replace")
     except OSError:
         return False
     lines = text.splitlines()

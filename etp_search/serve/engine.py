@@ -1,10 +1,11 @@
 """What the server holds in memory: the model, the store and its FAISS indexes, loaded once.
 
 A growing store (``etp-search index`` appending while the server runs) is served from *snapshots*:
-each snapshot is one open view of the store (whole batches only, as the store guarantees) with
-indexes that hold exactly its rows. A background thread notices new part files, opens a fresh view,
-extends copies of the indexes with the new rows and swaps the snapshot in one assignment; requests
-already running finish on the snapshot they started with, so no request sees half an update.
+each snapshot is one open view of the store (whole batches only, as the store guarantees) and a
+``Searcher`` whose read-only views (``indexing.view``) search the saved index for the rows it covers
+and the rows appended since exactly. A background thread notices new part files, reopens the store
+and swaps the snapshot in one assignment, sharing the loaded indexes (nothing is copied or built);
+requests already running finish on the snapshot they started with, so none sees half an update.
 
 Concurrency: CPU work runs in a bounded thread pool (``workers``, default: the cores). Torch runs
 one intra-op thread and FAISS one OpenMP thread per query, so N concurrent queries use N cores
@@ -20,7 +21,7 @@ import os
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
@@ -28,7 +29,7 @@ import numpy as np
 
 from etp_search.errors import DataError, EtpError
 from etp_search.records import EcgRecord
-from etp_search.search import TARGETS, Hit, Searcher
+from etp_search.search import Hit, Searcher, check_text
 
 logger = logging.getLogger(__name__)
 
@@ -48,12 +49,14 @@ class NotAvailableError(EtpError):
 class Snapshot:
     """One consistent view: a store opened at some moment and indexes over exactly its rows."""
 
-    searcher: Searcher  # over this view's store; used for filters and hit metadata, never for encoding
-    indexes: dict[str, Any]
-    infos: dict[str, dict]
+    searcher: Searcher  # over this view's store: filters, hit metadata and searches, never encoding
     n: int
     signature: tuple
-    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def lock(self) -> Any:
+        """Serialises this snapshot's store reads (the Searcher's own lock)."""
+        return self.searcher.lock
 
     @property
     def store(self) -> Any:
@@ -149,6 +152,19 @@ class Engine:
 
     # ------------------------------------------------------------------ snapshots
 
+    def _index_files_changed(self, snap: Snapshot) -> bool:
+        """True when a saved index now covers more rows than the snapshot's view of it."""
+        import json
+
+        for which, view in snap.searcher.views.items():
+            try:
+                rows = int(json.loads(Path(f"{self.store_path}.{which}.faiss.json").read_text())["n_rows"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if rows != view.n_indexed:
+                return True
+        return False
+
     def _signature(self) -> tuple:
         """Cheap fingerprint of the store's files: changes whenever a batch lands or a merge replaces files."""
         try:
@@ -163,21 +179,14 @@ class Engine:
         return (st.st_ino, st.st_mtime_ns, st.st_size, parts)
 
     def _build_snapshot(self, searcher: Searcher, signature: tuple) -> Snapshot:
-        from indexing.faiss_index import open_or_build
-
         store = searcher.store
-        kinds = ["ecg"] + (["text"] if store.has_text else [])
-        indexes, infos = {}, {}
-        for which in kinds:
-            # CPU indexes: a query is one vector, which a CPU search answers in milliseconds; they can
-            # also be copied and extended when the store grows.
-            indexes[which], infos[which] = open_or_build(store, which, factory=self.factory, use_gpu=False)
-        return Snapshot(searcher, indexes, infos, len(store), signature)
+        for which in ["ecg"] + (["text"] if store.has_text else []):
+            searcher.view(which)  # load (never build) the saved indexes now, not on the first request
+        return Snapshot(searcher, len(store), signature)
 
     def refresh(self) -> bool:
         """Pick up rows another process appended since the current snapshot; True when it changed."""
         from indexing.errors import StoreError
-        from indexing.faiss_index import update_index
         from indexing.store import EmbeddingStore
 
         with self._refresh_lock:
@@ -196,24 +205,12 @@ class Engine:
                              "restart `etp-search serve` to serve the new store", self.store_path, old.n)
                 store.close()
                 return False
-            searcher = Searcher(store, factory=self.factory)
             n = len(store)
-            if store.uuid != old.store.uuid or n < old.n:
-                snap = self._build_snapshot(searcher, signature)  # a new store under the same name
-            elif n == old.n:
-                snap = Snapshot(searcher, old.indexes, old.infos, n, signature)  # a merge: same rows
-            else:
-                snap = Snapshot(searcher, {}, {}, n, signature)
-                for which, index in old.indexes.items():
-                    import faiss
-
-                    # A copy, extended off to the side: requests still searching the old one never
-                    # see it change. Flat copies cost n x d x 4 bytes, for a refresh every few seconds.
-                    grown = update_index(faiss.clone_index(index), store.vectors(which, slice(old.n, n)), old.n)
-                    snap.indexes[which] = grown
-                    snap.infos[which] = dict(old.infos[which], n_rows=n, saved_to_disk=False,
-                                             added_since_build=int(old.infos[which].get("added_since_build", 0))
-                                             + n - old.n)
+            if store.uuid != old.store.uuid or n < old.n or self._index_files_changed(old):
+                # a new store under the same name, or `index` saved new index files: load them
+                snap = self._build_snapshot(Searcher(store, factory=self.factory), signature)
+            else:  # same index objects; the rows appended since are the views' exact-search tail
+                snap = Snapshot(old.searcher.with_store(store), n, signature)
             self.snapshot = snap  # one assignment: the swap is atomic for every other thread
             logger.info("store %s: now serving %d rows (was %d)", self.store_path, n, old.n)
             return True
@@ -259,28 +256,8 @@ class Engine:
     def search(self, vec: np.ndarray, k: int, target: str = "ecg", where: Sequence[str] = (),
                exclude_row: int | None = None, snap: Snapshot | None = None) -> tuple[list[Hit], Snapshot]:
         """Nearest ECGs ("ecg") or reports ("report") to ``vec``; k is capped at the rows that can match."""
-        from indexing.faiss_index import search
-
         snap = snap or self.snapshot
-        if target not in TARGETS:
-            raise EtpError(f"unknown target {target!r}; use one of: {', '.join(TARGETS)}")
-        which = "ecg" if target == "ecg" else "text"
-        if which not in snap.indexes:
-            raise EtpError(f"store {snap.store.path.name} holds no report vectors; search with target 'ecg'")
-        if k < 1:
-            raise EtpError(f"k must be at least 1 (got {k})")
-        with snap.lock:
-            allowed = snap.searcher.allowed_rows(where)
-        if allowed is not None:
-            allowed = allowed[:snap.n]  # an in-place re-scan may have shown newer rows than the index holds
-        if exclude_row is not None:
-            allowed = np.ones(snap.n, dtype=bool) if allowed is None else allowed.copy()
-            allowed[exclude_row] = False
-        if allowed is not None and not allowed.any():
-            return [], snap
-        scores, rows = search(snap.indexes[which], vec, min(k, snap.n), allowed_rows=allowed)
-        with snap.lock:
-            return snap.searcher.hits(rows[0], scores[0]), snap
+        return snap.searcher.search_vector(vec, min(k, snap.n), target, where, exclude_row), snap
 
     # The *_hits methods return the snapshot they searched, so a response can say which rows it saw
     # even when a refresh swaps the snapshot meanwhile; query_* mirror Searcher's signatures.
@@ -288,6 +265,7 @@ class Engine:
     def text_hits(self, text: str, k: int = 10, target: str = "ecg", where: Sequence[str] = ()) -> tuple[list[Hit], Snapshot]:
         if not text or not text.strip():
             raise EtpError('the query text is empty; type words to search for, e.g. "atrial fibrillation"')
+        check_text(text)
         return self.search(self.encode_text([text.strip()]), k, target, where)
 
     def signal_hits(self, signal: np.ndarray, fs: float, k: int = 10, target: str = "ecg",
@@ -414,9 +392,7 @@ class Engine:
 
         snap = self.snapshot
         prov = snap.store.provenance
-        indexes = {w: {"factory": i.get("factory"), "n_rows": int(snap.indexes[w].ntotal),
-                       "recall_at_10": i.get("recall_at_10"), "nprobe": i.get("nprobe")}
-                   for w, i in snap.infos.items()}
+        indexes = {w: v.summary for w, v in snap.searcher.views.items()}
         with snap.lock:
             cols = columns(snap.store)
         return {"rows": snap.n, "store": snap.store.path.name, "dim": snap.store.dim,

@@ -1,0 +1,49 @@
+"""Tracebacks where a user needs one line (issue 11.7-11.9): OS errors, undecodable text, huge numbers."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from etp_search.cli import _register, app
+from etp_search.cli.common import os_error_line, user_errors
+
+_register()
+cli = CliRunner()
+
+
+@pytest.mark.parametrize("exc, words", [
+    (PermissionError(errno.EACCES, "Permission denied", "/ro/store.h5"), "cannot write /ro/store.h5 (Permission denied)"),
+    (OSError(errno.ENOSPC, "No space left on device", "/full/store.h5.parts/p1.h5"), "the disk is full"),
+    (OSError(errno.EROFS, "Read-only file system", "/mnt/x.h5"), "read-only"),
+    (OSError("Unable to synchronously create file (unable to open file: name = 'x', errno = 13, error message = "
+             "'Permission denied', flags = 13)"), "Permission denied"),
+])
+def test_os_errors_a_user_can_fix_are_one_line(exc, words, capsys):
+    @user_errors
+    def command() -> None:
+        raise exc
+
+    with pytest.raises(typer.Exit) as e:
+        command()
+    assert e.value.exit_code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err and "Traceback" not in err
+
+
+def test_other_os_errors_are_not_hidden():
+    assert os_error_line(OSError(errno.EIO, "I/O error")) is None
+
+
+def test_query_text_with_undecodable_bytes_is_one_line(example_store):
+    res = cli.invoke(app, ["query", "--store", str(example_store), "--text", "atrial \udcff fibrillation"])
+    assert res.exit_code == 1
+    assert "not valid UTF-8" in res.output and "Traceback" not in res.output
+
+
+def test_n_boot_is_bounded(example_store):
+    res = cli.invoke(app, ["zeroshot", "--store", str(example_store), "--n-boot", "100000000"])
+    assert res.exit_code == 2 and "less than or equal to 100000" in res.output
