@@ -288,7 +288,7 @@ def main() -> None:
         res: dict = {"truth": prev["truth"] if have_truth else _child(["truth", str(args.work), str(n)], log),
                      "indexes": dict(prev.get("indexes", {}))}
         doc["sizes"][str(n)] = res
-        for spec in args.kinds.split(","):
+        for spec in [k for k in args.kinds.split(",") if k]:
             kind, ondisk = spec.replace("-ondisk", ""), spec.endswith("-ondisk")
             if kind == "flat" and not _fits_flat(n, args.max_flat_gb):
                 res["indexes"][spec] = {"skipped": f"{n * DIM * 4 / 2**30:.1f} GiB of vectors over --max-flat-gb"}
