@@ -325,6 +325,9 @@ def _selector(allowed_rows: Any, ntotal: int) -> tuple[Any, Any, int]:
 
 
 def _params(index: Any, sel: Any, nprobe: int | None) -> Any:
+    if isinstance(index, faiss.IndexRefine):  # IVF-PQ + refine (indexing.ann): filter and probe the base
+        return faiss.IndexRefineSearchParameters(k_factor=float(index.k_factor),
+                                                 base_index_params=_params(index.base_index, sel, nprobe))
     if _ivf_attr(index, "nlist") is not None:
         p = faiss.SearchParametersIVF()
         p.nprobe = int(nprobe or _ivf_attr(index, "nprobe") or 1)

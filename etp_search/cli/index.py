@@ -20,7 +20,8 @@ def index(
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 (default: cuda when available).")] = None,
     sampling_rate: Annotated[Optional[int], typer.Option(help="PTB-XL: read records100 (100) or records500 (500); default from the checkpoint's preset.")] = None,
     text_source: Annotated[Optional[str], typer.Option(help="scp_en, report or column:<name>; default: the checkpoint's.")] = None,
-    factory: Annotated[str, typer.Option(help="FAISS index: 'auto' (exact, IVF past the threshold) or a factory string like 'IVF1024,Flat'.")] = "auto",
+    factory: Annotated[str, typer.Option(help="FAISS index: 'auto' (Flat below 200k rows, IVF-Flat to 3M, IVF-PQ+refine beyond or when --max-index-memory says so) or a factory string like 'IVF1024,Flat'.")] = "auto",
+    max_index_memory: Annotated[Optional[str], typer.Option(help="RAM budget of each index for --factory auto, e.g. 4G or 512M (default: no limit).")] = None,
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Start the store afresh (e.g. after changing checkpoint).")] = False,
     rebuild_index: Annotated[bool, typer.Option("--rebuild-index", help="Rebuild the FAISS indexes from the store.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
@@ -32,10 +33,18 @@ def index(
         if not d.exists():
             raise fail(f"{d} does not exist; pass a dataset folder or a signal cache .h5")
     from etp_search.export import index_data
+    from indexing.ann import AnnError, parse_bytes
+
+    try:
+        budget = parse_bytes(max_index_memory) if max_index_memory is not None else None
+    except AnnError as e:
+        raise fail(f"--max-index-memory: {e}") from None
+    if budget is not None and factory != "auto":
+        raise fail("--max-index-memory applies to --factory auto; drop one of the two")
 
     summary = index_data(data_dir[0] if len(data_dir) == 1 else data_dir, store, checkpoint, batch_size=batch_size, workers=workers, device=device,
                          rebuild=rebuild, rebuild_index=rebuild_index, sampling_rate=sampling_rate,
-                         text_source=text_source, factory=factory).as_dict()
+                         text_source=text_source, factory=factory, max_index_memory=budget).as_dict()
     if json_out:
         emit_json(summary)
         return

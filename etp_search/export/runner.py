@@ -95,6 +95,7 @@ def index_data(
     sampling_rate: int | None = None,
     text_source: str | None = None,
     factory: str = "auto",
+    max_index_memory: int | None = None,
     build_index: bool = True,
     builder: IndexBuilder | None = None,
     progress: bool = True,
@@ -151,7 +152,7 @@ def index_data(
                 bar.update(len(batch.ids) + sum(batch.skipped.values()))
         seconds = time.perf_counter() - t0
         index_info = writer.finish(build_index=build_index, factory=factory, rebuild_index=rebuild_index,
-                                   builder=builder)
+                                   builder=builder, max_index_memory=max_index_memory)
     finally:
         writer.close()
     return IndexSummary(

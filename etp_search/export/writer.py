@@ -64,9 +64,14 @@ class StoreWriter:
         return len(ids)
 
     def finish(self, *, build_index: bool = True, factory: str = "auto", rebuild_index: bool = False,
-               use_gpu: bool | str = "auto", builder: IndexBuilder | None = None) -> dict[str, Any]:
+               use_gpu: bool | str = "auto", builder: IndexBuilder | None = None,
+               max_index_memory: int | None = None) -> dict[str, Any]:
         """Fold appended parts into the main file and build or extend, then save, the ECG and report
-        indexes (queries only read them). ``builder`` replaces how a new index is made."""
+        indexes (queries only read them). ``builder`` replaces how a new index is made; for
+        ``factory="auto"`` it defaults to ``indexing.ann.store_builder(max_index_memory)`` (layout by
+        rows and budget, vectors streamed from the store in chunks)."""
+        if builder is None and factory == "auto":
+            builder = _ann_builder(max_index_memory)
         if self.written:
             self.store.compact()
         out: dict[str, Any] = {"rows": len(self.store)}
@@ -79,3 +84,19 @@ class StoreWriter:
 
     def close(self) -> None:
         self.store.close()
+
+
+def _ann_builder(max_index_memory: int | None) -> IndexBuilder:
+    """``indexing.ann.store_builder`` with its plan errors (a budget nothing fits) as one CLI line."""
+    from indexing.ann import AnnError, store_builder
+    from indexing.errors import IndexingError
+
+    inner = store_builder(max_index_memory)
+
+    def build(store: Any, which: str, factory: str) -> tuple[Any, dict]:
+        try:
+            return inner(store, which, factory)
+        except AnnError as e:
+            raise IndexingError(str(e)) from None
+
+    return build

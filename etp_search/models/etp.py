@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Sequence
 
 import torch
@@ -31,15 +32,13 @@ class EtpModel(nn.Module):
 
     def __init__(self, cfg: EtpConfig, load_text: bool = True) -> None:
         super().__init__()
-        self.cfg = cfg
         self.ecg_encoder = create_ecg_encoder(cfg.ecg.name, in_channels=cfg.ecg.in_channels, drop_rate=cfg.ecg.drop_rate)
         self.ecg_proj = _head(self.ecg_encoder.out_dim, cfg.embed_dim, cfg.proj_hidden)
         # Text width must be known without loading the tower; read it from the HF config when deferred.
         self.text_encoder: TextEncoder | None = None
-        self._text_holder: list[TextEncoder] = []
         if load_text or not cfg.text.frozen:
-            self._attach_text(TextEncoder(cfg.text))
-            text_dim = self.text.out_dim
+            self.text_encoder = TextEncoder(cfg.text)
+            text_dim = self.text_encoder.out_dim
         else:
             text_dim = cfg.text.width or _text_width(cfg)
         if cfg.text.width and cfg.text.width != text_dim:
@@ -49,37 +48,30 @@ class EtpModel(nn.Module):
                 f"text model {cfg.text.model_name!r} has width {text_dim} but the config says {cfg.text.width}; "
                 "the checkpoint was trained with another text model"
             )
-        cfg.text.width = text_dim
+        # The model keeps its own copy with the width filled in; the caller's config is not touched.
+        self.cfg = replace(cfg, text=replace(cfg.text, width=text_dim))
         self.text_proj = _head(text_dim, cfg.embed_dim, cfg.proj_hidden)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(cfg.init_logit_scale), dtype=torch.float32))
-
-    def _attach_text(self, enc: TextEncoder) -> None:
-        if enc.cfg.frozen:
-            # The frozen tower has no parameters of ours, so keep it out of the module tree.
-            self._text_holder = [enc]
-        else:
-            self.text_encoder = enc
+        if self.cfg.text.frozen:
+            # DDP would broadcast the frozen tower's ~22M weights at start-up; every rank loads them itself.
+            self._ddp_params_and_buffers_to_ignore = _FrozenNames(self)
 
     @property
     def text(self) -> TextEncoder:
-        """The text tower, loaded on first use when the model was built with ``load_text=False``."""
-        if self.text_encoder is not None:
-            return self.text_encoder
-        if not self._text_holder:
-            enc = TextEncoder(self.cfg.text)
-            enc.to(self.logit_scale.device)
-            self._text_holder = [enc]
-        return self._text_holder[0]
+        """The text tower, loaded on first use when the model was built with ``load_text=False``.
+
+        A frozen tower is an ordinary submodule (it follows ``.to()``, ``.double()``, ...), with
+        ``requires_grad`` off and its weights left out of ``state_dict()``.
+        """
+        if self.text_encoder is None:
+            ref = self.logit_scale
+            self.text_encoder = TextEncoder(self.cfg.text).to(device=ref.device, dtype=self.text_proj_dtype)
+            self.text_encoder.train(self.training)
+        return self.text_encoder
 
     @property
     def text_loaded(self) -> bool:
-        return self.text_encoder is not None or bool(self._text_holder)
-
-    def to(self, *args, **kwargs):  # type: ignore[override]
-        super().to(*args, **kwargs)
-        if self._text_holder:
-            self._text_holder[0].to(*args, **kwargs)
-        return self
+        return self.text_encoder is not None
 
     def scale(self) -> torch.Tensor:
         """exp(logit_scale), clamped at cfg.max_logit_scale."""
@@ -123,6 +115,21 @@ class EtpModel(nn.Module):
             "text": self.encode_text_features(text_feats),
             "logit_scale": self.scale(),
         }
+
+
+class _FrozenNames:
+    """Names of the frozen tower's parameters and buffers, computed when DDP asks (tower may load late)."""
+
+    def __init__(self, model: EtpModel) -> None:
+        self._model = model
+
+    def __iter__(self):
+        enc = self._model.text_encoder
+        if enc is None:
+            return iter(())
+        names = [f"text_encoder.{n}" for n, _ in enc.named_parameters()]
+        names += [f"text_encoder.{n}" for n, _ in enc.named_buffers()]
+        return iter(names)
 
 
 def _text_width(cfg: EtpConfig) -> int:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -87,15 +89,41 @@ def _transformer_layers(model: nn.Module) -> nn.ModuleList | None:
     return None
 
 
+#: Distinct texts per forward batch: sorted by token count, so a batch pads to its own longest text.
+#: 32 measured fastest on 2 CPU cores (benchmarks/results/text.md); the padding-aware order is what
+#: matters, the exact size much less.
+TEXT_BATCH = 32
+
+
+@contextmanager
+def _one_thread(active: bool) -> Iterator[None]:
+    """Run a single short query on one intra-op thread (two threads fight over a busy 2-core box)."""
+    before = torch.get_num_threads()
+    if not active or before <= 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class TextEncoder(nn.Module):
     """Text tower producing pooled token features (B, out_dim).
 
-    A frozen tower (``trainable_layers == 0``) is held outside the module tree, so it is not in the
-    state_dict, the optimizer or DDP: it acts as a fixed feature extractor referenced by name and
-    fingerprint, and its pooled features can be cached. A partly trainable tower is a real submodule.
+    The Hugging Face model is an ordinary submodule (``self.hf``), so ``.to()``, ``.double()``,
+    ``.half()``, ``.cuda()`` move it with everything else. A frozen tower (``trainable_layers == 0``)
+    has ``requires_grad_(False)``, runs in eval mode and under ``no_grad``, and is left out of the
+    state_dict (and so of checkpoints): it is a fixed feature extractor referenced by name and
+    fingerprint, and its pooled features can be cached. A partly trainable tower is saved whole.
+
+    ``forward`` encodes each distinct text once, in length-sorted batches of ``batch_size``, and
+    a single text on one thread; the result is in input order and equals a plain padded batch
+    (mean pooling over the attention mask does not see padding).
     """
 
-    def __init__(self, cfg: TextEncoderConfig) -> None:
+    def __init__(self, cfg: TextEncoderConfig, batch_size: int = TEXT_BATCH) -> None:
         super().__init__()
         self.cfg = cfg
         if cfg.pooling not in {"mean", "cls"}:
@@ -103,12 +131,9 @@ class TextEncoder(nn.Module):
         tokenizer, hf = _load_hf(cfg)
         self.tokenizer = tokenizer
         self.out_dim = int(hf.config.hidden_size)
-        if cfg.frozen:
-            hf.eval().requires_grad_(False)
-            self._frozen = [hf]  # a list hides it from nn.Module registration
-            self.hf = None
-        else:
-            hf.requires_grad_(False)
+        self.batch_size = int(batch_size)
+        hf.requires_grad_(False)
+        if not cfg.frozen:
             layers = _transformer_layers(hf)
             if layers is None:
                 raise ModelError(
@@ -116,19 +141,28 @@ class TextEncoder(nn.Module):
                 )
             for layer in list(layers)[-cfg.trainable_layers :]:
                 layer.requires_grad_(True)
-            self._frozen = []
-            self.hf = hf
+        self.hf = hf
+        if cfg.frozen:
+            hf.eval()
+            self._load_prefix = ""
+            self.register_state_dict_post_hook(_drop_frozen_state)
+            self.register_load_state_dict_pre_hook(_remember_prefix)
+            self.register_load_state_dict_post_hook(_ignore_frozen_missing)
+
+    @property
+    def frozen(self) -> bool:
+        return bool(self.cfg.frozen)
 
     @property
     def model(self) -> nn.Module:
-        return self.hf if self.hf is not None else self._frozen[0]
+        return self.hf
 
     @property
     def fingerprint(self) -> str:
         return text_model_fingerprint(self.cfg.model_name)
 
     def _device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return next(self.hf.parameters()).device
 
     def tokenize(self, texts: Sequence[str], device: torch.device | None = None) -> dict[str, torch.Tensor]:
         batch = self.tokenizer(
@@ -137,36 +171,85 @@ class TextEncoder(nn.Module):
         device = device or self._device()
         return {k: v.to(device) for k, v in batch.items()}
 
-    def forward(self, texts: Sequence[str]) -> torch.Tensor:
-        """Pooled features of raw texts; gradients flow only through the trainable layers."""
-        model = self.model
-        batch = self.tokenize(texts)
-        if self.hf is None:
-            with torch.no_grad():
-                out = model(**batch)
-        else:
-            out = model(**batch)
-        states = out.last_hidden_state
+    def _pool(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        states = self.hf(**batch).last_hidden_state
         if self.cfg.pooling == "cls":
             return states[:, 0]
         mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
         return (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
-    def to(self, *args, **kwargs):  # type: ignore[override]
-        # The hidden frozen tower must follow the module across devices.
-        super().to(*args, **kwargs)
-        if self._frozen:
-            self._frozen[0].to(*args, **kwargs)
-        return self
+    def _batches(self, texts: list[str], device: torch.device) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
+        """(positions, padded tensors) of length-sorted batches; one tokenizer call for all texts."""
+        enc = self.tokenizer(texts, padding=False, truncation=True, max_length=self.cfg.max_length)
+        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+        lengths = [len(ids) for ids in enc["input_ids"]]
+        order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+        pad = {"input_ids": int(self.tokenizer.pad_token_id or 0), "attention_mask": 0, "token_type_ids": 0}
+        left = getattr(self.tokenizer, "padding_side", "right") == "left"
+        for a in range(0, len(order), self.batch_size):
+            pos = order[a : a + self.batch_size]
+            width = lengths[pos[0]]
+            out = {}
+            for k in keys:
+                rows = []
+                for i in pos:
+                    v = list(enc[k][i])
+                    fill = [pad[k]] * (width - len(v))
+                    rows.append(fill + v if left else v + fill)
+                out[k] = torch.tensor(rows, dtype=torch.long, device=device)
+            yield pos, out
+
+    def forward(self, texts: Sequence[str]) -> torch.Tensor:
+        """Pooled features (len(texts), out_dim) of raw texts, in input order.
+
+        Distinct texts are encoded once each, longest first, ``batch_size`` at a time; gradients
+        flow only through the trainable layers (a frozen tower runs under ``no_grad``).
+        """
+        texts = [str(t) for t in texts]
+        device = self._device()
+        if not texts:
+            return torch.empty(0, self.out_dim, device=device)
+        first: dict[str, int] = {}
+        where = [first.setdefault(t, len(first)) for t in texts]
+        distinct = list(first)
+        grad = torch.is_grad_enabled() and not self.frozen
+        single = len(distinct) == 1 and device.type == "cpu" and not grad
+        with torch.set_grad_enabled(grad), _one_thread(single):
+            parts: list[torch.Tensor] = []
+            positions: list[int] = []
+            for pos, batch in self._batches(distinct, device):
+                parts.append(self._pool(batch))
+                positions.extend(pos)
+            feats = torch.cat(parts) if len(parts) > 1 else parts[0]
+            inverse = torch.empty(len(distinct), dtype=torch.long)
+            inverse[torch.tensor(positions)] = torch.arange(len(distinct))
+            index = inverse[torch.tensor(where)].to(feats.device)
+            return feats.index_select(0, index)
 
     def train(self, mode: bool = True):  # type: ignore[override]
         super().train(mode)
-        if self._frozen:
-            self._frozen[0].eval()  # a frozen tower never runs dropout
+        if self.frozen:
+            self.hf.eval()  # a frozen tower never runs dropout
         return self
 
     def describe(self) -> dict[str, str]:
         return {"model_name": self.cfg.model_name, "fingerprint": self.fingerprint}
+
+
+def _drop_frozen_state(module: TextEncoder, state: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    """state_dict hook: a frozen tower's weights are the text model's, never the checkpoint's."""
+    for key in [k for k in state if k.startswith(prefix + "hf.")]:
+        del state[key]
+
+
+def _remember_prefix(module: TextEncoder, state: Any, prefix: str, *args: Any) -> None:
+    module._load_prefix = prefix
+
+
+def _ignore_frozen_missing(module: TextEncoder, incompatible: Any) -> None:
+    """load_state_dict post-hook: a frozen tower's own weights are expected to be absent."""
+    own = module._load_prefix + "hf."
+    incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if not k.startswith(own)]
 
 
 def describe_text_model(name: str) -> str:
