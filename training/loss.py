@@ -137,10 +137,12 @@ class ClipLoss(nn.Module):
                 ecg_sets: torch.Tensor | None = None, text_sets: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Loss dict {"contrastive_loss": scalar}; inputs are L2-normalised (B, D) embeddings of pairs.
 
-        With hard targets, pairs sharing one report are negatives of each other in the text->ECG
-        direction: the text's row scores two ECGs of one report and only one is labelled. (In the
-        ECG->text direction identical text columns make hard and soft labels equal.) Multi-positive
-        targets fix both directions.
+        Pairs sharing one report need no special targets: a deterministic text tower maps them to
+        identical rows/columns, and hard-label cross-entropy over them sums to the "identity"
+        soft-target loss. What hard targets cannot express is OVERLAP: "sinus rhythm, normal ECG"
+        is a partial positive of an ECG whose report is "sinus rhythm, LVH", and a sampled statement
+        ("atrial fibrillation") is a full positive of every AFIB ECG in the batch whatever text its
+        own record showed; "subset" and "jaccard" targets give those pairs weight.
 
         Args:
             ecg_sets, text_sets: (B, V) multi-hot statement sets of this rank's pairs; needed unless
