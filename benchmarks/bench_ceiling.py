@@ -75,7 +75,7 @@ def train(model: Supervised, x: np.ndarray, y: np.ndarray, epochs: int, seed: in
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
-            run += float(loss)
+            run += float(loss.detach())
             step += 1
         log.info("epoch %d/%d: BCE %.4f, %.1f ECG/s", epoch + 1, epochs, run / per_epoch,
                  step * bs / (time.perf_counter() - t0))
