@@ -81,7 +81,7 @@ def evaluate(model, cache_path: Path, args) -> dict:
     sel = np.flatnonzero(folds == args.train_folds[-1])
     with SignalCache.open(cache_path) as c:
         ev, ef, es = (embed(model, c.signals(r)) for r in (val, fit, sel))
-    return evaluate_embeddings(model, ev, [labels[i] for i in val],
+    return evaluate_embeddings(model, ev, [labels[i] for i in val], ci=True,
                                probe=(ef, [labels[i] for i in fit], es, [labels[i] for i in sel]))
 
 
@@ -101,6 +101,9 @@ def markdown(doc: dict) -> str:
     if ceil:
         lines.append("| supervised BCE ceiling (bench_ceiling.py) | " + " | ".join(
             f"{ceil[CEILING_OF[f]]:.3f}" if f not in ("zs_afib",) else f"{ceil['afib_auc']:.3f}" for f in FIGURES) + " |")
+    lines += ["", "AFIB query average precision, 95 % bootstrap interval (1000 record resamples): " + "; ".join(
+        f"{n} {r['detail']['afib']['query_ap']:.3f} [{r['detail']['afib']['query_ap_ci95'][0]:.3f}, {r['detail']['afib']['query_ap_ci95'][1]:.3f}]"
+        for n, r in doc["recipes"].items() if "query_ap_ci95" in r["detail"]["afib"])]
     lines += ["", "Probe: rhythm linear probe on the ECG vectors (fit folds " + str(doc["train_folds"][:-1]) +
               f", strength on fold {doc['train_folds'][-1]}); the ceiling column for it is the BCE model's rhythm macro AUC.", "",
               "Command: `" + doc["command"] + "`"]
@@ -155,8 +158,9 @@ def main() -> None:
             train_s = time.perf_counter() - t0
             model, desc = load_checkpoint(ckpt), spec[1]
         r = evaluate(model, args.cache, args)
+        old = doc["recipes"].get(name, {})
         doc["recipes"][name] = {"description": desc, "overrides": spec[0] if spec else {}, "figures": figures_row(r),
-                                "detail": r, "train_seconds": train_s}
+                                "detail": r, "train_seconds": train_s or old.get("train_seconds", 0.0)}
         logging.info("%s: %s", name, {k: round(v, 3) for k, v in figures_row(r).items()})
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.with_suffix(".json").write_text(json.dumps(to_jsonable(doc), indent=2) + "\n")
