@@ -178,3 +178,36 @@ def task_labels(task: Task, labels: Iterable[Mapping[str, float]]) -> tuple[np.n
     labels = list(labels)
     y = task.matrix(labels)
     return y, y.any(axis=1)
+
+
+def record_statements(labels: Mapping[str, float], hierarchy: bool = False) -> list[str]:
+    """A PTB-XL record's statements as short English texts: the phrases its ``scp_en`` report joins.
+
+    Args:
+        labels: SCP code -> likelihood of one record.
+        hierarchy: Also add the English names of the diagnostic subclass and class of each certain
+            (not "possible") diagnostic statement, e.g. "inferior myocardial infarction" and
+            "myocardial infarction" for IMI, so class-level prompts have a training target.
+
+    Returns:
+        Distinct texts, report order first, then the hierarchy names; [] when no code is known.
+    """
+    from etp_search.text import POSSIBLE_BELOW, scp_phrases
+
+    out = [text for _, text in scp_phrases(labels)]
+    if hierarchy:
+        st = load_scp_statements()
+        desc = st["description"]
+        for code, likelihood in labels.items():
+            lk = float(likelihood) if likelihood == likelihood else 0.0
+            if code not in st.index or st.at[code, "diagnostic"] != 1.0 or 0.0 < lk < POSSIBLE_BELOW:
+                continue
+            for column in ("diagnostic_subclass", "diagnostic_class"):
+                name = st.at[code, column]
+                if not isinstance(name, str) or not name:
+                    continue
+                text = _CLASS_DESCRIPTIONS.get(name) if column == "diagnostic_class" else (
+                    str(desc[name]) if name in desc.index else _CLASS_DESCRIPTIONS.get(name))
+                if text:
+                    out.append(text)
+    return list(dict.fromkeys(out))

@@ -144,6 +144,11 @@ def compose_scp_report(scp_codes: Mapping[str, float], statements: pd.DataFrame 
     Returns:
         E.g. ``"sinus rhythm, normal ECG"``; "" when no code is known.
     """
+    return ", ".join(text for _, text in scp_phrases(scp_codes, statements))
+
+
+def scp_phrases(scp_codes: Mapping[str, float], statements: pd.DataFrame | None = None) -> list[tuple[str, str]]:
+    """(code, phrase) of each known statement, in report order: the pieces ``compose_scp_report`` joins."""
     if statements is None:
         statements = _load_statements(str(SCP_STATEMENTS_CSV))
     lookup = _lookup(statements)
@@ -156,9 +161,9 @@ def compose_scp_report(scp_codes: Mapping[str, float], statements: pd.DataFrame 
         group, order, description = entry
         lk = float(likelihood) if likelihood == likelihood else 0.0  # NaN -> unknown
         certainty = 100.0 if lk == 0.0 else lk
-        items.append((group, -certainty, order, _phrase(description, lk)))
+        items.append((group, -certainty, order, code, _phrase(description, lk)))
     items.sort()
-    return ", ".join(text for *_, text in items)
+    return [(code, text) for *_, code, text in items]
 
 
 def check_text_source(source: str, available: tuple[str, ...], columns: tuple[str, ...] = ()) -> None:

@@ -275,3 +275,63 @@ def test_best_follows_the_latest_model_while_the_figure_has_no_value(example_cac
 def test_help_shows_the_cache_default():
     res = CliRunner().invoke(_cli(), ["train", "--help"], env={"COLUMNS": "300"})
     assert "etp-data/signals-<format>-<preset>.h5" in res.output
+
+
+# -- statement-level text, hierarchy, fractions ------------------------------------------------------
+
+
+def test_record_statements_are_the_report_pieces_plus_hierarchy_names():
+    from etp_search.labels import record_statements
+    from etp_search.text import compose_scp_report
+
+    lab = {"IMI": 100.0, "SR": 0.0, "LVH": 20.0}
+    assert ", ".join(record_statements(lab)) == compose_scp_report(lab)
+    full = record_statements(lab, hierarchy=True)
+    assert full[:3] == record_statements(lab)
+    # IMI's class is added; its subclass IMI is the statement itself (kept once); "possible" LVH adds none
+    assert full[3:] == ["myocardial infarction"]
+
+
+def test_subsample_rows_is_nested_and_checked():
+    from etp_search.errors import DataError
+    from training.data import subsample_rows
+
+    rows = np.arange(100, 200)
+    q, h = subsample_rows(rows, 0.25, 0), subsample_rows(rows, 0.5, 0)
+    assert len(q) == 25 and len(h) == 50 and set(q) <= set(h) <= set(rows)
+    with pytest.raises(DataError, match="--train-fraction"):
+        subsample_rows(rows, 0.0, 0)
+
+
+def test_statement_sampling_uses_cached_statement_vectors(example_cache, tmp_path):
+    """Statement texts come from the text cache (the tower runs once), the sets mark the sampled one."""
+    cfg = _tiny_cfg(example_cache, tmp_path / "run", epochs=1, batch_size=16, targets="jaccard",
+                    text_sampling="statement", statement_hierarchy=True, train_fraction=0.75)
+    tr = Trainer(cfg, progress=False)
+    tr._setup()
+    st = tr.statements
+    assert len(tr.train) == 36 and "myocardial infarction" in st.vocab
+    assert tr.text_cache.computed == len(set(tr.train.texts + tr.val.texts) | set(st.vocab))
+    idx = list(range(16))
+    batch = tr._batch(idx, step=5)
+    assert (batch["text_sets"].sum(1) == 1).all()  # one statement each
+    assert (batch["text_sets"] & ~batch["ecg_sets"]).sum() == 0  # ... of the record's own statements
+    sid = batch["text_sets"].float().argmax(1)
+    torch.testing.assert_close(batch["text_feats"], tr.statement_feats[sid])
+    again = tr._batch(idx, step=5)  # seeded by step: a resumed run draws the same statements
+    assert torch.equal(again["text_sets"], batch["text_sets"])
+    res = tr.run()
+    assert res["history"] and np.isfinite(res["history"][-1]["train_loss"])
+
+
+@pytest.mark.parametrize("extra, expect", [
+    (["--lr", "nan"], "--lr must be a number"),
+    (["--train-fraction", "1.5"], "--train-fraction must be"),
+    (["--targets", "soft"], "unknown --targets 'soft'"),
+    (["--text-sampling", "words"], "unknown --text-sampling 'words'"),
+])
+def test_cli_refuses_bad_recipe_options(example_cache, tmp_path, extra, expect):
+    res = CliRunner().invoke(_cli(), ["train", str(example_cache), "--out", str(tmp_path / "r"), *_TINY,
+                                      "--train-folds", "10", "--val-folds", "9", *extra])
+    _one_error(res, expect)
+    assert not (tmp_path / "r").exists()

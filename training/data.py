@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,3 +163,56 @@ def resolve_cache_path(data: str | Path) -> Path | None:
     """``data`` itself when it is a signal cache file, else None (a dataset folder)."""
     p = Path(data)
     return p if p.is_file() else None
+
+
+def split_statements(text: str) -> list[str]:
+    """A free-text report's statements: its pieces between commas / semicolons / full stops."""
+    parts = [p.strip() for p in re.split(r"[,;.]\s+|[,;.]$", text) if p and p.strip()]
+    return list(dict.fromkeys(parts)) or ([text.strip()] if text.strip() else [])
+
+
+@dataclass
+class StatementTable:
+    """The statements of each training record: texts for statement sampling, sets for soft targets.
+
+    Attributes:
+        vocab: Distinct statement texts.
+        ids: Per record, the vocab ids of its statements (the report's pieces, plus the hierarchy
+            names when asked for).
+        report_sets: (n, V) multi-hot of each record's statements (its report's statement set).
+    """
+
+    vocab: list[str]
+    ids: list[list[int]]
+    report_sets: torch.Tensor
+
+    @classmethod
+    def build(cls, texts: Sequence[str], labels: Sequence[dict] | None, text_source: str,
+              hierarchy: bool = False) -> "StatementTable":
+        from etp_search.labels import record_statements
+
+        vocab: dict[str, int] = {}
+        ids: list[list[int]] = []
+        for i, text in enumerate(texts):
+            if text_source == "scp_en" and labels is not None:
+                pieces = record_statements(labels[i], hierarchy=hierarchy)
+            else:
+                pieces = split_statements(text)
+            if not pieces:
+                pieces = [text]  # an empty report stays its own (empty) statement
+            ids.append([vocab.setdefault(p, len(vocab)) for p in pieces])
+        sets = torch.zeros(len(texts), max(1, len(vocab)), dtype=torch.bool)
+        for i, row in enumerate(ids):
+            sets[i, row] = True
+        return cls(vocab=list(vocab), ids=ids, report_sets=sets)
+
+
+def subsample_rows(rows: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """The first ``fraction`` of a seeded permutation of ``rows`` (sorted): 25 % of the rows lie inside 50 %."""
+    if not 0.0 < fraction <= 1.0:
+        raise DataError(f"--train-fraction must be in (0, 1]; got {fraction}")
+    if fraction == 1.0:
+        return rows
+    perm = np.random.default_rng([seed, 1729]).permutation(len(rows))
+    keep = max(1, int(round(fraction * len(rows))))
+    return np.sort(np.asarray(rows)[perm[:keep]])

@@ -28,6 +28,7 @@ class ClipTask(nn.Module):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         out = self.model(batch["ecg"], text_feats=batch.get("text_feats"), texts=batch.get("texts"))
-        losses = self.loss(out["ecg"], out["text"], out["logit_scale"])
+        losses = self.loss(out["ecg"], out["text"], out["logit_scale"],
+                           ecg_sets=batch.get("ecg_sets"), text_sets=batch.get("text_sets"))
         total = sum(losses.values())
         return {"loss": total, **losses, "logit_scale": out["logit_scale"].detach()}

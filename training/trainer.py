@@ -27,7 +27,7 @@ from etp_search.models import EcgEncoderConfig, EtpConfig, EtpModel, TextEncoder
 from etp_search.models.checkpoint import atomic_write_bytes
 from etp_search.signal_cache import SignalCache
 from training.augment import AugmentConfig, augment, step_generator
-from training.data import EpochBatches, PairSplit, split_indices
+from training.data import EpochBatches, PairSplit, StatementTable, split_indices, subsample_rows
 from training.distributed import DistEnv, all_reduce_mean, barrier, init_distributed
 from training.loss import ClipLoss
 from training.state import has_state, load_state, save_state
@@ -38,6 +38,7 @@ from training.validate import check_select, resolve_val_task, validate
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "train_config.json"
+TEXT_SAMPLING = ("report", "statement", "mixed")
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -92,6 +93,18 @@ class TrainConfig:
     weights_dtype: str = "float32"
     # Augmentation.
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # Contrastive targets: "hard" (own text only, classic CLIP), or multi-positive over the global
+    # batch from statement sets: "identity" (same text), "subset" (text's statements all hold for
+    # the ECG), "jaccard" (statement overlap). See training.loss.match_matrix.
+    targets: str = "hard"
+    # Text of each record per step: "report" (the whole report), "statement" (one of its statements,
+    # sampled per step) or "mixed" (a statement with probability statement_prob, else the report).
+    text_sampling: str = "report"
+    statement_prob: float = 0.5
+    # Add the diagnostic subclass / class names (e.g. "myocardial infarction") as statements.
+    statement_hierarchy: bool = False
+    # Fraction of the training records used (a seeded subset; for learning curves).
+    train_fraction: float = 1.0
     # Device: "auto" (CUDA when available), "cpu", "cuda".
     device: str = "auto"
     # CPU threads for torch (0 = torch's default). On a CPU shared with other jobs, 1 avoids the
@@ -133,8 +146,25 @@ def check_config(cfg: TrainConfig) -> None:
         raise EtpError(f"unknown --amp {cfg.amp!r}; choose auto, bf16, fp16 or off")
     if cfg.weights_dtype not in _DTYPES:
         raise EtpError(f"unknown --weights-dtype {cfg.weights_dtype!r}; choose float32 or float16")
+    from training.loss import TARGETS
+
     check_folds(cfg.train_folds, cfg.val_folds)
     check_select(cfg.select)
+    if cfg.targets not in TARGETS:
+        raise EtpError(f"unknown --targets {cfg.targets!r}; choose {', '.join(TARGETS)}")
+    if cfg.text_sampling not in TEXT_SAMPLING:
+        raise EtpError(f"unknown --text-sampling {cfg.text_sampling!r}; choose {', '.join(TEXT_SAMPLING)}")
+    for name, value, low, high, low_open in (
+        ("--lr", cfg.lr, 0.0, 10.0, True), ("--weight-decay", cfg.weight_decay, 0.0, 10.0, False),
+        ("--train-fraction", cfg.train_fraction, 0.0, 1.0, True), ("--statement-prob", cfg.statement_prob, 0.0, 1.0, False),
+        ("--warmup-fraction", cfg.warmup_fraction, 0.0, 1.0, False), ("--grad-clip", cfg.grad_clip, 0.0, 1e6, False),
+    ):
+        v = float(value)
+        if not math.isfinite(v) or v > high or (v <= low if low_open else v < low):
+            bracket = "(" if low_open else "["
+            raise EtpError(f"{name} must be a number in {bracket}{low:g}, {high:g}]; got {value}")
+    if cfg.epochs < 1 or cfg.batch_size < 2:
+        raise EtpError(f"--epochs must be >= 1 and --batch-size >= 2; got {cfg.epochs} and {cfg.batch_size}")
     create_ecg_encoder(cfg.encoder)  # an unknown name fails now, not after minutes of caching
 
 
@@ -240,9 +270,14 @@ class Trainer:
                 f"{', '.join(self.cache.text_sources)} — pass one of them as --text-source"
             ) from None
         train_rows, val_rows = split_indices(self.cache, cfg.train_folds, cfg.val_folds)
+        train_rows = subsample_rows(train_rows, cfg.train_fraction, cfg.seed)
         self.train = PairSplit.load(self.cache, train_rows, texts)
         self.val = PairSplit.load(self.cache, val_rows, texts)
         labels = self.cache.labels()
+        self.statements: StatementTable | None = None
+        if cfg.targets != "hard" or cfg.text_sampling != "report":
+            self.statements = StatementTable.build(self.train.texts, [labels[r] for r in train_rows],
+                                                   cfg.text_source, hierarchy=cfg.statement_hierarchy)
         self.val_labels = [labels[r] for r in val_rows]
         self.val_task = resolve_val_task(cfg.val_task, self.cache.attrs.get("format"))
         check_select(cfg.select, self.val_task)
@@ -268,22 +303,25 @@ class Trainer:
             ids = [self.env.local_rank] if self.device.startswith("cuda") else None
             self.ddp_model = DDP(self.model, device_ids=ids)
         # gather_with_grad + local loss: DDP gradients equal the single-process global-batch gradient.
-        self.task = ClipTask(self.ddp_model, ClipLoss(local_loss=True, gather_with_grad=True))
+        self.task = ClipTask(self.ddp_model, ClipLoss(local_loss=True, gather_with_grad=True, targets=cfg.targets))
 
     def _text_features(self) -> None:
         """Frozen tower: features of the unique report texts, from RUN_DIR's cache or computed once."""
         enc = self.model.text
+        vocab = self.statements.vocab if self.statements is not None else []
         if self.env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             tc = TextFeatureCache(self.run_dir, enc)
-            tc.ensure(self.train.texts + self.val.texts)
+            tc.ensure(self.train.texts + self.val.texts + vocab)
         barrier()
         if not self.env.is_main:
             tc = TextFeatureCache(self.run_dir, enc)
-            tc.ensure(self.train.texts + self.val.texts, write=False)
+            tc.ensure(self.train.texts + self.val.texts + vocab, write=False)
         self.text_cache = tc
         self.train_feats = tc.lookup(self.train.texts)
         self.val_feats = tc.lookup(self.val.texts)
+        # Statement vectors live in the same cache: sampling a statement never reruns the tower.
+        self.statement_feats = tc.lookup(vocab) if vocab else None
 
     # -- files ---------------------------------------------------------------------------------
 
@@ -304,14 +342,45 @@ class Trainer:
 
     # -- loop ----------------------------------------------------------------------------------
 
+    def _sampled_statements(self, idx: list[int], step: int) -> list[int]:
+        """Per record of the batch: -1 (its report) or the vocab id of the statement it shows this step.
+
+        Seeded by (seed, step, rank), so a resumed run draws the same statements.
+        """
+        cfg = self.cfg
+        if cfg.text_sampling == "report" or self.statements is None:
+            return [-1] * len(idx)
+        rng = np.random.default_rng([cfg.seed, step, self.env.rank, 31])
+        out = []
+        for i in idx:
+            ids = self.statements.ids[i]
+            pick = int(ids[rng.integers(len(ids))])
+            use = cfg.text_sampling == "statement" or rng.random() < cfg.statement_prob
+            out.append(pick if use else -1)
+        return out
+
     def _batch(self, idx: list[int], step: int) -> dict[str, Any]:
         x = self.train.batch(idx)
         x = augment(x, self.cfg.augment, step_generator(self.cfg.seed, step, self.env.rank))
         batch: dict[str, Any] = {"ecg": x.to(self.device, non_blocking=True)}
+        chosen = self._sampled_statements(idx, step)
         if self.frozen_text:
-            batch["text_feats"] = self.train_feats[torch.as_tensor(idx)].to(self.device)
+            feats = self.train_feats[torch.as_tensor(idx)].clone()
+            for k, sid in enumerate(chosen):
+                if sid >= 0:
+                    feats[k] = self.statement_feats[sid]
+            batch["text_feats"] = feats.to(self.device)
         else:
-            batch["texts"] = [self.train.texts[i] for i in idx]
+            batch["texts"] = [self.train.texts[i] if sid < 0 else self.statements.vocab[sid] for i, sid in zip(idx, chosen)]
+        if self.statements is not None and self.cfg.targets != "hard":
+            ecg_sets = self.statements.report_sets[torch.as_tensor(idx)]
+            text_sets = ecg_sets.clone()
+            for k, sid in enumerate(chosen):
+                if sid >= 0:
+                    text_sets[k] = False
+                    text_sets[k, sid] = True
+            batch["ecg_sets"] = ecg_sets.to(self.device)
+            batch["text_sets"] = text_sets.to(self.device)
         return batch
 
     def _optimizer_step(self, batch: dict[str, Any], step: int) -> dict[str, float]:

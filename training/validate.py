@@ -26,7 +26,9 @@ def resolve_val_task(name: str, fmt: str | None) -> Task | None:
     if name == "none":
         return None
     if name == "auto":
-        name = AUTO_TASKS.get(fmt or "", "")
+        # A multi-source cache is named "ptbxl+npy-ptbxl": a task every part agrees on is used.
+        parts = {AUTO_TASKS.get(p.removeprefix("npy-"), "") for p in (fmt or "").split("+")}
+        name = parts.pop() if len(parts) == 1 else ""
         if not name:
             return None
     return get_task(name)

@@ -125,6 +125,11 @@ def train(
     train_folds: Annotated[str, typer.Option("--train-folds", help="strat_fold values that train (PTB-XL: 1-8).")] = "1,2,3,4,5,6,7,8",
     val_folds: Annotated[str, typer.Option("--val-folds", help="strat_fold values that validate and pick best/ (PTB-XL: 9).")] = "9",
     select: Annotated[str, typer.Option(help="Validation figure that picks best/: val_loss (lower is better), val_recall@1, val_recall@5, val_recall@10 or val_zeroshot_auc_<task> (higher).")] = "val_loss",
+    targets: Annotated[str, typer.Option(help="Contrastive targets: hard (own text only), identity, subset or jaccard (multi-positive over the batch's statement sets; jaccard won on PTB-XL, benchmarks/results/recipes.md).")] = "jaccard",
+    text_sampling: Annotated[str, typer.Option("--text-sampling", help="Text per step: report, statement (one of the record's statements) or mixed (half each; the PTB-XL winner).")] = "mixed",
+    statement_prob: Annotated[float, typer.Option("--statement-prob", help="With --text-sampling mixed: chance of a statement instead of the report.")] = 0.5,
+    statement_hierarchy: Annotated[bool, typer.Option("--statement-hierarchy/--no-statement-hierarchy", help="Add diagnostic subclass/class names (e.g. 'myocardial infarction') as statements (scp_en text only).")] = True,
+    train_fraction: Annotated[float, typer.Option("--train-fraction", help="Train on this seeded fraction of the training records (learning curves).")] = 1.0,
     no_augment: Annotated[bool, typer.Option("--no-augment", help="Train without augmentation.")] = False,
     weights_dtype: Annotated[str, typer.Option("--weights-dtype", help="best/ and last/ weights: float32 or float16.")] = "float32",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
@@ -158,6 +163,8 @@ def train(
             epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, amp=amp, seed=seed,
             train_folds=_folds(train_folds, "--train-folds"), val_folds=_folds(val_folds, "--val-folds"),
             select=select, weights_dtype=weights_dtype, device=device, threads=threads,
+            targets=targets, text_sampling=text_sampling, statement_prob=statement_prob,
+            statement_hierarchy=statement_hierarchy, train_fraction=train_fraction,
             augment=AugmentConfig.off() if no_augment else AugmentConfig(),
         )
     # Everything checkable without the data fails here, before a cache is built or a file written.

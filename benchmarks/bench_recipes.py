@@ -1,0 +1,172 @@
+"""Training recipes compared on the inner PTB-XL split (train folds 1-6, validate 7-8), both sources.
+
+Each named recipe trains the same encoder / preset / schedule and is evaluated at its last epoch on
+the validation folds: the query "atrial fibrillation" (AFIB ROC-AUC / AP), zero-shot macro AUC
+(superdiagnostic, rhythm, form, subdiagnostic; default prompts), text->ECG AP (AFIB, LVH, IMI,
+CLBBB) and a rhythm linear probe (fit on folds 1-5, strength chosen on fold 6). A random-init model
+is scored beside them, and every figure is also given as a fraction of the supervised ceiling of
+benchmarks/results/ceiling.json (bench_ceiling.py, same split). Runs are resumable (RUNS/<recipe>).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_recipes.py --cache etp-data/ptbxl-both-100hz.h5 \\
+        --recipes R0 R4 R9 --epochs 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _recipe_eval import embed, evaluate_embeddings, figures_row  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+#: name -> (TrainConfig overrides, description)
+RECIPES: dict[str, tuple[dict, str]] = {
+    "R0": ({}, "today's recipe: whole report, hard CLIP targets"),
+    "R1": ({"targets": "identity"}, "report, identity targets"),
+    "R2": ({"targets": "jaccard"}, "report, jaccard targets"),
+    "R4": ({"targets": "jaccard", "text_sampling": "statement"}, "one statement per step, jaccard targets"),
+    "R5": ({"targets": "subset", "text_sampling": "statement"}, "one statement per step, subset targets"),
+    "R6": ({"targets": "subset", "text_sampling": "mixed", "statement_hierarchy": True}, "mixed report/statement, subset targets, hierarchy"),
+    "R8": ({"targets": "jaccard", "text_sampling": "statement", "statement_hierarchy": True}, "statement, jaccard targets, hierarchy"),
+    "R9": ({"targets": "jaccard", "text_sampling": "mixed", "statement_hierarchy": True}, "mixed report/statement, jaccard targets, hierarchy"),
+}
+FIGURES = ("afib_query_auc", "afib_query_ap", "zs_afib", "zs_super", "zs_rhythm", "zs_form", "zs_sub", "text_to_ecg_ap", "probe_rhythm")
+#: figure -> the ceiling figure it is read against
+CEILING_OF = {"afib_query_auc": "afib_auc", "afib_query_ap": "afib_ap", "zs_afib": "afib_auc", "zs_super": "super_macro",
+              "zs_rhythm": "rhythm_macro", "zs_form": "form_macro", "zs_sub": "sub_macro",
+              "text_to_ecg_ap": "text_to_ecg_ap_mean", "probe_rhythm": "rhythm_macro"}
+
+
+def folds_of(cache_path: Path) -> tuple[np.ndarray, list[dict]]:
+    from etp_search.signal_cache import SignalCache
+
+    with SignalCache.open(cache_path) as c:
+        return np.asarray(c.meta("strat_fold")), c.labels()
+
+
+def train_recipe(name: str, args, overrides: dict) -> Path:
+    from training.augment import AugmentConfig
+    from training.state import has_state
+    from training.trainer import CONFIG_FILE, TrainConfig, Trainer
+
+    run = args.runs / name
+    cfg = TrainConfig(cache=str(args.cache), out=str(run), encoder=args.encoder, epochs=args.epochs, batch_size=64,
+                      seed=args.seed, train_folds=args.train_folds, val_folds=args.val_folds, threads=args.threads,
+                      train_fraction=args.train_fraction, augment=AugmentConfig(), **overrides)
+    metrics = run / "metrics.jsonl"
+    if metrics.is_file() and len(metrics.read_text().splitlines()) >= args.epochs and (run / "last").is_dir():
+        logging.info("%s: finished run reused from %s", name, run)
+        return run / "last"
+    resume = (run / CONFIG_FILE).is_file() or has_state(run)
+    Trainer(cfg, resume=resume, progress=False).run()
+    return run / "last"
+
+
+def evaluate(model, cache_path: Path, args) -> dict:
+    from etp_search.signal_cache import SignalCache
+
+    folds, labels = folds_of(cache_path)
+    val = np.flatnonzero(np.isin(folds, args.val_folds))
+    fit = np.flatnonzero(np.isin(folds, args.train_folds[:-1]))
+    sel = np.flatnonzero(folds == args.train_folds[-1])
+    with SignalCache.open(cache_path) as c:
+        ev, ef, es = (embed(model, c.signals(r)) for r in (val, fit, sel))
+    return evaluate_embeddings(model, ev, [labels[i] for i in val], ci=True,
+                               probe=(ef, [labels[i] for i in fit], es, [labels[i] for i in sel]))
+
+
+def markdown(doc: dict) -> str:
+    ceil = doc.get("ceiling") or {}
+    lines = [f"Inner split of {doc['cache']}: train folds {doc['train_folds']}, validation folds {doc['val_folds']} "
+             f"({doc.get('n_val', '?')} records, {doc.get('n_val_afib', '?')} AFIB); {doc['encoder']}, {doc['epochs']} epochs, "
+             "last epoch; `value (fraction of ceiling)`.", "",
+             "| recipe | " + " | ".join(FIGURES) + " |", "|---|" + "---|" * len(FIGURES)]
+    for name, r in doc["recipes"].items():
+        cells = []
+        for f in FIGURES:
+            v = r["figures"].get(f)
+            c = ceil.get(CEILING_OF[f])
+            cells.append("" if v is None else (f"{v:.3f} ({v / c:.2f})" if c else f"{v:.3f}"))
+        lines.append(f"| {name}: {r['description']} | " + " | ".join(cells) + " |")
+    if ceil:
+        lines.append("| supervised BCE ceiling (bench_ceiling.py) | " + " | ".join(
+            f"{ceil[CEILING_OF[f]]:.3f}" if f not in ("zs_afib",) else f"{ceil['afib_auc']:.3f}" for f in FIGURES) + " |")
+    lines += ["", "AFIB query average precision, 95 % bootstrap interval (1000 record resamples): " + "; ".join(
+        f"{n} {r['detail']['afib']['query_ap']:.3f} [{r['detail']['afib']['query_ap_ci95'][0]:.3f}, {r['detail']['afib']['query_ap_ci95'][1]:.3f}]"
+        for n, r in doc["recipes"].items() if "query_ap_ci95" in r["detail"]["afib"])]
+    lines += ["", "Probe: rhythm linear probe on the ECG vectors (fit folds " + str(doc["train_folds"][:-1]) +
+              f", strength on fold {doc['train_folds'][-1]}); the ceiling column for it is the BCE model's rhythm macro AUC.", "",
+              "Command: `" + doc["command"] + "`"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    from etp_search.cli.common import to_jsonable
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cache", type=Path, required=True)
+    ap.add_argument("--recipes", nargs="+", default=["R0", "R4", "R9"], choices=sorted(RECIPES))
+    ap.add_argument("--random-init", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--encoder", default="resnet1d_small")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--train-fraction", type=float, default=1.0)
+    ap.add_argument("--train-folds", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 3, 4, 5, 6])
+    ap.add_argument("--val-folds", type=lambda s: [int(x) for x in s.split(",")], default=[7, 8])
+    ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "recipes")
+    ap.add_argument("--out", type=Path, default=RESULTS / "recipes")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    from etp_search.models import EtpConfig, EtpModel, EcgEncoderConfig, load_checkpoint
+
+    folds, labels = folds_of(args.cache)
+    val = np.isin(folds, args.val_folds)
+    ceiling_file = RESULTS / "ceiling.json"
+    ceiling = None
+    if ceiling_file.is_file():
+        c = json.loads(ceiling_file.read_text())
+        if c.get("train_folds") == args.train_folds and c.get("val_folds") == args.val_folds:
+            ceiling = c["figures"]
+    doc = json.loads(args.out.with_suffix(".json").read_text()) if args.out.with_suffix(".json").is_file() else {}
+    doc.update({"cache": str(args.cache), "train_folds": args.train_folds, "val_folds": args.val_folds,
+                "encoder": args.encoder, "epochs": args.epochs, "seed": args.seed, "ceiling": ceiling,
+                "n_val": int(val.sum()), "n_val_afib": int(sum("AFIB" in labels[i] for i in np.flatnonzero(val))),
+                "command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_recipes.py " + " ".join(sys.argv[1:])})
+    doc.setdefault("recipes", {})
+    todo = [("random-init", None)] if args.random_init else []
+    todo += [(n, RECIPES[n]) for n in args.recipes]
+    for name, spec in todo:
+        t0 = time.perf_counter()
+        if spec is None:
+            torch.manual_seed(args.seed)
+            model = EtpModel(EtpConfig(ecg=EcgEncoderConfig(name=args.encoder), preset="etp-100hz", text_source="scp_en"))
+            desc, train_s = "random init, untrained (same encoder)", 0.0
+        else:
+            ckpt = train_recipe(name, args, spec[0])
+            train_s = time.perf_counter() - t0
+            model, desc = load_checkpoint(ckpt), spec[1]
+        r = evaluate(model, args.cache, args)
+        old = doc["recipes"].get(name, {})
+        doc["recipes"][name] = {"description": desc, "overrides": spec[0] if spec else {}, "figures": figures_row(r),
+                                "detail": r, "train_seconds": train_s or old.get("train_seconds", 0.0)}
+        logging.info("%s: %s", name, {k: round(v, 3) for k, v in figures_row(r).items()})
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".json").write_text(json.dumps(to_jsonable(doc), indent=2) + "\n")
+        args.out.with_suffix(".md").write_text(markdown(doc))
+    print(markdown(doc))
+
+
+if __name__ == "__main__":
+    main()
