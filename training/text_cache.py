@@ -37,8 +37,13 @@ def cache_key(encoder: TextEncoder) -> str:
 
 
 @torch.no_grad()
-def compute_text_features(encoder: TextEncoder, texts: Sequence[str], batch_size: int = 128) -> torch.Tensor:
-    """(N, hidden) float32 pooled features, batched, on CPU."""
+def compute_text_features(encoder: TextEncoder, texts: Sequence[str], batch_size: int = 8192) -> torch.Tensor:
+    """(N, hidden) float32 pooled features, on CPU.
+
+    The encoder sorts each call's texts by length into its own small batches, so the chunks here are
+    large (a chunk of 128 sorted only within itself: padding to the longest of a random 128); they
+    only bound the memory of tokenising a very large report set at once.
+    """
     out = [encoder(list(texts[i : i + batch_size])).float().cpu() for i in range(0, len(texts), batch_size)]
     return torch.cat(out) if out else torch.empty(0, encoder.out_dim)
 
