@@ -107,7 +107,7 @@ def evaluate(model, ecg: np.ndarray, labels: list[dict], variants=VARIANTS, n_bo
     many = Y_all.sum(0) >= 5
     super_task = extra["classes"]["superdiagnostic"][0]
     y_super = super_task.matrix(labels).astype(bool)
-    out = {"n": len(ecg), "n_text_queries": len(tq), "n_statements_ge5": int(many.sum()),
+    out = {"n": len(ecg), "n_afib": int(sum("AFIB" in lab for lab in labels)), "n_text_queries": len(tq), "n_statements_ge5": int(many.sum()),
            "statements_ge5": [c for c, m in zip(codes, many) if m], "variants": {}}
     rng = np.random.default_rng(seed)
     boots = [rng.integers(0, len(ecg), len(ecg)) for _ in range(n_boot)]
@@ -134,6 +134,19 @@ def evaluate(model, ecg: np.ndarray, labels: list[dict], variants=VARIANTS, n_bo
             for t in entry[side]["top"]:
                 lab = labels[t["index"]]
                 t["labels"] = sorted(lab, key=lambda c: -float(lab[c]))
+        # does hubness hurt: of the top-10 slots of the statement queries, how often is the record a positive,
+        # for hub records (N10 > 2 x mean over all text queries) vs the rest
+        n_st = len(codes)
+        top_st = np.argsort(-s_text[:, :n_st].T, axis=1, kind="stable")[:, :K]  # (n_statements, K)
+        hit = Y_all.T[np.arange(n_st)[:, None], top_st]
+        is_hub = (nk_text > 2 * nk_text.mean())[top_st]
+        entry["statement_top10"] = {"hub_slot_share": float(is_hub.mean()),
+                                    "precision_hub_slots": float(hit[is_hub].mean()) if is_hub.any() else None,
+                                    "precision_other_slots": float(hit[~is_hub].mean()),
+                                    "precision_all": float(hit.mean())}
+        pace = [i for i, lab in enumerate(labels) if "PACE" in lab]
+        entry["pace_n10"] = {"text": [int(nk_text[i]) for i in pace], "ecg": [int(nk_ecg[i]) for i in pace],
+                             "text_rank_percentile": [float((nk_text < nk_text[i]).mean()) for i in pace]}
         entry["pace_in_top10_hubs"] = {side: sum("PACE" in t["labels"] for t in entry[side]["top"]) for side in ("text", "ecg")}
         if base_S is None:
             base_S = S
@@ -174,7 +187,7 @@ def markdown(doc: dict) -> str:
             continue
         r = doc[run]
         lines += [f"## {r['title']}", "",
-                  f"{r['n']} records; {r['n_text_queries']} text queries (SCP statement descriptions + class prompts); "
+                  f"{r['n']} records ({r['n_afib']} AFIB); {r['n_text_queries']} text queries (SCP statement descriptions + class prompts); "
                   f"{r['n_statements_ge5']} statements with >= 5 positives.", "",
                   "| variant | text N10 skew | text max | text never | ECG N10 skew | ECG max | ECG never | AFIB AP [95 %] | LVH | IMI | CLBBB | mean AP (>=5 pos) | change [95 %] | zs super | zs rhythm | ECG->ECG super@10 |",
                   "|---|" + "---|" * 15]
@@ -193,9 +206,15 @@ def markdown(doc: dict) -> str:
             "", "Top ECG->ECG hubs (raw): " + "; ".join(
             f"#{t['index']} N10={t['n_k']} ({','.join(t['labels'][:3])})" for t in raw["ecg"]["top"][:5]),
             "", f"PACE among the 10 largest N10 (raw): text {raw['pace_in_top10_hubs']['text']}, ECG {raw['pace_in_top10_hubs']['ecg']}; "
-            f"PACE records in this set: {r.get('n_pace', '?')}.", ""]
+            f"PACE records in this set: {r.get('n_pace', '?')}; their text N10 {raw['pace_n10']['text']} "
+            f"(percentile {[round(p, 2) for p in raw['pace_n10']['text_rank_percentile']]}), ECG N10 {raw['pace_n10']['ecg']}.", "",
+            "Does hubness hurt (statement-description queries, top-10 slots; hub = text N10 > 2 x mean): " + "; ".join(
+                f"{v}: hubs fill {e['statement_top10']['hub_slot_share']:.2f} of slots, precision hub slots "
+                f"{e['statement_top10']['precision_hub_slots'] if e['statement_top10']['precision_hub_slots'] is None else round(e['statement_top10']['precision_hub_slots'], 3)}"
+                f" vs other {e['statement_top10']['precision_other_slots']:.3f}"
+                for v, e in r["variants"].items()), ""]
         if "choice" in r:
-            lines += [f"**Choice on folds 7-8: `{r['choice']}`** ({choose.__doc__.strip()})", ""]
+            lines += [f"**Choice on folds 7-8: `{r['choice']}`** ({' '.join(choose.__doc__.split())})", ""]
     lines += ["Command: `" + doc["command"] + "`"]
     return "\n".join(lines) + "\n"
 
@@ -228,7 +247,6 @@ def main() -> None:
     r = evaluate(inner, embed(inner, x_val), lab_val, n_boot=args.n_boot)
     r["title"] = f"Inner model ({args.inner_model.parent.name}/{args.inner_model.name}, trained folds 1-6) on folds {args.val_folds}"
     r["n_pace"] = int(sum("PACE" in lab for lab in lab_val))
-    r["n_afib"] = int(sum("AFIB" in lab for lab in lab_val))
     r["choice"] = choose(r)
     doc["inner"] = r
     torch.manual_seed(0)
