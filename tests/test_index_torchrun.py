@@ -1,0 +1,88 @@
+"""`etp-search index` under torchrun (2 gloo CPU processes) gives the store of one process, and resumes
+after a rank is killed mid-run. Real launcher (``torch.distributed.run``), real shipped PTB-XL records."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from etp_search.export import index_data
+from etp_search.export.shards import DIE_ENV, existing_shards
+from etp_search.models import EcgEncoderConfig, EtpConfig, EtpModel, save_checkpoint
+from indexing.store import EmbeddingStore
+
+pytestmark = pytest.mark.slow  # two launches of two processes that each load the text tower
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    save_checkpoint(EtpModel(EtpConfig(ecg=EcgEncoderConfig(name="test_tiny")), load_text=False), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory, ckpt, example_ptbxl) -> Path:
+    store = tmp_path_factory.mktemp("one") / "store.h5"
+    index_data(example_ptbxl, store, ckpt, batch_size=8, workers=0, device="cpu", progress=False)
+    return store
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(store: Path, ckpt: Path, data: Path, **env: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+           "-m", "etp_search", "index", str(data), "--store", str(store), "--checkpoint", str(ckpt),
+           "--batch-size", "8", "--workers", "0", "--device", "cpu", "--json"]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **env}
+    return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=600)
+
+
+def _same_store(a: Path, b: Path) -> None:
+    with EmbeddingStore.open(a) as x, EmbeddingStore.open(b) as y:
+        assert x.ids == y.ids and len(x) == 50
+        np.testing.assert_allclose(x.ecg(), y.ecg(), atol=1e-5)
+        np.testing.assert_allclose(x.text(), y.text(), atol=1e-5)
+        assert x.texts() == y.texts() and x.labels() == y.labels()
+        assert x.meta("strat_fold").tolist() == y.meta("strat_fold").tolist()
+
+
+def test_two_gloo_ranks_give_the_store_of_one_process(tmp_path, ckpt, example_ptbxl, single):
+    store = tmp_path / "store.h5"
+    run = _torchrun(store, ckpt, example_ptbxl)
+    assert run.returncode == 0, run.stderr[-3000:]
+    _same_store(store, single)
+    assert existing_shards(store) == []  # merged shard stores are removed
+    summary = json.loads(run.stdout)  # rank 0 alone prints the job's summary
+    assert summary["written"] == 50 and summary["rows"] == 50 and summary["records_found"] == 50
+    assert summary["ecg_index"]["n_rows"] == 50 and summary["text_index"]["n_rows"] == 50
+
+
+def test_rank_killed_mid_run_then_rerun_completes_to_the_same_store(tmp_path, ckpt, example_ptbxl, single):
+    store = tmp_path / "store.h5"
+    run = _torchrun(store, ckpt, example_ptbxl, **{DIE_ENV: "1:1"})
+    assert run.returncode != 0
+    shards = existing_shards(store)
+    assert [p.name for p in shards] == ["store.h5.rank0-of-2", "store.h5.rank1-of-2"]
+    with EmbeddingStore.open(shards[1]) as s:
+        assert len(s) == 8  # rank 1 kept its first batch, nothing more
+    with EmbeddingStore.open(store) as s:
+        assert len(s) == 0  # nothing merged before every shard was complete
+    again = _torchrun(store, ckpt, example_ptbxl)
+    assert again.returncode == 0, again.stderr[-3000:]
+    _same_store(store, single)
+    assert existing_shards(store) == []
