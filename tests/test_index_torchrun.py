@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from etp_search.export import index_data
+from etp_search.export import runner as runner_mod
 from etp_search.export.shards import DIE_ENV, existing_shards
 from etp_search.models import EcgEncoderConfig, EtpConfig, EtpModel, save_checkpoint
 from indexing.store import EmbeddingStore
@@ -84,5 +85,28 @@ def test_rank_killed_mid_run_then_rerun_completes_to_the_same_store(tmp_path, ck
         assert len(s) == 0  # nothing merged before every shard was complete
     again = _torchrun(store, ckpt, example_ptbxl)
     assert again.returncode == 0, again.stderr[-3000:]
+    _same_store(store, single)
+    assert existing_shards(store) == []
+
+
+def test_one_process_finishes_what_a_killed_torchrun_left(tmp_path, ckpt, example_ptbxl, single, monkeypatch):
+    store = tmp_path / "store.h5"
+    assert _torchrun(store, ckpt, example_ptbxl, **{DIE_ENV: "1:1"}).returncode != 0
+    in_shards = 0
+    for p in existing_shards(store):
+        with EmbeddingStore.open(p) as s:
+            in_shards += len(s)
+    assert in_shards >= 8
+    embedded = {"n": 0}
+    real_ecg = runner_mod.EtpMapper.ecg
+
+    def counting(self, signals):
+        embedded["n"] += len(signals)
+        return real_ecg(self, signals)
+
+    monkeypatch.setattr(runner_mod.EtpMapper, "ecg", counting)
+    summary = index_data(example_ptbxl, store, ckpt, batch_size=8, workers=0, device="cpu", progress=False)
+    assert summary["rows"] == 50 and summary["already_stored"] == 0
+    assert embedded["n"] == 50 - in_shards  # the shards' rows were taken, not embedded again
     _same_store(store, single)
     assert existing_shards(store) == []

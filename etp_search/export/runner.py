@@ -155,17 +155,27 @@ def index_data(
                                              builder=builder, max_index_memory=max_index_memory))
     writer = StoreWriter(store, cfg.embed_dim, prov, rebuild=rebuild)
     try:
+        already = source.total - len(source.todo(writer.done_ids))
+        left = shards.existing_shards(store)
+        if left and rebuild:
+            for p in left:
+                shards.remove_store_files(p)
+        elif left:  # a killed torchrun `index`: keep what its ranks embedded
+            n = shards.merge_shards(writer, left, source.ids)
+            logger.info("took %d rows from %d shard stores of an interrupted torchrun run", n, len(left))
         todo = source.todo(writer.done_ids)
         logger.info("%s; %d to embed, %d already in %s", source.summary_line, len(todo),
                     source.total - len(todo), store)
         skipped, seconds = _embed(source, todo, writer, mapper, progress)
         index_info = writer.finish(build_index=build_index, factory=factory, rebuild_index=rebuild_index,
                                    builder=builder, max_index_memory=max_index_memory)
+        for p in left:
+            shards.remove_store_files(p)
     finally:
         writer.close()
     return IndexSummary(
         store=str(store), checkpoint=str(ckpt), device=device, format=source.format_name,
-        records_found=source.total, written=writer.written, already_stored=source.total - len(todo),
+        records_found=source.total, written=writer.written, already_stored=already,
         skipped=skipped, seconds=round(seconds, 2),
         records_per_s=round(writer.written / seconds, 1) if seconds > 0 and writer.written else None,
         rows=int(index_info["rows"]),
@@ -215,6 +225,7 @@ def _index_sharded(source: Any, store: Path, ckpt: Path, dim: int, prov: dict[st
         else:
             with EmbeddingStore.open(store) as s:
                 main_done = set(s.ids)
+        already = source.total - len(source.todo(main_done))
         shard = StoreWriter(shards.shard_path(store, rank, world_size), dim, prov)
         try:
             mine = [i for i in shards.shard_positions(source.total, rank, world_size)
@@ -228,14 +239,14 @@ def _index_sharded(source: Any, store: Path, ckpt: Path, dim: int, prov: dict[st
         finally:
             shard.close()
         # The job's figures: the slowest rank's embedding time, every rank's skips.
-        slowest = torch.tensor([seconds], dtype=torch.float64)
+        slowest = torch.tensor([seconds], dtype=torch.float64, device=shards.collective_device())
         dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
         all_skipped = _gather_skips(skipped)
         dist.barrier()  # every shard is complete
         if main is None:
             return IndexSummary(store=str(store), checkpoint=str(ckpt), device=device, format=source.format_name,
                                 records_found=source.total, written=shard.written,
-                                already_stored=len(main_done), skipped=skipped, seconds=round(seconds, 2),
+                                already_stored=already, skipped=skipped, seconds=round(seconds, 2),
                                 records_per_s=round(shard.written / seconds, 1) if seconds > 0 and shard.written else None,
                                 rows=len(main_done) + shard.written)
         t0 = time.perf_counter()
@@ -251,7 +262,7 @@ def _index_sharded(source: Any, store: Path, ckpt: Path, dim: int, prov: dict[st
             main.close()
     return IndexSummary(
         store=str(store), checkpoint=str(ckpt), device=device, format=source.format_name,
-        records_found=source.total, written=main.written, already_stored=len(main_done),
+        records_found=source.total, written=main.written, already_stored=already,
         skipped=all_skipped, seconds=round(seconds, 2),
         records_per_s=round(main.written / seconds, 1) if seconds > 0 and main.written else None,
         rows=int(index_info["rows"]),
@@ -264,15 +275,16 @@ def _gather_skips(skipped: dict[str, int]) -> dict[str, int]:
 
     import torch.distributed as dist
 
-    raw = torch.tensor(list(json.dumps(skipped, sort_keys=True).encode()), dtype=torch.uint8)
-    size = torch.tensor([raw.numel()], dtype=torch.int64)
+    dev = shards.collective_device()
+    raw = torch.tensor(list(json.dumps(skipped, sort_keys=True).encode()), dtype=torch.uint8, device=dev)
+    size = torch.tensor([raw.numel()], dtype=torch.int64, device=dev)
     dist.all_reduce(size, op=dist.ReduceOp.MAX)
-    padded = torch.zeros(int(size.item()), dtype=torch.uint8)
+    padded = torch.zeros(int(size.item()), dtype=torch.uint8, device=dev)
     padded[:raw.numel()] = raw
     out = [torch.zeros_like(padded) for _ in range(dist.get_world_size())]
     dist.all_gather(out, padded)
     total: dict[str, int] = {}
     for t in out:
-        for k, v in json.loads(bytes(t.tolist()).rstrip(b"\0").decode()).items():
+        for k, v in json.loads(bytes(t.cpu().tolist()).rstrip(b"\0").decode()).items():
             total[k] = total.get(k, 0) + int(v)
     return dict(sorted(total.items()))

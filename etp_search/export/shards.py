@@ -25,7 +25,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from etp_search.export.source import Batch
-from etp_search.export.writer import StoreWriter
+from etp_search.export.writer import CHECKED_FIELDS, StoreWriter
 from indexing.store import EmbeddingStore
 
 logger = logging.getLogger(__name__)
@@ -72,9 +72,17 @@ def die_hook(rank: int) -> int | None:
 
 def merge_shards(main: StoreWriter, shards: Iterable[Path], order: list[str]) -> int:
     """Append every shard row whose id the main store lacks, in ``order`` (the source's ids);
-    returns the rows appended. Rows of ids not in ``order`` (a changed source) come last, by id."""
-    opened = [EmbeddingStore.open(p) for p in shards]
+    returns the rows appended. Rows of ids not in ``order`` (a changed source) come last, by id.
+
+    Raises:
+        ProvenanceMismatchError: a shard store made by another checkpoint or preset than the main store.
+    """
+    expected = {k: main.store.provenance.get(k) for k in CHECKED_FIELDS}
+    opened: list[EmbeddingStore] = []
     try:
+        for p in shards:
+            opened.append(EmbeddingStore.open(p))
+            opened[-1].check_provenance(expected)
         where: dict[str, tuple[int, int]] = {}
         for k, s in enumerate(opened):
             for row, rid in enumerate(s.ids):
@@ -109,6 +117,14 @@ def merge_shards(main: StoreWriter, shards: Iterable[Path], order: list[str]) ->
     finally:
         for s in opened:
             s.close()
+
+
+def collective_device() -> str:
+    """Where tensors for collectives live: the rank's GPU under NCCL, the CPU under gloo."""
+    import torch
+    import torch.distributed as dist
+
+    return f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
 
 
 def _py(v: Any) -> Any:
