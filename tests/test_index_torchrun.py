@@ -20,7 +20,7 @@ from etp_search.export.shards import DIE_ENV, existing_shards
 from etp_search.models import EcgEncoderConfig, EtpConfig, EtpModel, save_checkpoint
 from indexing.store import EmbeddingStore
 
-pytestmark = pytest.mark.slow  # two launches of two processes that each load the text tower
+slow = pytest.mark.slow  # launches of two processes that each load the text tower
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +62,7 @@ def _same_store(a: Path, b: Path) -> None:
         assert x.meta("strat_fold").tolist() == y.meta("strat_fold").tolist()
 
 
+@slow
 def test_two_gloo_ranks_give_the_store_of_one_process(tmp_path, ckpt, example_ptbxl, single):
     store = tmp_path / "store.h5"
     run = _torchrun(store, ckpt, example_ptbxl)
@@ -73,6 +74,7 @@ def test_two_gloo_ranks_give_the_store_of_one_process(tmp_path, ckpt, example_pt
     assert summary["ecg_index"]["n_rows"] == 50 and summary["text_index"]["n_rows"] == 50
 
 
+@slow
 def test_rank_killed_mid_run_then_rerun_completes_to_the_same_store(tmp_path, ckpt, example_ptbxl, single):
     store = tmp_path / "store.h5"
     run = _torchrun(store, ckpt, example_ptbxl, **{DIE_ENV: "1:1"})
@@ -89,6 +91,7 @@ def test_rank_killed_mid_run_then_rerun_completes_to_the_same_store(tmp_path, ck
     assert existing_shards(store) == []
 
 
+@slow
 def test_one_process_finishes_what_a_killed_torchrun_left(tmp_path, ckpt, example_ptbxl, single, monkeypatch):
     store = tmp_path / "store.h5"
     assert _torchrun(store, ckpt, example_ptbxl, **{DIE_ENV: "1:1"}).returncode != 0
@@ -110,3 +113,32 @@ def test_one_process_finishes_what_a_killed_torchrun_left(tmp_path, ckpt, exampl
     assert embedded["n"] == 50 - in_shards  # the shards' rows were taken, not embedded again
     _same_store(store, single)
     assert existing_shards(store) == []
+
+
+def _ranks_reading(rank: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    from etp_search.errors import DataError
+    from etp_search.export.runner import _check_same_records
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        said = []
+        _check_same_records(["1", "2", "3"], rank)  # the same list: silent
+        try:
+            _check_same_records(["1", "2", "3"] if rank == 0 else ["1", "3", "2"], rank)
+        except DataError as e:
+            said.append(str(e))
+        Path(out_dir, f"rank{rank}.json").write_text(json.dumps(said))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_that_read_different_record_lists_are_refused(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ranks_reading, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    for rank in (0, 1):
+        said = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert len(said) == 1 and "must see the same data folder" in said[0]

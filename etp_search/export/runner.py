@@ -220,6 +220,7 @@ def _index_sharded(source: Any, store: Path, ckpt: Path, dim: int, prov: dict[st
                 for p in shards.existing_shards(store):
                     shards.remove_store_files(p)
         dist.barrier()  # the main store exists (and stale shards are gone) before the others read it
+        _check_same_records(source.ids, rank)
         if main is not None:
             main_done = main.done_ids
         else:
@@ -267,6 +268,23 @@ def _index_sharded(source: Any, store: Path, ckpt: Path, dim: int, prov: dict[st
         records_per_s=round(main.written / seconds, 1) if seconds > 0 and main.written else None,
         rows=int(index_info["rows"]),
         **{k: IndexInfo(**index_info[k]) for k in ("ecg_index", "text_index") if k in index_info})
+
+
+def _check_same_records(ids: list[str], rank: int) -> None:
+    """Every rank must read the same record list in the same order, or the shards would overlap or
+    leave gaps (e.g. nodes that see different copies of the data folder)."""
+    import hashlib
+
+    import torch.distributed as dist
+
+    digest = int.from_bytes(hashlib.sha256("\n".join(ids).encode()).digest()[:7], "big")
+    lo = torch.tensor([digest], dtype=torch.int64, device=shards.collective_device())
+    hi = lo.clone()
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    if int(lo.item()) != int(hi.item()):
+        raise DataError(f"rank {rank} reads {len(ids)} records but another rank reads a different list; "
+                        "every rank (and node) must see the same data folder, unchanged during the run")
 
 
 def _gather_skips(skipped: dict[str, int]) -> dict[str, int]:
