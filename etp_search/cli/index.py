@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -42,9 +43,24 @@ def index(
     if budget is not None and factory != "auto":
         raise fail("--max-index-memory applies to --factory auto; drop one of the two")
 
-    summary = index_data(data_dir[0] if len(data_dir) == 1 else data_dir, store, checkpoint, batch_size=batch_size, workers=workers, device=device,
-                         rebuild=rebuild, rebuild_index=rebuild_index, sampling_rate=sampling_rate,
-                         text_source=text_source, factory=factory, max_index_memory=budget).as_dict()
+    rank, world = 0, 1
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Under torchrun: one process group (gloo on CPU, NCCL with one GPU per rank, LOCAL_RANK ->
+        # cuda:N); each rank embeds its shard, rank 0 merges and indexes (etp_search.export.shards).
+        from training.distributed import cleanup, init_distributed
+
+        env = init_distributed(device)
+        rank, world, device = env.rank, env.world_size, env.device
+    try:
+        summary = index_data(data_dir[0] if len(data_dir) == 1 else data_dir, store, checkpoint, batch_size=batch_size, workers=workers, device=device,
+                             rebuild=rebuild, rebuild_index=rebuild_index, sampling_rate=sampling_rate,
+                             text_source=text_source, factory=factory, max_index_memory=budget,
+                             progress=rank == 0, rank=rank, world_size=world).as_dict()
+    finally:
+        if world > 1:
+            cleanup()
+    if rank != 0:
+        return  # rank 0 prints the job's summary
     if json_out:
         emit_json(summary)
         return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -10,8 +11,11 @@ from typing import Any
 
 from tqdm import tqdm
 
+import torch
+
 import etp_search
 from etp_search.errors import DataError, EtpError
+from etp_search.export import shards
 from etp_search.export.mapper import EtpMapper
 from etp_search.export.source import open_source
 from etp_search.export.writer import StoreWriter
@@ -19,6 +23,7 @@ from etp_search.models import checkpoint_fingerprint, load_checkpoint
 from etp_search.models.config import EtpConfig
 from etp_search.models.resolve import config_of, pick_device, resolve_checkpoint
 from indexing.index_files import IndexBuilder
+from indexing.store import EmbeddingStore
 from etp_search.preprocess import get_preset
 
 logger = logging.getLogger(__name__)
@@ -99,6 +104,8 @@ def index_data(
     build_index: bool = True,
     builder: IndexBuilder | None = None,
     progress: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> IndexSummary:
     """Embed every record of ``data`` (dataset folder or signal cache) into ``store`` and index it.
 
@@ -107,6 +114,11 @@ def index_data(
 
     ``factory`` is the FAISS index-factory string ("auto", "Flat", "IVF1024,Flat", ...); ``builder``
     replaces how a new index is made (``indexing.index_files.IndexBuilder``), e.g. a streaming one.
+
+    ``rank``/``world_size`` (from torchrun, see ``etp_search.export.shards``): each rank embeds
+    the records at positions ``rank`` mod ``world_size`` into its own shard store, then rank 0
+    merges the shards into ``store`` in source order (the same store as one process) and indexes
+    it. Needs the process group initialised (``training.distributed.init_distributed``).
 
     Returns:
         IndexSummary: records found, written now, skipped by reason, total rows, seconds, rec/s, indexes.
@@ -134,31 +146,163 @@ def index_data(
     ckpt = resolve_checkpoint(checkpoint, store_path=store)
     model = load_checkpoint(ckpt, device=device, load_text=True)
     cfg = model.cfg
-    writer = StoreWriter(store, cfg.embed_dim, provenance_for(ckpt, cfg, data, source.format_name, text_source),
-                         rebuild=rebuild)
+    prov = provenance_for(ckpt, cfg, data, source.format_name, text_source)
+    mapper = EtpMapper(model, device)
+    if world_size > 1:
+        return _index_sharded(source, store, ckpt, cfg.embed_dim, prov, mapper, device, rank=rank,
+                              world_size=world_size, rebuild=rebuild, progress=progress,
+                              finish_kw=dict(build_index=build_index, factory=factory, rebuild_index=rebuild_index,
+                                             builder=builder, max_index_memory=max_index_memory))
+    writer = StoreWriter(store, cfg.embed_dim, prov, rebuild=rebuild)
     try:
+        already = source.total - len(source.todo(writer.done_ids))
+        left = shards.existing_shards(store)
+        if left and rebuild:
+            for p in left:
+                shards.remove_store_files(p)
+        elif left:  # a killed torchrun `index`: keep what its ranks embedded
+            n = shards.merge_shards(writer, left, source.ids)
+            logger.info("took %d rows from %d shard stores of an interrupted torchrun run", n, len(left))
         todo = source.todo(writer.done_ids)
-        mapper = EtpMapper(model, device)
-        skipped: dict[str, int] = {}
-        t0 = time.perf_counter()
         logger.info("%s; %d to embed, %d already in %s", source.summary_line, len(todo),
                     source.total - len(todo), store)
-        with tqdm(total=len(todo), unit="rec", desc="index", disable=not progress or not todo, dynamic_ncols=True) as bar:
-            for batch in source.batches(todo):
-                for reason, n in batch.skipped.items():
-                    skipped[reason] = skipped.get(reason, 0) + n
-                if batch.ids:
-                    writer.write(batch, mapper.ecg(batch.signals), mapper.texts(batch.texts))
-                bar.update(len(batch.ids) + sum(batch.skipped.values()))
-        seconds = time.perf_counter() - t0
+        skipped, seconds = _embed(source, todo, writer, mapper, progress)
         index_info = writer.finish(build_index=build_index, factory=factory, rebuild_index=rebuild_index,
                                    builder=builder, max_index_memory=max_index_memory)
+        for p in left:
+            shards.remove_store_files(p)
     finally:
         writer.close()
     return IndexSummary(
         store=str(store), checkpoint=str(ckpt), device=device, format=source.format_name,
-        records_found=source.total, written=writer.written, already_stored=source.total - len(todo),
+        records_found=source.total, written=writer.written, already_stored=already,
         skipped=skipped, seconds=round(seconds, 2),
         records_per_s=round(writer.written / seconds, 1) if seconds > 0 and writer.written else None,
         rows=int(index_info["rows"]),
         **{k: IndexInfo(**index_info[k]) for k in ("ecg_index", "text_index") if k in index_info})
+
+
+def _embed(source: Any, todo: list[int], writer: StoreWriter, mapper: EtpMapper, progress: bool,
+           die_after: int | None = None) -> tuple[dict[str, int], float]:
+    """Read -> encode -> append the records at positions ``todo``; returns (skips by reason, seconds)."""
+    skipped: dict[str, int] = {}
+    t0 = time.perf_counter()
+    n_batches = 0
+    with tqdm(total=len(todo), unit="rec", desc="index", disable=not progress or not todo, dynamic_ncols=True) as bar:
+        for batch in source.batches(todo):
+            for reason, n in batch.skipped.items():
+                skipped[reason] = skipped.get(reason, 0) + n
+            if batch.ids:
+                writer.write(batch, mapper.ecg(batch.signals), mapper.texts(batch.texts))
+            bar.update(len(batch.ids) + sum(batch.skipped.values()))
+            n_batches += 1
+            if die_after is not None and n_batches >= die_after:
+                logger.warning("test hook %s: leaving after %d batches", shards.DIE_ENV, n_batches)
+                os._exit(1)
+    return skipped, time.perf_counter() - t0
+
+
+def _index_sharded(source: Any, store: Path, ckpt: Path, dim: int, prov: dict[str, Any], mapper: EtpMapper,
+                   device: str, *, rank: int, world_size: int, rebuild: bool, progress: bool,
+                   finish_kw: dict[str, Any]) -> IndexSummary:
+    """One rank's part of a torchrun ``index`` (see ``etp_search.export.shards``)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        raise EtpError("index with world_size > 1 needs the torch process group; start it with torchrun "
+                       "(`torchrun --nproc-per-node N -m etp_search index ...`)")
+    main: StoreWriter | None = None
+    try:
+        if rank == 0:
+            # Rank 0 is the main store's only writer, from before any rank reads it to the end.
+            main = StoreWriter(store, dim, prov, rebuild=rebuild)
+            if rebuild:
+                for p in shards.existing_shards(store):
+                    shards.remove_store_files(p)
+        dist.barrier()  # the main store exists (and stale shards are gone) before the others read it
+        _check_same_records(source.ids, rank)
+        if main is not None:
+            main_done = main.done_ids
+        else:
+            with EmbeddingStore.open(store) as s:
+                main_done = set(s.ids)
+        already = source.total - len(source.todo(main_done))
+        shard = StoreWriter(shards.shard_path(store, rank, world_size), dim, prov)
+        try:
+            mine = [i for i in shards.shard_positions(source.total, rank, world_size)
+                    if source.ids[i] not in main_done and source.ids[i] not in shard.done_ids]
+            logger.info("rank %d/%d: %s; %d to embed in shard %s", rank, world_size, source.summary_line,
+                        len(mine), shard.path.name)
+            skipped, seconds = _embed(source, mine, shard, mapper, progress and rank == 0,
+                                      shards.die_hook(rank))
+            if shard.written:
+                shard.store.compact()
+        finally:
+            shard.close()
+        # The job's figures: the slowest rank's embedding time, every rank's skips.
+        slowest = torch.tensor([seconds], dtype=torch.float64, device=shards.collective_device())
+        dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+        all_skipped = _gather_skips(skipped)
+        dist.barrier()  # every shard is complete
+        if main is None:
+            return IndexSummary(store=str(store), checkpoint=str(ckpt), device=device, format=source.format_name,
+                                records_found=source.total, written=shard.written,
+                                already_stored=already, skipped=skipped, seconds=round(seconds, 2),
+                                records_per_s=round(shard.written / seconds, 1) if seconds > 0 and shard.written else None,
+                                rows=len(main_done) + shard.written)
+        t0 = time.perf_counter()
+        found = shards.existing_shards(store)
+        merged = shards.merge_shards(main, found, source.ids)
+        logger.info("merged %d rows from %d shard stores in %.1fs", merged, len(found), time.perf_counter() - t0)
+        index_info = main.finish(**finish_kw)
+        for p in found:  # only once their rows are safely in the compacted main file
+            shards.remove_store_files(p)
+        seconds = time.perf_counter() - t0 + float(slowest.item())
+    finally:
+        if main is not None:
+            main.close()
+    return IndexSummary(
+        store=str(store), checkpoint=str(ckpt), device=device, format=source.format_name,
+        records_found=source.total, written=main.written, already_stored=already,
+        skipped=all_skipped, seconds=round(seconds, 2),
+        records_per_s=round(main.written / seconds, 1) if seconds > 0 and main.written else None,
+        rows=int(index_info["rows"]),
+        **{k: IndexInfo(**index_info[k]) for k in ("ecg_index", "text_index") if k in index_info})
+
+
+def _check_same_records(ids: list[str], rank: int) -> None:
+    """Every rank must read the same record list in the same order, or the shards would overlap or
+    leave gaps (e.g. nodes that see different copies of the data folder)."""
+    import hashlib
+
+    import torch.distributed as dist
+
+    digest = int.from_bytes(hashlib.sha256("\n".join(ids).encode()).digest()[:7], "big")
+    lo = torch.tensor([digest], dtype=torch.int64, device=shards.collective_device())
+    hi = lo.clone()
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    if int(lo.item()) != int(hi.item()):
+        raise DataError(f"rank {rank} reads {len(ids)} records but another rank reads a different list; "
+                        "every rank (and node) must see the same data folder, unchanged during the run")
+
+
+def _gather_skips(skipped: dict[str, int]) -> dict[str, int]:
+    """Sum the per-rank skip counts (reason -> n) over ranks; they travel as JSON bytes in tensors."""
+    import json
+
+    import torch.distributed as dist
+
+    dev = shards.collective_device()
+    raw = torch.tensor(list(json.dumps(skipped, sort_keys=True).encode()), dtype=torch.uint8, device=dev)
+    size = torch.tensor([raw.numel()], dtype=torch.int64, device=dev)
+    dist.all_reduce(size, op=dist.ReduceOp.MAX)
+    padded = torch.zeros(int(size.item()), dtype=torch.uint8, device=dev)
+    padded[:raw.numel()] = raw
+    out = [torch.zeros_like(padded) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, padded)
+    total: dict[str, int] = {}
+    for t in out:
+        for k, v in json.loads(bytes(t.cpu().tolist()).rstrip(b"\0").decode()).items():
+            total[k] = total.get(k, 0) + int(v)
+    return dict(sorted(total.items()))
