@@ -3,7 +3,8 @@
 They never read raw signals. Text prompts are encoded with the checkpoint the store was built
 with (its sha256 must match the store's provenance). ``--baseline-store`` (a store built by
 `etp-search index DATA_DIR --checkpoint random --store B.h5`) runs the same evaluation on the
-baseline's vectors and prints both side by side with a delta column.
+baseline's vectors and prints both side by side with a delta column. The work is done by
+``etp_search.evaluation.on_store``; this module parses options and prints a table or ``--json``.
 """
 
 from __future__ import annotations
