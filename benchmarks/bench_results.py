@@ -4,12 +4,13 @@
                                        [--tasks superdiagnostic,...] [--seeds 3] [--out benchmarks/results]
 
 DATA: the shipped example data, ../shared/data/ptbxl, or a full PTB-XL / CPSC2018 download. Steps,
-each through the same CLI a user runs (so the tables are what `etp-search ... --json` prints):
-  1. `etp-search index DATA` with the checkpoint (default: the shipped one) and with `--checkpoint
-     random` (the random-init baseline: same architecture, untrained), timed;
-  2. `zeroshot` per task on the test fold (and the validation fold), trained vs baseline;
-  3. `probe` per task at 1/10/100 % of folds 1-8, N seeds (needs folds 1-10), timed;
-  4. `retrieval` ECG<->report recall@1/5/10 on the test fold.
+each through the library functions the CLI calls (so the tables are what `etp-search ... --json`
+prints), in one process: each prompt model is loaded once for the whole run:
+  1. `index_data` (`etp-search index DATA`) with the checkpoint (default: the shipped one) and with
+     `--checkpoint random` (the random-init baseline: same architecture, untrained), timed;
+  2. `zeroshot_on_store` per task on the test fold (and the validation fold), trained vs baseline;
+  3. `probe_on_store` per task at 1/10/100 % of folds 1-8, N seeds (needs folds 1-10), timed;
+  4. `retrieval_on_store` ECG<->report recall@1/5/10 on the test fold.
 Writes benchmarks/results/results.json and results.md.
 """
 
@@ -17,29 +18,31 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from _paths import portable  # noqa: E402
+
+from etp_search.cli.common import to_jsonable  # noqa: E402
+from etp_search.errors import EtpError  # noqa: E402
+
 TASKS = ["superdiagnostic", "subdiagnostic", "diagnostic", "form", "rhythm", "all"]
 CPSC_TASKS = ["cpsc2018"]
 
 
-def etp(*args: str) -> tuple[Any, float]:
-    """Run `etp-search ARGS --json`; return the parsed JSON and the wall time."""
-    cmd = [sys.executable, "-m", "etp_search", *args, "--json"]
+def timed(what: str, fn: Callable[[], Any]) -> tuple[Any, float]:
+    """Run ``fn``; return its result as JSON-ready data (what the CLI's --json prints) and the wall time."""
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    dt = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd[2:])} failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout), dt
+    try:
+        res = fn()
+    except EtpError as e:
+        raise SystemExit(f"{what} failed: {e}") from None
+    res = res.as_dict() if hasattr(res, "as_dict") else res.to_dict()
+    return to_jsonable(res), time.perf_counter() - t0
 
 
 def pct(x: Any) -> str:
@@ -65,9 +68,12 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     trained, random = work / "trained.h5", work / "random.h5"
 
-    ckpt = ["--checkpoint", args.checkpoint] if args.checkpoint else []
-    idx_trained, t_trained = etp("index", str(data), "--store", str(trained), *ckpt)
-    idx_random, t_random = etp("index", str(data), "--store", str(random), "--checkpoint", "random")
+    from etp_search.evaluation.on_store import PromptModels, probe_on_store, retrieval_on_store, zeroshot_on_store
+    from etp_search.export import index_data
+    from indexing.store import EmbeddingStore
+
+    idx_trained, t_trained = timed(f"index {data}", lambda: index_data(data, trained, args.checkpoint))
+    idx_random, t_random = timed(f"index {data} --checkpoint random", lambda: index_data(data, random, "random"))
     fmt = idx_trained["format"]
     tasks = args.tasks.split(",") if args.tasks else (TASKS if fmt == "ptbxl" else CPSC_TASKS)
 
@@ -81,21 +87,23 @@ def main() -> None:
     }
     has_folds = fmt == "ptbxl"
     splits = ["test", "val"] if has_folds else ["all"]
-    for task in tasks:
-        for split in splits:
-            for prompts in ("default", "ensemble"):
-                res, _ = etp("zeroshot", "--task", task, "--split", split, "--prompts", prompts,
-                             "--store", str(trained), "--baseline-store", str(random))
-                out["zeroshot"][f"{task}/{split}/{prompts}"] = res
-    if has_folds:
+    models = PromptModels()  # one prompt model per store for the whole run
+    with EmbeddingStore.open(trained) as main, EmbeddingStore.open(random) as base:
         for task in tasks:
-            res, dt = etp("probe", "--task", task, "--seeds", str(args.seeds), "--store", str(trained),
-                          "--baseline-store", str(random))
-            res["wall_s"] = round(dt, 1)
-            out["probe"][task] = res
-    for split in splits:
-        out["retrieval"][split], _ = etp("retrieval", "--split", split, "--store", str(trained),
-                                         "--baseline-store", str(random))
+            for split in splits:
+                for prompts in ("default", "ensemble"):
+                    out["zeroshot"][f"{task}/{split}/{prompts}"], _ = timed(
+                        f"zeroshot {task}/{split}/{prompts}",
+                        lambda: zeroshot_on_store(main, task=task, prompts=prompts, split=split, baseline=base,
+                                                  models=models))
+        if has_folds:
+            for task in tasks:
+                res, dt = timed(f"probe {task}", lambda: probe_on_store(main, task, (1, 10, 100), args.seeds,
+                                                                        baseline=base, progress=True))
+                res["wall_s"] = round(dt, 1)
+                out["probe"][task] = res
+        for split in splits:
+            out["retrieval"][split], _ = timed(f"retrieval {split}", lambda: retrieval_on_store(main, split, baseline=base))
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(json.dumps(portable(out), indent=2))
@@ -134,7 +142,7 @@ def render(out: dict[str, Any], tasks: list[str], splits: list[str]) -> str:
             lines.append(f"| {split} ({r['main']['n_records']}) | {d.replace('_to_', ' -> ')} | {pct(m['1'])} | {pct(m['5'])} | {pct(m['10'])} | "
                          f"{pct(b.get('1'))} | {pct(b.get('5'))} | {pct(b.get('10'))} |")
     ix = out["index"]
-    lines += ["", f"Index wall time (CLI, including model load): trained {ix['wall_s']['trained']} s, random {ix['wall_s']['random']} s "
+    lines += ["", f"Index wall time (`index_data`, including model load): trained {ix['wall_s']['trained']} s, random {ix['wall_s']['random']} s "
               f"for {n} records; {ix['trained'].get('records_per_s')} rec/s in the encode loop.", ""]
     return "\n".join(lines)
 

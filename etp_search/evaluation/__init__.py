@@ -1,5 +1,8 @@
 """Evaluation on cached embeddings: zero-shot labelling, linear probing, cross-modal retrieval.
 
-Every function takes arrays (vectors, label matrices, folds), so each is fast and testable
-without a model or a store; the CLI (etp_search/cli/evaluate.py) reads those arrays from a store.
+``metrics``, ``zeroshot``, ``probe`` and ``retrieval`` take arrays (vectors, label matrices, folds),
+so each is fast and testable without a model or a store. ``on_store`` runs them on an open store
+(split and task rows, a baseline store aligned by record id, free classes matched to label keys,
+prompt models loaded once per checkpoint) and returns typed results; the CLI
+(etp_search/cli/evaluate.py) and benchmarks/bench_results.py only call it and print.
 """
