@@ -10,7 +10,12 @@ which a ``multiprocessing.Pool`` fed by ``imap`` did not always do.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
+import os
+import signal
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -69,6 +74,20 @@ def _as_list(items: list[Item]) -> list[Item]:
     return items
 
 
+def _die_with_parent(parent: int, _worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: a worker whose parent is killed (kill -9, a torchrun rank that
+    fails) must not outlive it. Left alone it blocks for ever flushing a batch into the pipe nobody
+    reads, holding the parent's open files (a store's lock, the launcher's stdout) so that the rerun
+    waits on it. On Linux the kernel sends SIGKILL when the parent dies (PR_SET_PDEATHSIG)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
+
+
 def read_records(reader: Any, refs: Sequence[str], preset: Preset | None, transform: Transform, *,
                  workers: int = 0, chunk: int = CHUNK) -> Iterator[list[Item]]:
     """Chunks of ``Item`` for ``refs``, in order; ``workers`` processes (0 = in this process).
@@ -79,5 +98,6 @@ def read_records(reader: Any, refs: Sequence[str], preset: Preset | None, transf
         return iter(())
     ds = _Records(reader, refs, preset, transform)
     loader = DataLoader(ds, batch_size=max(1, chunk), shuffle=False, num_workers=max(0, int(workers)),
-                        collate_fn=_as_list, prefetch_factor=2 if workers else None, persistent_workers=False)
+                        collate_fn=_as_list, prefetch_factor=2 if workers else None, persistent_workers=False,
+                        worker_init_fn=functools.partial(_die_with_parent, os.getpid()) if workers else None)
     return iter(loader)

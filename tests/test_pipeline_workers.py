@@ -1,0 +1,57 @@
+"""A reader worker never outlives its process: a `kill -9`ed `index` or a failed torchrun rank left a
+DataLoader worker blocked for ever on a full pipe, holding the store's lock and the launcher's stdout."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+CHILD = textwrap.dedent("""
+    import os, sys
+    import numpy as np
+    from etp_search.pipeline import read_records
+    from etp_search.preprocess import get_preset
+    from etp_search.readers import open_dataset
+
+    reader = open_dataset(sys.argv[1])
+    # Each item carries its signal several times over, so the prefetched batches fill the pipe.
+    it = read_records(reader, reader.refs(), get_preset("etp-100hz"),
+                      lambda rec, x, flags: np.tile(x, (8, 1)), workers=1, chunk=8)
+    next(it)
+    print(" ".join(str(w.pid) for w in it._workers), flush=True)
+    os._exit(1)  # as a killed rank does: no clean shutdown of the workers
+""")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux's")
+def test_workers_die_with_their_process(example_ptbxl: Path, tmp_path: Path):
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    out, err = tmp_path / "pids.txt", tmp_path / "stderr.txt"
+    with open(out, "w") as fo, open(err, "w") as fe:  # files, not pipes: an orphan holding one must not block this test
+        proc = subprocess.run([sys.executable, str(script), str(example_ptbxl)], stdout=fo, stderr=fe,
+                              timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 1, err.read_text()[-2000:]
+    pids = [int(p) for p in out.read_text().split()]
+    assert pids
+    deadline = time.monotonic() + 15
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [p for p in pids if _alive(p)]
+    for p in left:
+        os.kill(p, 9)
+    assert not left, f"reader worker(s) {left} outlived their process"
