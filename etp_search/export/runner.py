@@ -160,13 +160,34 @@ def index_data(
         if left and rebuild:
             for p in left:
                 shards.remove_store_files(p)
-        elif left:  # a killed torchrun `index`: keep what its ranks embedded
-            n = shards.merge_shards(writer, left, source.ids)
-            logger.info("took %d rows from %d shard stores of an interrupted torchrun run", n, len(left))
-        todo = source.todo(writer.done_ids)
-        logger.info("%s; %d to embed, %d already in %s", source.summary_line, len(todo),
-                    source.total - len(todo), store)
-        skipped, seconds = _embed(source, todo, writer, mapper, progress)
+        elif left:
+            # A killed torchrun `index`: keep what its ranks embedded, embed the rest into a shard of
+            # this process's own, then merge every shard in source order, so the store is the one an
+            # uninterrupted run writes (merging first and appending the rest would reorder rows).
+            done = set(writer.done_ids)
+            for p in left:
+                with EmbeddingStore.open(p) as s:
+                    done.update(s.ids)
+            rest = shards.shard_path(store, 0, 1)
+            shard = StoreWriter(rest, cfg.embed_dim, prov)
+            try:
+                todo = source.todo(done | set(shard.done_ids))
+                logger.info("%s; %d to embed, %d in the shards of an interrupted torchrun run or in %s",
+                            source.summary_line, len(todo), source.total - len(todo), store)
+                skipped, seconds = _embed(source, todo, shard, mapper, progress)
+                if shard.written:
+                    shard.store.compact()
+            finally:
+                shard.close()
+            found = sorted(set(left) | {rest})
+            n = shards.merge_shards(writer, found, source.ids)
+            logger.info("took %d rows from %d shard stores", n, len(found))
+            left = found
+        if not left or rebuild:
+            todo = source.todo(writer.done_ids)
+            logger.info("%s; %d to embed, %d already in %s", source.summary_line, len(todo),
+                        source.total - len(todo), store)
+            skipped, seconds = _embed(source, todo, writer, mapper, progress)
         index_info = writer.finish(build_index=build_index, factory=factory, rebuild_index=rebuild_index,
                                    builder=builder, max_index_memory=max_index_memory)
         for p in left:
