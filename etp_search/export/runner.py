@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 import torch
@@ -203,23 +204,76 @@ def index_data(
         **{k: IndexInfo(**index_info[k]) for k in ("ecg_index", "text_index") if k in index_info})
 
 
+#: Rows whose report vectors ``_embed`` defers before writing them (see there): a kill loses at most
+#: these (they are embedded again on resume); 2,048 PTB-XL rows hold ~600 distinct reports.
+TEXT_DEFER_ROWS = 2048
+
+
+class _DeferredTexts:
+    """Batches whose ECG vectors are made and whose report vectors wait (see ``_embed``)."""
+
+    def __init__(self, writer: StoreWriter, mapper: EtpMapper, limit: int) -> None:
+        self.writer, self.mapper, self.limit = writer, mapper, limit
+        self.pending: list[tuple[Any, np.ndarray]] = []
+        self.rows = 0
+        self.failed = False
+
+    def add(self, batch: Any, ecg: np.ndarray) -> None:
+        batch.signals = batch.signals[:0]  # the vectors are made: free the signals while waiting
+        self.pending.append((batch, ecg))
+        self.rows += len(batch.ids)
+        if self.rows >= self.limit:
+            self.flush()
+
+    def flush(self) -> None:
+        """Encode every new report of the waiting batches in one call, then append them in order."""
+        if not self.pending:
+            return
+        try:
+            self.mapper.texts([t for b, _ in self.pending for t in b.texts])
+            for b, ecg in self.pending:
+                self.writer.write(b, ecg, self.mapper.texts(b.texts))
+        except BaseException:
+            self.failed = True
+            raise
+        self.pending.clear()
+        self.rows = 0
+
+
 def _embed(source: Any, todo: list[int], writer: StoreWriter, mapper: EtpMapper, progress: bool,
-           die_after: int | None = None) -> tuple[dict[str, int], float]:
-    """Read -> encode -> append the records at positions ``todo``; returns (skips by reason, seconds)."""
+           die_after: int | None = None, defer_rows: int | None = None) -> tuple[dict[str, int], float]:
+    """Read -> encode -> append the records at positions ``todo``; returns (skips by reason, seconds).
+
+    ECG vectors are made batch by batch as the reader delivers; the report vectors of up to
+    ``defer_rows`` rows (default ``TEXT_DEFER_ROWS``) wait, so that the report tower gets all their
+    new distinct reports in one length-sorted call instead of a few unsorted ones per batch (reports
+    repeat; the tower, not the ECG encoder, limited ``index``). Then the waiting batches are appended
+    whole, in reading order: the store still only ever sees whole batches, and a kill loses at most
+    the waiting rows, which the next run embeds again.
+    """
+    deferred = _DeferredTexts(writer, mapper, TEXT_DEFER_ROWS if defer_rows is None else max(1, int(defer_rows)))
     skipped: dict[str, int] = {}
     t0 = time.perf_counter()
     n_batches = 0
     with tqdm(total=len(todo), unit="rec", desc="index", disable=not progress or not todo, dynamic_ncols=True) as bar:
-        for batch in source.batches(todo):
-            for reason, n in batch.skipped.items():
-                skipped[reason] = skipped.get(reason, 0) + n
-            if batch.ids:
-                writer.write(batch, mapper.ecg(batch.signals), mapper.texts(batch.texts))
-            bar.update(len(batch.ids) + sum(batch.skipped.values()))
-            n_batches += 1
-            if die_after is not None and n_batches >= die_after:
-                logger.warning("test hook %s: leaving after %d batches", shards.DIE_ENV, n_batches)
-                os._exit(1)
+        try:
+            for batch in source.batches(todo):
+                for reason, n in batch.skipped.items():
+                    skipped[reason] = skipped.get(reason, 0) + n
+                if batch.ids:
+                    deferred.add(batch, mapper.ecg(batch.signals))
+                bar.update(len(batch.ids) + sum(batch.skipped.values()))
+                n_batches += 1
+                if die_after is not None and n_batches >= die_after:
+                    deferred.flush()  # the hook stands for a kill right after the N-th batch was written
+                    logger.warning("test hook %s: leaving after %d batches", shards.DIE_ENV, n_batches)
+                    os._exit(1)
+        except Exception:
+            # A reader that failed mid-run (a damaged cache): what it delivered is kept, as its error says.
+            if not deferred.failed:
+                deferred.flush()
+            raise
+        deferred.flush()
     return skipped, time.perf_counter() - t0
 
 
