@@ -372,7 +372,8 @@ def load_index(path: str | os.PathLike, mmap: bool = True) -> faiss.Index:
     else:
         flags = faiss.IO_FLAG_MMAP if mmap else 0
     try:
-        return faiss.read_index(str(path), flags)
+        with _stdout_to_stderr():  # faiss printf()s the lists file it maps; keep --json output clean
+            return faiss.read_index(str(path), flags)
     except RuntimeError as exc:
         first = (str(exc).strip().splitlines() or ["unreadable"])[0]
         raise AnnError(f"index file {path} is damaged or missing its .ivfdata ({first[:120]}); rebuild the index") from None
@@ -501,21 +502,39 @@ def held_out_recall(index: faiss.Index, data: ArrayLike, *, queries: int = 200, 
     return out
 
 
-def store_builder(max_memory: int | None = None, *, seed: int = 0,
+def store_builder(max_memory: int | None = None, *, ondisk: bool = False, seed: int = 0,
                   chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Callable[[Any, str, str], tuple[faiss.Index, dict]]:
     """An ``indexing.index_files.IndexBuilder`` for ``--factory auto``: plan by rows and budget,
-    train on a sample, add the store's vectors chunk by chunk, measure held-out recall@10."""
+    train on a sample, add the store's vectors chunk by chunk, measure held-out recall@10.
+
+    With ``ondisk`` an IVF layout keeps its inverted lists in a ``.ivfdata`` file (memory-mapped,
+    not counted in the budget), written beside the store under a temporary name;
+    ``index_files.save_index`` moves it to ``STORE.<which>.faiss.ivfdata`` and records its digest.
+    """
 
     def build(store: Any, which: str, factory: str) -> tuple[faiss.Index, dict]:
         t0 = time.perf_counter()
         column = VectorColumn(store, which)
-        plan = plan_index(column.shape[0], column.shape[1], "auto", max_memory=max_memory)
-        index, rep = build_index(column, plan, chunk_rows=chunk_rows, seed=seed)
+        plan = plan_index(column.shape[0], column.shape[1], "auto", max_memory=max_memory, ondisk=ondisk)
+        tmp = None
+        if plan.ondisk:
+            where = Path(store.path)
+            tmp = where.with_name(f".{where.name}.{which}.{os.getpid()}.build.faiss")
+        try:
+            index, rep = build_index(column, plan, chunk_rows=chunk_rows, seed=seed, out=tmp)
+        except BaseException:
+            if tmp is not None:
+                Path(f"{tmp}.ivfdata").unlink(missing_ok=True)
+            raise
+        finally:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)  # the index is in memory; its lists file stays until saved
         info: dict[str, Any] = {"factory": plan.factory, "factory_requested": factory, "dim": plan.dim,
                                 "metric": "inner_product", "normalized": True, "seed": seed,
                                 "faiss_version": faiss.__version__, "layout": plan.kind,
                                 "memory_estimate_bytes": plan.memory_bytes, "max_index_memory": max_memory,
-                                "n_rows": int(index.ntotal), "n_rows_at_build": int(index.ntotal), "on_gpu": False}
+                                "n_rows": int(index.ntotal), "n_rows_at_build": int(index.ntotal), "on_gpu": False,
+                                "ondisk_requested": bool(ondisk), "ondisk": plan.ondisk}
         if plan.nlist:
             info.update(nlist=plan.nlist, train_size=rep.train_rows, train_seconds=round(rep.train_s, 3))
         if plan.kind == "flat":

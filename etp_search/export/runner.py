@@ -102,6 +102,7 @@ def index_data(
     text_source: str | None = None,
     factory: str = "auto",
     max_index_memory: int | None = None,
+    ondisk_lists: bool = False,
     build_index: bool = True,
     builder: IndexBuilder | None = None,
     progress: bool = True,
@@ -115,6 +116,8 @@ def index_data(
 
     ``factory`` is the FAISS index-factory string ("auto", "Flat", "IVF1024,Flat", ...); ``builder``
     replaces how a new index is made (``indexing.index_files.IndexBuilder``), e.g. a streaming one.
+    ``max_index_memory`` (bytes) and ``ondisk_lists`` (IVF lists in a memory-mapped
+    ``STORE.<which>.faiss.ivfdata`` file, checked by SHA-256 like the index) apply to "auto".
 
     ``rank``/``world_size`` (from torchrun, see ``etp_search.export.shards``): each rank embeds
     the records at positions ``rank`` mod ``world_size`` into its own shard store, then rank 0
@@ -140,6 +143,8 @@ def index_data(
                          batch_size=batch_size, workers=workers)
     if source.total == 0:
         raise DataError(f"{data} holds no readable {source.format_name} records; check the folder (`etp-search info {data}`)")
+    if ondisk_lists and factory != "auto":
+        raise EtpError("--ondisk-lists applies to --factory auto; drop one of the two")
     if factory != "auto":
         from indexing.faiss_index import check_factory
 
@@ -153,7 +158,8 @@ def index_data(
         return _index_sharded(source, store, ckpt, cfg.embed_dim, prov, mapper, device, rank=rank,
                               world_size=world_size, rebuild=rebuild, progress=progress,
                               finish_kw=dict(build_index=build_index, factory=factory, rebuild_index=rebuild_index,
-                                             builder=builder, max_index_memory=max_index_memory))
+                                             builder=builder, max_index_memory=max_index_memory,
+                                             ondisk_lists=ondisk_lists))
     writer = StoreWriter(store, cfg.embed_dim, prov, rebuild=rebuild)
     try:
         already = source.total - len(source.todo(writer.done_ids))
@@ -190,7 +196,7 @@ def index_data(
                         source.total - len(todo), store)
             skipped, seconds = _embed(source, todo, writer, mapper, progress)
         index_info = writer.finish(build_index=build_index, factory=factory, rebuild_index=rebuild_index,
-                                   builder=builder, max_index_memory=max_index_memory)
+                                   builder=builder, max_index_memory=max_index_memory, ondisk_lists=ondisk_lists)
         for p in left:
             shards.remove_store_files(p)
     finally:
