@@ -155,8 +155,9 @@ class SegmentFiles:
     _lock_fd: int | None
     _files: dict[Path, h5py.File]
     _segments: list[_Segment]
-    _ids: list[str]
-    _row: dict[str, int]
+    #: id (UTF-8 bytes) -> row, built on the first id lookup (``_id_rows``), not at open.
+    _row: dict[bytes, int] | None
+    _row_upto: int
     _n: int
     _next_seq: int
 
@@ -190,7 +191,7 @@ class SegmentFiles:
             if header["store_uuid"] != self.uuid:
                 raise StoreError(f"store {self.path} was recreated by another process while open; "
                                  "run the command again")
-            ids: list[str] = _decode_str(main["ids"][:])
+            main_rows = int(main["ids"].shape[0])  # ids are read when asked for, not here
         except StoreError:
             main.close()
             raise
@@ -210,23 +211,24 @@ class SegmentFiles:
             main.close()
             self._files.pop(self.path, None)
             raise Vanished(f"store {self.path} was compacted while being opened")
-        segments = [_Segment(self.path, 0, int(header["n_rows"]))]
-        start = len(ids)
+        segments = [_Segment(self.path, 0, main_rows)]
+        start = main_rows
         for lo, hi, level, p in visible:
             with _open_h5(p) as f:
                 try:
                     if f.attrs.get("store_uuid") != self.uuid:
                         raise StoreError(f"part {p} belongs to another store; {REBUILD_HINT}")
-                    part_ids = _decode_str(f["ids"][:])
+                    part_rows = int(f["ids"].shape[0])
                 except DAMAGE as e:
                     raise _damaged(p, "record ids", e) from e
-            segments.append(_Segment(p, start, len(part_ids), lo, hi, level))
-            ids.extend(part_ids)
-            start += len(part_ids)
+            segments.append(_Segment(p, start, part_rows, lo, hi, level))
+            start += part_rows
         self._segments = segments
-        self._ids = ids
-        self._row = {rid: i for i, rid in enumerate(ids)}
-        self._n = len(ids)
+        # Rows keep their numbers across re-scans (only appends at the end), so an id map already
+        # built stays valid and is extended on its next use.
+        if getattr(self, "_row", None) is None or getattr(self, "_row_upto", 0) > start:
+            self._row, self._row_upto = None, 0
+        self._n = start
         self._next_seq = max([merged_upto] + [s.hi for s in segments[1:]]) + 1
 
     def _transient_failure(self, err: StoreError) -> StoreError:
