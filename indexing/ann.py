@@ -279,19 +279,15 @@ def build_index(data: ArrayLike, plan: IndexPlan, *, chunk_rows: int = DEFAULT_C
         ivfdata = out_path.with_name(out_path.name + ".ivfdata")
         shard_dir = Path(tempfile.mkdtemp(prefix=".shards-", dir=out_path.parent))
         shards: list[str] = []
+        def add_shard(a: int, block: np.ndarray) -> None:
+            shard = faiss.clone_index(index)
+            shard.add_with_ids(block, np.arange(a, a + len(block), dtype=np.int64))
+            name = str(shard_dir / f"s{len(shards):06d}.index")
+            faiss.write_index(shard, name)
+            shards.append(name)
+
         try:
-            for a, block in iter_chunks(data, chunk_rows):
-                shard = faiss.clone_index(index)
-                shard.add_with_ids(block, np.arange(a, a + len(block), dtype=np.int64))
-                name = str(shard_dir / f"s{chunks:06d}.index")
-                faiss.write_index(shard, name)
-                del shard
-                shards.append(name)
-                if refine is not None:
-                    refine.add(block)
-                chunks += 1
-                if progress:
-                    progress(a + len(block), n)
+            chunks = _add_chunks(data, chunk_rows, add_shard, refine, progress)
             if ivfdata.exists():
                 ivfdata.unlink()
             from faiss.contrib.ondisk import merge_ondisk
@@ -308,13 +304,7 @@ def build_index(data: ArrayLike, plan: IndexPlan, *, chunk_rows: int = DEFAULT_C
         files = [str(out_path), str(ivfdata)]
         index = load_index(out_path)
     else:
-        for a, block in iter_chunks(data, chunk_rows):
-            index.add(block)
-            if refine is not None:
-                refine.add(block)
-            chunks += 1
-            if progress:
-                progress(a + len(block), n)
+        chunks = _add_chunks(data, chunk_rows, lambda a, block: index.add(block), refine, progress)
         if refine is not None:
             index = _refined(index, refine)
         if out is not None:
@@ -323,6 +313,21 @@ def build_index(data: ArrayLike, plan: IndexPlan, *, chunk_rows: int = DEFAULT_C
     t2 = time.perf_counter()
     set_search_params(index, nprobe=16, k_factor=8)
     return index, BuildReport(plan.to_dict(), n, train_rows, t1 - t0, t2 - t1, chunks, files)
+
+
+def _add_chunks(data: ArrayLike, chunk_rows: int, add: Callable[[int, np.ndarray], None],
+                refine: faiss.Index | None, progress: Callable[[int, int], None] | None) -> int:
+    """Feed ``data`` chunk by chunk to ``add(row0, block)`` (and the refine index); returns the chunk count."""
+    chunks = 0
+    n = int(data.shape[0])
+    for a, block in iter_chunks(data, chunk_rows):
+        add(a, block)
+        if refine is not None:
+            refine.add(block)
+        chunks += 1
+        if progress:
+            progress(a + len(block), n)
+    return chunks
 
 
 @contextlib.contextmanager

@@ -201,13 +201,21 @@ def index_data(
             shards.remove_store_files(p)
     finally:
         writer.close()
+    return _summary(store, ckpt, device, source, writer.written, already, skipped, seconds,
+                    int(index_info["rows"]), index_info)
+
+
+def _summary(store: Path, ckpt: Path, device: str, source: Any, written: int, already: int,
+             skipped: dict[str, int], seconds: float, rows: int,
+             index_info: dict[str, Any] | None = None) -> IndexSummary:
+    """The ``IndexSummary`` of a run (one process, one rank, or the merged torchrun job)."""
+    index_info = index_info or {}
     return IndexSummary(
         store=str(store), checkpoint=str(ckpt), device=device, format=source.format_name,
-        records_found=source.total, written=writer.written, already_stored=already,
+        records_found=source.total, written=written, already_stored=already,
         skipped=skipped, seconds=round(seconds, 2),
-        records_per_s=round(writer.written / seconds, 1) if seconds > 0 and writer.written else None,
-        rows=int(index_info["rows"]),
-        **{k: IndexInfo(**index_info[k]) for k in ("ecg_index", "text_index") if k in index_info})
+        records_per_s=round(written / seconds, 1) if seconds > 0 and written else None,
+        rows=rows, **{k: IndexInfo(**index_info[k]) for k in ("ecg_index", "text_index") if k in index_info})
 
 
 #: Rows whose report vectors ``_embed`` defers before writing them (see there): a kill loses at most
@@ -326,11 +334,8 @@ def _index_sharded(source: Any, store: Path, ckpt: Path, dim: int, prov: dict[st
         all_skipped = _gather_skips(skipped)
         dist.barrier()  # every shard is complete
         if main is None:
-            return IndexSummary(store=str(store), checkpoint=str(ckpt), device=device, format=source.format_name,
-                                records_found=source.total, written=shard.written,
-                                already_stored=already, skipped=skipped, seconds=round(seconds, 2),
-                                records_per_s=round(shard.written / seconds, 1) if seconds > 0 and shard.written else None,
-                                rows=len(main_done) + shard.written)
+            return _summary(store, ckpt, device, source, shard.written, already, skipped, seconds,
+                            len(main_done) + shard.written)
         t0 = time.perf_counter()
         found = shards.existing_shards(store)
         merged = shards.merge_shards(main, found, source.ids)
@@ -342,13 +347,8 @@ def _index_sharded(source: Any, store: Path, ckpt: Path, dim: int, prov: dict[st
     finally:
         if main is not None:
             main.close()
-    return IndexSummary(
-        store=str(store), checkpoint=str(ckpt), device=device, format=source.format_name,
-        records_found=source.total, written=main.written, already_stored=already,
-        skipped=all_skipped, seconds=round(seconds, 2),
-        records_per_s=round(main.written / seconds, 1) if seconds > 0 and main.written else None,
-        rows=int(index_info["rows"]),
-        **{k: IndexInfo(**index_info[k]) for k in ("ecg_index", "text_index") if k in index_info})
+    return _summary(store, ckpt, device, source, main.written, already, all_skipped, seconds,
+                    int(index_info["rows"]), index_info)
 
 
 def _check_same_records(ids: list[str], rank: int) -> None:
