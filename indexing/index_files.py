@@ -103,7 +103,12 @@ def save_index(index: Any, path: str | os.PathLike, info: dict) -> dict:
         if src.resolve() != lists_file.resolve():
             # Readers that mapped the old lists file keep its inode; new ones see this file and, until
             # the sidecar below is replaced, a digest that differs (torn: retried, then exact search).
-            os.replace(src, lists_file)
+            try:
+                os.replace(src, lists_file)
+            except OSError:  # another filesystem (an index path outside the store's folder)
+                import shutil
+
+                shutil.move(str(src), str(lists_file))
             od.filename = str(lists_file)
         lists_digest, lists_bytes = _digest_path(lists_file)
         lists_meta = {"file": lists_file.name, "bytes": lists_bytes, "sha256": lists_digest}
