@@ -37,8 +37,8 @@ import h5py
 import numpy as np
 
 from indexing._io import atomic_write, crash_point
-from indexing.columns import (DAMAGE, REBUILD_HINT, _STR, Vanished, _chunk_rows, _damaged, _decode_str,
-                              _header_of, _open_h5, _write_header)
+from indexing.columns import (DAMAGE, NUM_CHUNK_ROWS, REBUILD_HINT, STR_CHUNK_ROWS, _STR, Vanished, _chunk_rows,
+                              _damaged, _header_of, _open_h5, _write_header)
 from indexing.errors import StoreError
 
 logger = logging.getLogger("indexing.store")
@@ -116,7 +116,10 @@ def _copy_segments(f: h5py.File, segments: Sequence[_Segment], store: SegmentFil
         with _open_h5(segments[0].path) as f0:
             dtype, width = f0[name].dtype, f0[name].shape[1:]
         is_str = h5py.check_string_dtype(dtype) is not None
-        chunks = ((max(1, min(_chunk_rows(store.dim), total)),) + width) if width else (max(1, min(65536, total)),)
+        # Strings in small chunks, as parts write them: compaction made them 65,536 rows (1 MiB of
+        # heap pointers read per random id at 5M rows; bench_scale).
+        one_d = STR_CHUNK_ROWS if is_str else NUM_CHUNK_ROWS
+        chunks = ((max(1, min(_chunk_rows(store.dim), total)),) + width) if width else (max(1, min(one_d, total)),)
         dst = f.create_dataset(name, shape=(total,) + width, maxshape=(None,) + width,
                                dtype=_STR if is_str else dtype, chunks=chunks, fletcher32=not is_str)
         pos = 0
