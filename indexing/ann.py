@@ -279,19 +279,15 @@ def build_index(data: ArrayLike, plan: IndexPlan, *, chunk_rows: int = DEFAULT_C
         ivfdata = out_path.with_name(out_path.name + ".ivfdata")
         shard_dir = Path(tempfile.mkdtemp(prefix=".shards-", dir=out_path.parent))
         shards: list[str] = []
+        def add_shard(a: int, block: np.ndarray) -> None:
+            shard = faiss.clone_index(index)
+            shard.add_with_ids(block, np.arange(a, a + len(block), dtype=np.int64))
+            name = str(shard_dir / f"s{len(shards):06d}.index")
+            faiss.write_index(shard, name)
+            shards.append(name)
+
         try:
-            for a, block in iter_chunks(data, chunk_rows):
-                shard = faiss.clone_index(index)
-                shard.add_with_ids(block, np.arange(a, a + len(block), dtype=np.int64))
-                name = str(shard_dir / f"s{chunks:06d}.index")
-                faiss.write_index(shard, name)
-                del shard
-                shards.append(name)
-                if refine is not None:
-                    refine.add(block)
-                chunks += 1
-                if progress:
-                    progress(a + len(block), n)
+            chunks = _add_chunks(data, chunk_rows, add_shard, refine, progress)
             if ivfdata.exists():
                 ivfdata.unlink()
             from faiss.contrib.ondisk import merge_ondisk
@@ -308,13 +304,7 @@ def build_index(data: ArrayLike, plan: IndexPlan, *, chunk_rows: int = DEFAULT_C
         files = [str(out_path), str(ivfdata)]
         index = load_index(out_path)
     else:
-        for a, block in iter_chunks(data, chunk_rows):
-            index.add(block)
-            if refine is not None:
-                refine.add(block)
-            chunks += 1
-            if progress:
-                progress(a + len(block), n)
+        chunks = _add_chunks(data, chunk_rows, lambda a, block: index.add(block), refine, progress)
         if refine is not None:
             index = _refined(index, refine)
         if out is not None:
@@ -323,6 +313,21 @@ def build_index(data: ArrayLike, plan: IndexPlan, *, chunk_rows: int = DEFAULT_C
     t2 = time.perf_counter()
     set_search_params(index, nprobe=16, k_factor=8)
     return index, BuildReport(plan.to_dict(), n, train_rows, t1 - t0, t2 - t1, chunks, files)
+
+
+def _add_chunks(data: ArrayLike, chunk_rows: int, add: Callable[[int, np.ndarray], None],
+                refine: faiss.Index | None, progress: Callable[[int, int], None] | None) -> int:
+    """Feed ``data`` chunk by chunk to ``add(row0, block)`` (and the refine index); returns the chunk count."""
+    chunks = 0
+    n = int(data.shape[0])
+    for a, block in iter_chunks(data, chunk_rows):
+        add(a, block)
+        if refine is not None:
+            refine.add(block)
+        chunks += 1
+        if progress:
+            progress(a + len(block), n)
+    return chunks
 
 
 @contextlib.contextmanager
@@ -372,7 +377,8 @@ def load_index(path: str | os.PathLike, mmap: bool = True) -> faiss.Index:
     else:
         flags = faiss.IO_FLAG_MMAP if mmap else 0
     try:
-        return faiss.read_index(str(path), flags)
+        with _stdout_to_stderr():  # faiss printf()s the lists file it maps; keep --json output clean
+            return faiss.read_index(str(path), flags)
     except RuntimeError as exc:
         first = (str(exc).strip().splitlines() or ["unreadable"])[0]
         raise AnnError(f"index file {path} is damaged or missing its .ivfdata ({first[:120]}); rebuild the index") from None
@@ -501,21 +507,39 @@ def held_out_recall(index: faiss.Index, data: ArrayLike, *, queries: int = 200, 
     return out
 
 
-def store_builder(max_memory: int | None = None, *, seed: int = 0,
+def store_builder(max_memory: int | None = None, *, ondisk: bool = False, seed: int = 0,
                   chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Callable[[Any, str, str], tuple[faiss.Index, dict]]:
     """An ``indexing.index_files.IndexBuilder`` for ``--factory auto``: plan by rows and budget,
-    train on a sample, add the store's vectors chunk by chunk, measure held-out recall@10."""
+    train on a sample, add the store's vectors chunk by chunk, measure held-out recall@10.
+
+    With ``ondisk`` an IVF layout keeps its inverted lists in a ``.ivfdata`` file (memory-mapped,
+    not counted in the budget), written beside the store under a temporary name;
+    ``index_files.save_index`` moves it to ``STORE.<which>.faiss.ivfdata`` and records its digest.
+    """
 
     def build(store: Any, which: str, factory: str) -> tuple[faiss.Index, dict]:
         t0 = time.perf_counter()
         column = VectorColumn(store, which)
-        plan = plan_index(column.shape[0], column.shape[1], "auto", max_memory=max_memory)
-        index, rep = build_index(column, plan, chunk_rows=chunk_rows, seed=seed)
+        plan = plan_index(column.shape[0], column.shape[1], "auto", max_memory=max_memory, ondisk=ondisk)
+        tmp = None
+        if plan.ondisk:
+            where = Path(store.path)
+            tmp = where.with_name(f".{where.name}.{which}.{os.getpid()}.build.faiss")
+        try:
+            index, rep = build_index(column, plan, chunk_rows=chunk_rows, seed=seed, out=tmp)
+        except BaseException:
+            if tmp is not None:
+                Path(f"{tmp}.ivfdata").unlink(missing_ok=True)
+            raise
+        finally:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)  # the index is in memory; its lists file stays until saved
         info: dict[str, Any] = {"factory": plan.factory, "factory_requested": factory, "dim": plan.dim,
                                 "metric": "inner_product", "normalized": True, "seed": seed,
                                 "faiss_version": faiss.__version__, "layout": plan.kind,
                                 "memory_estimate_bytes": plan.memory_bytes, "max_index_memory": max_memory,
-                                "n_rows": int(index.ntotal), "n_rows_at_build": int(index.ntotal), "on_gpu": False}
+                                "n_rows": int(index.ntotal), "n_rows_at_build": int(index.ntotal), "on_gpu": False,
+                                "ondisk_requested": bool(ondisk), "ondisk": plan.ondisk}
         if plan.nlist:
             info.update(nlist=plan.nlist, train_size=rep.train_rows, train_seconds=round(rep.train_s, 3))
         if plan.kind == "flat":

@@ -41,6 +41,13 @@ class Vanished(StoreError):
     """
 
 
+#: Rows per chunk of a string column (ids, texts, labels, str/json metadata): a query reads the
+#: strings of its k hits, and a chunk of vlen strings is read whole (16 bytes a row + the heap).
+STR_CHUNK_ROWS = 4096
+#: Rows per chunk of a numeric 1-D metadata column.
+NUM_CHUNK_ROWS = 65536
+
+
 def _chunk_rows(dim: int) -> int:
     return max(1, (1 << 20) // max(1, dim * 4))  # ~1 MiB chunks: contiguous reads, cheap appends
 
@@ -80,12 +87,12 @@ def _write_rows(f: h5py.File, cols: Mapping[str, np.ndarray], dim: int) -> None:
     for name, arr in cols.items():
         n = len(arr)
         if arr.dtype == object:
-            f.create_dataset(name, data=arr, dtype=_STR, maxshape=(None,), chunks=(max(1, min(4096, n)),))
+            f.create_dataset(name, data=arr, dtype=_STR, maxshape=(None,), chunks=(max(1, min(STR_CHUNK_ROWS, n)),))
         elif arr.ndim == 2:  # fletcher32: a flipped byte in a chunk fails the read instead of being used
             f.create_dataset(name, data=arr, maxshape=(None, arr.shape[1]), fletcher32=True,
                              chunks=(max(1, min(_chunk_rows(dim), n)), arr.shape[1]))
         else:
-            f.create_dataset(name, data=arr, maxshape=(None,), chunks=(max(1, min(65536, n)),), fletcher32=True)
+            f.create_dataset(name, data=arr, maxshape=(None,), chunks=(max(1, min(NUM_CHUNK_ROWS, n)),), fletcher32=True)
         crash_point("mid-write")
 
 

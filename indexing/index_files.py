@@ -64,11 +64,22 @@ def _digest_fd(fd: int) -> tuple[str, int]:
 
 def file_digest(path: str | os.PathLike) -> str:
     """SHA-256 of a file, read in 4 MiB blocks."""
-    fd = os.open(path, os.O_RDONLY)
+    return _digest_path(Path(path))[0]
+
+
+def lists_path(path: str | os.PathLike) -> Path:
+    """Where the on-disk inverted lists of the index at ``path`` live (``PATH.ivfdata``)."""
+    return Path(f"{path}.ivfdata")
+
+
+def ondisk_lists(index: Any) -> Any | None:
+    """The ``faiss.OnDiskInvertedLists`` of an IVF index whose lists live in a file, else None."""
     try:
-        return _digest_fd(fd)[0]
-    finally:
-        os.close(fd)
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+    lists = faiss.downcast_InvertedLists(ivf.invlists)
+    return lists if isinstance(lists, faiss.OnDiskInvertedLists) else None
 
 
 def save_index(index: Any, path: str | os.PathLike, info: dict) -> dict:
@@ -76,11 +87,31 @@ def save_index(index: Any, path: str | os.PathLike, info: dict) -> dict:
 
     The index file is replaced before the sidecar; the sidecar's size and digest then no longer
     match until it is replaced too, so a crash between the two is caught by ``load_index``.
+    An index with on-disk inverted lists (``indexing.ann``, ``ondisk``) has its lists file moved
+    to ``PATH.ivfdata`` first; the sidecar holds that file's size and SHA-256 too. A saved index
+    without on-disk lists removes a ``PATH.ivfdata`` left by an earlier one.
     """
     path = Path(path)
     check_file_path(path, "index", "store.h5.ecg.faiss")
     path.parent.mkdir(parents=True, exist_ok=True)
     cpu = to_cpu(index)
+    od = ondisk_lists(cpu)
+    lists_file = lists_path(path)
+    lists_meta: dict[str, Any] | None = None
+    if od is not None:
+        src = Path(od.filename)
+        if src.resolve() != lists_file.resolve():
+            # Readers that mapped the old lists file keep its inode; new ones see this file and, until
+            # the sidecar below is replaced, a digest that differs (torn: retried, then exact search).
+            try:
+                os.replace(src, lists_file)
+            except OSError:  # another filesystem (an index path outside the store's folder)
+                import shutil
+
+                shutil.move(str(src), str(lists_file))
+            od.filename = str(lists_file)
+        lists_digest, lists_bytes = _digest_path(lists_file)
+        lists_meta = {"file": lists_file.name, "bytes": lists_bytes, "sha256": lists_digest}
     digest: list[str] = []
 
     def write(tmp: Path) -> None:
@@ -91,12 +122,26 @@ def save_index(index: Any, path: str | os.PathLike, info: dict) -> dict:
     meta = dict(info)
     meta.update(sidecar_version=SIDECAR_VERSION, n_rows=int(cpu.ntotal), dim=int(cpu.d),
                 file_bytes=path.stat().st_size, sha256=digest[0], saved=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    meta.pop("ivfdata", None)
+    if lists_meta is not None:
+        meta["ivfdata"] = lists_meta
     for key in ("on_gpu", "saved_to_disk"):  # facts about this process's copy only
         meta.pop(key, None)
     text = json.dumps(meta, indent=2, sort_keys=True)
     atomic_write(sidecar_path(path), lambda tmp: tmp.write_text(text))
-    logger.info("saved index %s (%d rows, %.1f MB)", path, cpu.ntotal, meta["file_bytes"] / 1e6)
+    if lists_meta is None:
+        lists_file.unlink(missing_ok=True)  # lists of an earlier on-disk index of this path
+    logger.info("saved index %s (%d rows, %.1f MB%s)", path, cpu.ntotal, meta["file_bytes"] / 1e6,
+                f" + {lists_meta['bytes'] / 1e6:.1f} MB of lists in {lists_file.name}" if lists_meta else "")
     return meta
+
+
+def _digest_path(path: Path) -> tuple[str, int]:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return _digest_fd(fd)
+    finally:
+        os.close(fd)
 
 
 class _Torn(IndexStaleError):
@@ -170,16 +215,46 @@ def _load_checked(path: Path, store_uuid: str, n_rows: int, which: str | None,
         if size != expected_bytes or digest != info["sha256"]:
             raise _Torn(f"index {path} is damaged or from an interrupted write (its "
                         f"{'size' if size != expected_bytes else 'SHA-256'} differs from its sidecar); {REBUILD_HINT}")
-        name = f"/proc/self/fd/{fd}" if os.path.exists(f"/proc/self/fd/{fd}") else str(path)
-        try:
-            index = faiss.read_index(name)
-        except RuntimeError as e:
-            raise _Torn(f"index {path} is corrupt ({str(e).strip().splitlines()[-1][:80]}); {REBUILD_HINT}") from e
+        lists = info.get("ivfdata")
+        if lists is not None:
+            index = _read_ondisk(path, lists, side.name)
+        else:
+            name = f"/proc/self/fd/{fd}" if os.path.exists(f"/proc/self/fd/{fd}") else str(path)
+            try:
+                index = faiss.read_index(name)
+            except RuntimeError as e:
+                raise _Torn(f"index {path} is corrupt ({str(e).strip().splitlines()[-1][:80]}); {REBUILD_HINT}") from e
     finally:
         os.close(fd)
+    if lists is None and ondisk_lists(index) is not None:
+        raise IndexStaleError(f"index {path} keeps its lists in a file its sidecar does not name; {REBUILD_HINT}")
     if int(index.ntotal) != sidecar_rows or int(index.d) != int(info.get("dim", index.d)):
         raise _Torn(f"index {path} does not match its sidecar ({index.ntotal} rows); {REBUILD_HINT}")
     return index, info
+
+
+def _read_ondisk(path: Path, lists: Any, sidecar_name: str) -> Any:
+    """An index whose inverted lists live in ``PATH.ivfdata``: that file checked against the
+    sidecar's size and SHA-256, then memory-mapped (``IO_FLAG_ONDISK_SAME_DIR``: the folder may move)."""
+    lists_file = lists_path(path)
+    try:
+        expected_bytes, expected = int(lists["bytes"]), str(lists["sha256"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise IndexStaleError(f"index sidecar {sidecar_name} is unreadable ({e}); {REBUILD_HINT}") from e
+    try:
+        digest, size = _digest_path(lists_file)
+    except FileNotFoundError as e:
+        raise _Torn(f"index lists file {lists_file} is missing; {REBUILD_HINT}") from e
+    if size != expected_bytes or digest != expected:
+        raise _Torn(f"index lists file {lists_file} is damaged or from an interrupted write (its "
+                    f"{'size' if size != expected_bytes else 'SHA-256'} differs from {sidecar_name}); {REBUILD_HINT}")
+    from indexing.ann import _stdout_to_stderr
+
+    try:
+        with _stdout_to_stderr():  # faiss printf()s the lists file it maps; keep --json output clean
+            return faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR)
+    except RuntimeError as e:
+        raise _Torn(f"index {path} is corrupt ({str(e).strip().splitlines()[-1][:80]}); {REBUILD_HINT}") from e
 
 
 # ----------------------------------------------------------------------------- the writer's side
@@ -200,12 +275,16 @@ def default_builder(*, ivf_threshold: int = DEFAULT_IVF_THRESHOLD, nprobe: int |
 def build_or_update(store: Any, which: str = "ecg", index_path: str | os.PathLike | None = None,
                     factory: str = "auto", *, use_gpu: bool | str = "auto", rebuild: bool = False,
                     ivf_threshold: int = DEFAULT_IVF_THRESHOLD, nprobe: int | None = None, seed: int = 0,
-                    builder: IndexBuilder | None = None, add_chunk: int = 65536) -> tuple[Any, dict]:
+                    builder: IndexBuilder | None = None, add_chunk: int = 65536,
+                    ondisk: bool | None = None) -> tuple[Any, dict]:
     """Bring ``store``'s ``which`` index file up to date and save it: the writer's job, under the lock.
 
     Loads the saved index when it is current and adds the rows appended since (in chunks of
     ``add_chunk``); (re)builds with ``builder`` when it is missing, damaged, of another factory, or
     when "auto" crosses the flat -> IVF threshold or the store grew 4x past the IVF training.
+    An index with on-disk inverted lists is rebuilt, not extended, when rows were appended (the
+    lists file is memory-mapped by readers, so it is never written in place); ``ondisk`` (when not
+    None) rebuilds an index whose builder was asked otherwise (``info["ondisk_requested"]``).
 
     Raises StoreError when another process holds the store's write lock.
     """
@@ -236,6 +315,10 @@ def build_or_update(store: Any, which: str = "ecg", index_path: str | os.PathLik
                 reason = f"the store grew past {ivf_threshold} rows: switching from exact to IVF"
             elif factory == "auto" and "nlist" in info and n > 4 * int(info.get("n_rows_at_build", n)):
                 reason = f"the store grew more than 4x since the IVF lists were trained ({info['n_rows_at_build']} rows)"
+            elif ondisk is not None and bool(info.get("ondisk_requested", False)) != bool(ondisk):
+                reason = f"on-disk inverted lists {'requested' if ondisk else 'no longer requested'}"
+            elif "ivfdata" in info and int(index.ntotal) < n:
+                reason = "on-disk inverted lists are rebuilt, not extended in place (readers map that file)"
         if reason is None and index is not None and info is not None:
             have = int(index.ntotal)
             if have == n:

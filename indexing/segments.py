@@ -37,8 +37,8 @@ import h5py
 import numpy as np
 
 from indexing._io import atomic_write, crash_point
-from indexing.columns import (DAMAGE, REBUILD_HINT, _STR, Vanished, _chunk_rows, _damaged, _decode_str,
-                              _header_of, _open_h5, _write_header)
+from indexing.columns import (DAMAGE, NUM_CHUNK_ROWS, REBUILD_HINT, STR_CHUNK_ROWS, _STR, Vanished, _chunk_rows,
+                              _damaged, _header_of, _open_h5, _write_header)
 from indexing.errors import StoreError
 
 logger = logging.getLogger("indexing.store")
@@ -116,7 +116,10 @@ def _copy_segments(f: h5py.File, segments: Sequence[_Segment], store: SegmentFil
         with _open_h5(segments[0].path) as f0:
             dtype, width = f0[name].dtype, f0[name].shape[1:]
         is_str = h5py.check_string_dtype(dtype) is not None
-        chunks = ((max(1, min(_chunk_rows(store.dim), total)),) + width) if width else (max(1, min(65536, total)),)
+        # Strings in small chunks, as parts write them: compaction made them 65,536 rows (1 MiB of
+        # heap pointers read per random id at 5M rows; bench_scale).
+        one_d = STR_CHUNK_ROWS if is_str else NUM_CHUNK_ROWS
+        chunks = ((max(1, min(_chunk_rows(store.dim), total)),) + width) if width else (max(1, min(one_d, total)),)
         dst = f.create_dataset(name, shape=(total,) + width, maxshape=(None,) + width,
                                dtype=_STR if is_str else dtype, chunks=chunks, fletcher32=not is_str)
         pos = 0
@@ -155,8 +158,9 @@ class SegmentFiles:
     _lock_fd: int | None
     _files: dict[Path, h5py.File]
     _segments: list[_Segment]
-    _ids: list[str]
-    _row: dict[str, int]
+    #: id (UTF-8 bytes) -> row, built on the first id lookup (``_id_rows``), not at open.
+    _row: dict[bytes, int] | None
+    _row_upto: int
     _n: int
     _next_seq: int
 
@@ -190,7 +194,7 @@ class SegmentFiles:
             if header["store_uuid"] != self.uuid:
                 raise StoreError(f"store {self.path} was recreated by another process while open; "
                                  "run the command again")
-            ids: list[str] = _decode_str(main["ids"][:])
+            main_rows = int(main["ids"].shape[0])  # ids are read when asked for, not here
         except StoreError:
             main.close()
             raise
@@ -210,23 +214,24 @@ class SegmentFiles:
             main.close()
             self._files.pop(self.path, None)
             raise Vanished(f"store {self.path} was compacted while being opened")
-        segments = [_Segment(self.path, 0, int(header["n_rows"]))]
-        start = len(ids)
+        segments = [_Segment(self.path, 0, main_rows)]
+        start = main_rows
         for lo, hi, level, p in visible:
             with _open_h5(p) as f:
                 try:
                     if f.attrs.get("store_uuid") != self.uuid:
                         raise StoreError(f"part {p} belongs to another store; {REBUILD_HINT}")
-                    part_ids = _decode_str(f["ids"][:])
+                    part_rows = int(f["ids"].shape[0])
                 except DAMAGE as e:
                     raise _damaged(p, "record ids", e) from e
-            segments.append(_Segment(p, start, len(part_ids), lo, hi, level))
-            ids.extend(part_ids)
-            start += len(part_ids)
+            segments.append(_Segment(p, start, part_rows, lo, hi, level))
+            start += part_rows
         self._segments = segments
-        self._ids = ids
-        self._row = {rid: i for i, rid in enumerate(ids)}
-        self._n = len(ids)
+        # Rows keep their numbers across re-scans (only appends at the end), so an id map already
+        # built stays valid and is extended on its next use.
+        if getattr(self, "_row", None) is None or getattr(self, "_row_upto", 0) > start:
+            self._row, self._row_upto = None, 0
+        self._n = start
         self._next_seq = max([merged_upto] + [s.hi for s in segments[1:]]) + 1
 
     def _transient_failure(self, err: StoreError) -> StoreError:

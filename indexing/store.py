@@ -45,6 +45,10 @@ def __getattr__(name: str) -> Any:  # ``indexing.store.crash_hook`` reads the on
     raise AttributeError(name)
 
 
+#: Ids read per HDF5 call when all of them are wanted (``ids``, the id -> row map).
+_ID_CHUNK = 1 << 16
+
+
 class EmbeddingStore(SegmentFiles):
     """Append-only, crash-safe store of ECG (and report) embeddings with their records' metadata.
 
@@ -164,12 +168,32 @@ class EmbeddingStore(SegmentFiles):
 
     @property
     def ids(self) -> list[str]:
-        """Record ids in row order (a copy)."""
-        return list(self._ids)
+        """Record ids in row order (a new list, read from the files: O(rows); prefer ``ids_at``)."""
+        out: list[str] = []
+        for a in range(0, self._n, _ID_CHUNK):
+            out.extend(self._read("ids", slice(a, min(self._n, a + _ID_CHUNK)), None, object))
+        return out
 
     def ids_at(self, rows: Iterable[int]) -> list[str]:
-        """Record ids of some rows (no copy of the whole id list: cheap per query)."""
-        return [self._ids[int(r)] for r in rows]
+        """Record ids of some rows, read for those rows only (cheap per query)."""
+        idx = np.fromiter((int(r) for r in rows), dtype=np.int64)
+        return self._read("ids", idx, None, object) if idx.size else []
+
+    def _id_rows(self) -> dict[bytes, int]:
+        """The id -> row map (UTF-8 keys), built on the first lookup in chunks of ``_ID_CHUNK``
+        rows and extended with the rows appended since; opening a store reads no ids."""
+        if self._row is None:
+            self._row, self._row_upto = {}, 0
+        while self._row_upto < self._n:
+            a, b = self._row_upto, min(self._n, self._row_upto + _ID_CHUNK)
+            raw = self._read_raw_ids(a, b)
+            self._row.update(zip(raw, range(a, b)))
+            self._row_upto = b
+        return self._row
+
+    def _read_raw_ids(self, a: int, b: int) -> list[bytes]:
+        out = self._read("ids", slice(a, b), None, object, decode=False).tolist()
+        return [v if isinstance(v, bytes) else str(v).encode("utf-8") for v in out]
 
     @property
     def meta_columns(self) -> list[str]:
@@ -177,14 +201,15 @@ class EmbeddingStore(SegmentFiles):
 
     def contains(self, ids: Iterable[str]) -> np.ndarray:
         """Boolean mask: which of ``ids`` are already stored (for resuming an interrupted run)."""
-        return np.array([rid in self._row for rid in ids], dtype=bool)
+        rows = self._id_rows()
+        return np.array([str(rid).encode("utf-8") in rows for rid in ids], dtype=bool)
 
     def row_of(self, record_id: str) -> int:
         """Row of one record id; RecordNotFoundError if it is not stored."""
         try:
-            return self._row[record_id]
+            return self._id_rows()[str(record_id).encode("utf-8")]
         except KeyError:
-            examples = ", ".join(repr(i) for i in self._ids[:3])
+            examples = ", ".join(repr(i) for i in self.ids_at(range(min(3, self._n))))
             raise RecordNotFoundError(
                 f"record {record_id!r} is not in store {self.path} ({self._n} records); "
                 + (f"ids are the dataset's record ids, e.g. {examples}" if self._n
@@ -217,7 +242,7 @@ class EmbeddingStore(SegmentFiles):
             raise StoreError(f"row index out of range for a store of {self._n} rows")
         return np.where(idx < 0, idx + self._n, idx)
 
-    def _read(self, name: str, rows: Any, width: int | None, dtype: Any) -> Any:
+    def _read(self, name: str, rows: Any, width: int | None, dtype: Any, decode: bool = True) -> Any:
         """Read dataset ``name`` for ``rows`` across main + parts into one preallocated array.
 
         A part may be merged away by a concurrent writer between the scan and the read; rows keep
@@ -227,7 +252,7 @@ class EmbeddingStore(SegmentFiles):
         for attempt in range(_seg.READ_RETRIES):
             try:
                 out = self._read_sel(name, sel, width, dtype)
-                return _decode_str(out) if dtype == object else out
+                return _decode_str(out) if dtype == object and decode else out
             except Vanished as e:
                 if attempt == _seg.READ_RETRIES - 1:
                     raise self._transient_failure(e) from e
@@ -268,7 +293,8 @@ class EmbeddingStore(SegmentFiles):
             return
         sel = self._rows_index(rows)
         at = (np.arange(sel.start, sel.stop) if isinstance(sel, slice) else np.asarray(sel))[bad]
-        shown = ", ".join(f"{int(r)} ({self._ids[int(r)]!r}, norm {norms[b]:.4g})" for r, b in zip(at[:3], bad[:3]))
+        shown = ", ".join(f"{int(r)} ({rid!r}, norm {norms[b]:.4g})"
+                          for r, rid, b in zip(at[:3], self.ids_at(at[:3]), bad[:3]))
         raise StoreError(f"store {self.path} has damaged {which} vectors in {len(bad)} row(s): {shown}"
                          f"{', ...' if len(bad) > 3 else ''} (stored vectors have norm 1); {_REBUILD_HINT}")
 
@@ -357,9 +383,9 @@ class EmbeddingStore(SegmentFiles):
         atomic_h5(final, lambda f: _write_part(f, self.uuid, seq, seq, 0, cols, self.dim), self.parts_dir)
         crash_point("after-part")
         self._segments.append(_Segment(final, self._n, n, seq, seq, 0))
-        for i, rid in enumerate(ids):
-            self._row[rid] = self._n + i
-        self._ids.extend(ids)
+        if self._row is not None and self._row_upto == self._n:
+            self._row.update(zip((r.encode("utf-8") for r in ids), range(self._n, self._n + n)))
+            self._row_upto = self._n + n
         self._n += n
         self._next_seq = seq + 1
         self._merge_tiers()
@@ -370,7 +396,8 @@ class EmbeddingStore(SegmentFiles):
         if len(set(ids)) != n:
             dup = sorted({i for i in ids if ids.count(i) > 1})[:3]
             raise StoreError(f"record ids repeat within the batch ({', '.join(dup)}); record ids must be unique")
-        present = [i for i in ids if i in self._row]
+        known = self._id_rows()
+        present = [i for i in ids if i.encode("utf-8") in known]
         if present:
             raise StoreError(f"{len(present)} record(s) already stored (e.g. {present[0]!r}); "
                              "skip them with store.contains(ids) to resume")

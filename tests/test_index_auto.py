@@ -66,3 +66,53 @@ def test_store_builder_streams_ivf_pq_refine_and_filters_still_work(tmp_path: Pa
     _, rows = search(index, x[:5], 10, allowed_rows=allowed)
     assert rows.shape == (5, 10) and bool(allowed[rows].all())
     store.close()
+
+
+def test_ondisk_lists_sit_beside_the_index_under_its_digest_and_a_flipped_byte_is_named(tmp_path: Path) -> None:
+    from indexing.errors import IndexStaleError
+
+    dim, n = 32, 12_000
+    x = _clustered(n, dim, seed=1)
+    store = EmbeddingStore.create(tmp_path / "s.h5", dim, {"test": 1}, has_text=False)
+    store.append([f"r{i}" for i in range(n)], x)
+    budget = n * dim * 2
+    path = Path(f"{store.path}.ecg.faiss")
+    lists = Path(f"{path}.ivfdata")
+    _, info = build_or_update(store, "ecg", builder=ann.store_builder(budget, ondisk=True, chunk_rows=3000), ondisk=True)
+    assert info["ondisk"] is True and info["layout"] == "ivf_flat"  # lists on disk: IVF-Flat fits the budget
+    assert info["ivfdata"]["file"] == lists.name and info["ivfdata"]["bytes"] == lists.stat().st_size > 0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no build leftovers
+    index, side = load_index(path, store.uuid, n, which="ecg")
+    assert side["ivfdata"]["sha256"] == info["ivfdata"]["sha256"]
+    _, rows = index.search(x[:20], 10)
+    assert (rows[:, 0] == np.arange(20)).mean() >= 0.9  # each row finds itself through the mapped lists
+    del index
+
+    raw = bytearray(lists.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    lists.write_bytes(bytes(raw))
+    with pytest.raises(IndexStaleError) as exc:
+        load_index(path, store.uuid, n, which="ecg")
+    said = str(exc.value)
+    assert "\n" not in said and str(lists) in said and "SHA-256" in said and "--rebuild-index" in said
+
+    # The writer rebuilds a damaged one; appended rows rebuild on-disk lists instead of writing them in place.
+    _, again = build_or_update(store, "ecg", builder=ann.store_builder(budget, ondisk=True, chunk_rows=3000), ondisk=True)
+    assert again["ivfdata"]["sha256"] != info["ivfdata"]["sha256"] or again["saved"] != info["saved"]
+    load_index(path, store.uuid, n, which="ecg")
+    more = _clustered(3000, dim, seed=2)
+    store.append([f"m{i}" for i in range(3000)], more)
+    _, grown = build_or_update(store, "ecg", builder=ann.store_builder(budget, ondisk=True, chunk_rows=3000), ondisk=True)
+    assert grown["n_rows"] == grown["n_rows_at_build"] == n + 3000 and grown["added_since_build"] == 0
+    # Asked for in-memory lists again: rebuilt, and the lists file goes.
+    _, mem = build_or_update(store, "ecg", builder=ann.store_builder(budget, chunk_rows=3000), ondisk=False)
+    assert "ivfdata" not in mem and not lists.exists()
+    load_index(path, store.uuid, n + 3000, which="ecg")
+    store.close()
+
+
+def test_cli_ondisk_lists_need_factory_auto(tmp_path: Path, example_ptbxl: Path) -> None:
+    res = cli.invoke(app, ["index", str(example_ptbxl), "--store", str(tmp_path / "s.h5"), "--workers", "0",
+                           "--ondisk-lists", "--factory", "Flat"])
+    assert res.exit_code != 0 and "Traceback" not in res.output and "--ondisk-lists" in res.output
+    assert not (tmp_path / "s.h5").exists()

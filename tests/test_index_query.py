@@ -330,3 +330,30 @@ def test_index_takes_a_factory_string_and_a_pluggable_builder(ckpts, example_ptb
     assert summary.ecg_index is not None and summary.ecg_index.factory == "Flat" and summary.ecg_index.n_rows == 50
     side = json.loads((tmp_path / "s.h5.ecg.faiss.json").read_text())
     assert side["which"] == "ecg" and side["factory_requested"] == "Flat" and len(side["sha256"]) == 64
+
+
+def test_reports_of_a_run_go_to_the_tower_in_one_call_and_the_store_is_the_batch_by_batch_one(
+        tmp_path, ckpts, example_ptbxl, built, monkeypatch):
+    """Issue 13: each batch's new reports went to the report tower in a call of their own (a few
+    unsorted texts each), which made the tower, not the ECG encoder, what limited `index`."""
+    calls: list[int] = []
+    real = EtpModel.encode_text
+
+    def counting(self, texts, *a, **kw):
+        calls.append(len(texts))
+        return real(self, texts, *a, **kw)
+
+    monkeypatch.setattr(EtpModel, "encode_text", counting)
+    store = tmp_path / "deferred.h5"
+    index_data(example_ptbxl, store, ckpts[0], batch_size=8, workers=0, progress=False, build_index=False)
+    with EmbeddingStore.open(store) as s, EmbeddingStore.open(built[0]) as ref:
+        distinct = len(set(s.texts()))
+        assert calls == [distinct] and distinct > 8  # all 50 rows' distinct reports in one call
+        assert s.ids == ref.ids  # whole batches, in reading order, as batch by batch wrote them
+        np.testing.assert_allclose(s.text(), ref.text(), atol=1e-5)
+        np.testing.assert_allclose(s.ecg(), ref.ecg(), atol=1e-5)
+    calls.clear()
+    monkeypatch.setattr(runner_mod, "TEXT_DEFER_ROWS", 8)  # one batch: the old behaviour
+    index_data(example_ptbxl, tmp_path / "per_batch.h5", ckpts[0], batch_size=8, workers=0, progress=False,
+               build_index=False)
+    assert len(calls) > 1 and sum(calls) == distinct  # a call per batch with new reports; the rest memoised

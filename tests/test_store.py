@@ -317,3 +317,37 @@ def test_fuzzed_store_bytes_give_one_line_or_correct_reads(tmp_path, seed):
     np.testing.assert_array_equal(text, t)
     np.testing.assert_array_equal(age, np.arange(300) / 3.0)
     assert texts == [f"report {i}" for i in range(300)]
+
+
+def test_open_reads_no_ids_and_the_id_map_is_built_once_then_extended(tmp_path):
+    """Issue 13: opening a 5M-row store read and mapped every id (18 s); now a query reads only its
+    hits' ids and the first lookup by id builds the map, which later appends extend."""
+    path = tmp_path / "ids.h5"
+    rng = np.random.default_rng(0)
+
+    def unit(n):
+        x = rng.normal(size=(n, 8)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    w = EmbeddingStore.create(path, 8, {}, has_text=False)
+    w.append([f"r{i}" for i in range(20)], unit(20))
+    w.compact()
+    for a in (20, 30):  # two parts after the main file
+        w.append([f"r{i}" for i in range(a, a + 10)], unit(10))
+    reader = EmbeddingStore.open(path)
+    read_rows = []
+    real = reader._read_raw_ids
+    reader._read_raw_ids = lambda a, b: (read_rows.append(b - a), real(a, b))[1]
+    assert reader._row is None and len(reader) == 40  # nothing read at open
+    assert reader.ids_at([39, 0, 25, 25]) == ["r39", "r0", "r25", "r25"] and read_rows == []
+    assert reader.row_of("r33") == 33 and reader.rows_of(["r1", "r21"]).tolist() == [1, 21]
+    assert read_rows == [40]  # one chunked pass for the map, then lookups only
+    w.append([f"n{i}" for i in range(5)], unit(5))
+    reader.refresh()
+    assert reader.row_of("n4") == 44 and reader.contains(["n0", "r0", "zz"]).tolist() == [True, True, False]
+    assert read_rows == [40, 5]  # extended by the new rows, not rebuilt
+    with pytest.raises(RecordNotFoundError, match="e.g. 'r0', 'r1', 'r2'"):
+        reader.row_of("missing")
+    assert reader.ids[:3] == ["r0", "r1", "r2"] and len(reader.ids) == 45
+    reader.close()
+    w.close()

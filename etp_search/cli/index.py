@@ -23,6 +23,7 @@ def index(
     text_source: Annotated[Optional[str], typer.Option(help="scp_en, report or column:<name>; default: the checkpoint's.")] = None,
     factory: Annotated[str, typer.Option(help="FAISS index: 'auto' (Flat below 200k rows, IVF-Flat to 3M, IVF-PQ+refine beyond or when --max-index-memory says so) or a factory string like 'IVF1024,Flat'.")] = "auto",
     max_index_memory: Annotated[Optional[str], typer.Option(help="RAM budget of each index for --factory auto, e.g. 4G or 512M (default: no limit).")] = None,
+    ondisk_lists: Annotated[bool, typer.Option("--ondisk-lists", help="For --factory auto: keep IVF inverted lists in STORE.<ecg|text>.faiss.ivfdata, memory-mapped by queries (outside the RAM budget; rebuilt, not extended, when rows are added).")] = False,
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Start the store afresh (e.g. after changing checkpoint).")] = False,
     rebuild_index: Annotated[bool, typer.Option("--rebuild-index", help="Rebuild the FAISS indexes from the store.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
@@ -42,6 +43,8 @@ def index(
         raise fail(f"--max-index-memory: {e}") from None
     if budget is not None and factory != "auto":
         raise fail("--max-index-memory applies to --factory auto; drop one of the two")
+    if ondisk_lists and factory != "auto":
+        raise fail("--ondisk-lists applies to --factory auto; drop one of the two")
 
     rank, world = 0, 1
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -54,7 +57,7 @@ def index(
     try:
         summary = index_data(data_dir[0] if len(data_dir) == 1 else data_dir, store, checkpoint, batch_size=batch_size, workers=workers, device=device,
                              rebuild=rebuild, rebuild_index=rebuild_index, sampling_rate=sampling_rate,
-                             text_source=text_source, factory=factory, max_index_memory=budget,
+                             text_source=text_source, factory=factory, max_index_memory=budget, ondisk_lists=ondisk_lists,
                              progress=rank == 0, rank=rank, world_size=world).as_dict()
     finally:
         if world > 1:

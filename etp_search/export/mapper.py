@@ -41,13 +41,20 @@ class EtpMapper:
             z = self.model.encode_ecg(x)
         return torch.nn.functional.normalize(z.float(), dim=-1).cpu().numpy()
 
+    def unknown(self, texts: Sequence[str]) -> list[str]:
+        """The distinct texts among ``texts`` that are not memoised yet (what ``texts`` would encode)."""
+        return [t for t in dict.fromkeys(texts) if t not in self._text]
+
     @torch.inference_mode()
-    def texts(self, texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
-        new = list(dict.fromkeys(t for t in texts if t not in self._text))
-        for s in range(0, len(new), batch_size):
-            chunk = new[s:s + batch_size]
-            z = torch.nn.functional.normalize(self.model.encode_text(chunk).float(), dim=-1).cpu().numpy()
-            for t, v in zip(chunk, z):
+    def texts(self, texts: Sequence[str]) -> np.ndarray:
+        """L2-normalised vectors of ``texts`` (in order). The texts not memoised yet go to the
+        report tower in one call, which encodes each distinct one once in length-sorted batches: the
+        more new texts one call gets, the less padding (``runner._embed`` defers the reports of
+        several batches for that reason)."""
+        new = self.unknown(texts)
+        if new:
+            z = torch.nn.functional.normalize(self.model.encode_text(new).float(), dim=-1).cpu().numpy()
+            for t, v in zip(new, z):
                 self._text[t] = v
         out = np.stack([self._text[t] for t in texts]) if texts else np.empty((0, self.model.cfg.embed_dim), np.float32)
         for t in texts:

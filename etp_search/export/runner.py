@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 import torch
@@ -101,6 +102,7 @@ def index_data(
     text_source: str | None = None,
     factory: str = "auto",
     max_index_memory: int | None = None,
+    ondisk_lists: bool = False,
     build_index: bool = True,
     builder: IndexBuilder | None = None,
     progress: bool = True,
@@ -114,6 +116,8 @@ def index_data(
 
     ``factory`` is the FAISS index-factory string ("auto", "Flat", "IVF1024,Flat", ...); ``builder``
     replaces how a new index is made (``indexing.index_files.IndexBuilder``), e.g. a streaming one.
+    ``max_index_memory`` (bytes) and ``ondisk_lists`` (IVF lists in a memory-mapped
+    ``STORE.<which>.faiss.ivfdata`` file, checked by SHA-256 like the index) apply to "auto".
 
     ``rank``/``world_size`` (from torchrun, see ``etp_search.export.shards``): each rank embeds
     the records at positions ``rank`` mod ``world_size`` into its own shard store, then rank 0
@@ -139,6 +143,8 @@ def index_data(
                          batch_size=batch_size, workers=workers)
     if source.total == 0:
         raise DataError(f"{data} holds no readable {source.format_name} records; check the folder (`etp-search info {data}`)")
+    if ondisk_lists and factory != "auto":
+        raise EtpError("--ondisk-lists applies to --factory auto; drop one of the two")
     if factory != "auto":
         from indexing.faiss_index import check_factory
 
@@ -152,7 +158,8 @@ def index_data(
         return _index_sharded(source, store, ckpt, cfg.embed_dim, prov, mapper, device, rank=rank,
                               world_size=world_size, rebuild=rebuild, progress=progress,
                               finish_kw=dict(build_index=build_index, factory=factory, rebuild_index=rebuild_index,
-                                             builder=builder, max_index_memory=max_index_memory))
+                                             builder=builder, max_index_memory=max_index_memory,
+                                             ondisk_lists=ondisk_lists))
     writer = StoreWriter(store, cfg.embed_dim, prov, rebuild=rebuild)
     try:
         already = source.total - len(source.todo(writer.done_ids))
@@ -189,37 +196,98 @@ def index_data(
                         source.total - len(todo), store)
             skipped, seconds = _embed(source, todo, writer, mapper, progress)
         index_info = writer.finish(build_index=build_index, factory=factory, rebuild_index=rebuild_index,
-                                   builder=builder, max_index_memory=max_index_memory)
+                                   builder=builder, max_index_memory=max_index_memory, ondisk_lists=ondisk_lists)
         for p in left:
             shards.remove_store_files(p)
     finally:
         writer.close()
+    return _summary(store, ckpt, device, source, writer.written, already, skipped, seconds,
+                    int(index_info["rows"]), index_info)
+
+
+def _summary(store: Path, ckpt: Path, device: str, source: Any, written: int, already: int,
+             skipped: dict[str, int], seconds: float, rows: int,
+             index_info: dict[str, Any] | None = None) -> IndexSummary:
+    """The ``IndexSummary`` of a run (one process, one rank, or the merged torchrun job)."""
+    index_info = index_info or {}
     return IndexSummary(
         store=str(store), checkpoint=str(ckpt), device=device, format=source.format_name,
-        records_found=source.total, written=writer.written, already_stored=already,
+        records_found=source.total, written=written, already_stored=already,
         skipped=skipped, seconds=round(seconds, 2),
-        records_per_s=round(writer.written / seconds, 1) if seconds > 0 and writer.written else None,
-        rows=int(index_info["rows"]),
-        **{k: IndexInfo(**index_info[k]) for k in ("ecg_index", "text_index") if k in index_info})
+        records_per_s=round(written / seconds, 1) if seconds > 0 and written else None,
+        rows=rows, **{k: IndexInfo(**index_info[k]) for k in ("ecg_index", "text_index") if k in index_info})
+
+
+#: Rows whose report vectors ``_embed`` defers before writing them (see there): a kill loses at most
+#: these (they are embedded again on resume); 2,048 PTB-XL rows hold ~600 distinct reports.
+TEXT_DEFER_ROWS = 2048
+
+
+class _DeferredTexts:
+    """Batches whose ECG vectors are made and whose report vectors wait (see ``_embed``)."""
+
+    def __init__(self, writer: StoreWriter, mapper: EtpMapper, limit: int) -> None:
+        self.writer, self.mapper, self.limit = writer, mapper, limit
+        self.pending: list[tuple[Any, np.ndarray]] = []
+        self.rows = 0
+        self.failed = False
+
+    def add(self, batch: Any, ecg: np.ndarray) -> None:
+        batch.signals = batch.signals[:0]  # the vectors are made: free the signals while waiting
+        self.pending.append((batch, ecg))
+        self.rows += len(batch.ids)
+        if self.rows >= self.limit:
+            self.flush()
+
+    def flush(self) -> None:
+        """Encode every new report of the waiting batches in one call, then append them in order."""
+        if not self.pending:
+            return
+        try:
+            self.mapper.texts([t for b, _ in self.pending for t in b.texts])
+            for b, ecg in self.pending:
+                self.writer.write(b, ecg, self.mapper.texts(b.texts))
+        except BaseException:
+            self.failed = True
+            raise
+        self.pending.clear()
+        self.rows = 0
 
 
 def _embed(source: Any, todo: list[int], writer: StoreWriter, mapper: EtpMapper, progress: bool,
-           die_after: int | None = None) -> tuple[dict[str, int], float]:
-    """Read -> encode -> append the records at positions ``todo``; returns (skips by reason, seconds)."""
+           die_after: int | None = None, defer_rows: int | None = None) -> tuple[dict[str, int], float]:
+    """Read -> encode -> append the records at positions ``todo``; returns (skips by reason, seconds).
+
+    ECG vectors are made batch by batch as the reader delivers; the report vectors of up to
+    ``defer_rows`` rows (default ``TEXT_DEFER_ROWS``) wait, so that the report tower gets all their
+    new distinct reports in one length-sorted call instead of a few unsorted ones per batch (reports
+    repeat; the tower, not the ECG encoder, limited ``index``). Then the waiting batches are appended
+    whole, in reading order: the store still only ever sees whole batches, and a kill loses at most
+    the waiting rows, which the next run embeds again.
+    """
+    deferred = _DeferredTexts(writer, mapper, TEXT_DEFER_ROWS if defer_rows is None else max(1, int(defer_rows)))
     skipped: dict[str, int] = {}
     t0 = time.perf_counter()
     n_batches = 0
     with tqdm(total=len(todo), unit="rec", desc="index", disable=not progress or not todo, dynamic_ncols=True) as bar:
-        for batch in source.batches(todo):
-            for reason, n in batch.skipped.items():
-                skipped[reason] = skipped.get(reason, 0) + n
-            if batch.ids:
-                writer.write(batch, mapper.ecg(batch.signals), mapper.texts(batch.texts))
-            bar.update(len(batch.ids) + sum(batch.skipped.values()))
-            n_batches += 1
-            if die_after is not None and n_batches >= die_after:
-                logger.warning("test hook %s: leaving after %d batches", shards.DIE_ENV, n_batches)
-                os._exit(1)
+        try:
+            for batch in source.batches(todo):
+                for reason, n in batch.skipped.items():
+                    skipped[reason] = skipped.get(reason, 0) + n
+                if batch.ids:
+                    deferred.add(batch, mapper.ecg(batch.signals))
+                bar.update(len(batch.ids) + sum(batch.skipped.values()))
+                n_batches += 1
+                if die_after is not None and n_batches >= die_after:
+                    deferred.flush()  # the hook stands for a kill right after the N-th batch was written
+                    logger.warning("test hook %s: leaving after %d batches", shards.DIE_ENV, n_batches)
+                    os._exit(1)
+        except Exception:
+            # A reader that failed mid-run (a damaged cache): what it delivered is kept, as its error says.
+            if not deferred.failed:
+                deferred.flush()
+            raise
+        deferred.flush()
     return skipped, time.perf_counter() - t0
 
 
@@ -266,11 +334,8 @@ def _index_sharded(source: Any, store: Path, ckpt: Path, dim: int, prov: dict[st
         all_skipped = _gather_skips(skipped)
         dist.barrier()  # every shard is complete
         if main is None:
-            return IndexSummary(store=str(store), checkpoint=str(ckpt), device=device, format=source.format_name,
-                                records_found=source.total, written=shard.written,
-                                already_stored=already, skipped=skipped, seconds=round(seconds, 2),
-                                records_per_s=round(shard.written / seconds, 1) if seconds > 0 and shard.written else None,
-                                rows=len(main_done) + shard.written)
+            return _summary(store, ckpt, device, source, shard.written, already, skipped, seconds,
+                            len(main_done) + shard.written)
         t0 = time.perf_counter()
         found = shards.existing_shards(store)
         merged = shards.merge_shards(main, found, source.ids)
@@ -282,13 +347,8 @@ def _index_sharded(source: Any, store: Path, ckpt: Path, dim: int, prov: dict[st
     finally:
         if main is not None:
             main.close()
-    return IndexSummary(
-        store=str(store), checkpoint=str(ckpt), device=device, format=source.format_name,
-        records_found=source.total, written=main.written, already_stored=already,
-        skipped=all_skipped, seconds=round(seconds, 2),
-        records_per_s=round(main.written / seconds, 1) if seconds > 0 and main.written else None,
-        rows=int(index_info["rows"]),
-        **{k: IndexInfo(**index_info[k]) for k in ("ecg_index", "text_index") if k in index_info})
+    return _summary(store, ckpt, device, source, main.written, already, all_skipped, seconds,
+                    int(index_info["rows"]), index_info)
 
 
 def _check_same_records(ids: list[str], rank: int) -> None:

@@ -65,20 +65,26 @@ class StoreWriter:
 
     def finish(self, *, build_index: bool = True, factory: str = "auto", rebuild_index: bool = False,
                use_gpu: bool | str = "auto", builder: IndexBuilder | None = None,
-               max_index_memory: int | None = None) -> dict[str, Any]:
+               max_index_memory: int | None = None, ondisk_lists: bool = False) -> dict[str, Any]:
         """Fold appended parts into the main file and build or extend, then save, the ECG and report
         indexes (queries only read them). ``builder`` replaces how a new index is made; for
-        ``factory="auto"`` it defaults to ``indexing.ann.store_builder(max_index_memory)`` (layout by
-        rows and budget, vectors streamed from the store in chunks)."""
+        ``factory="auto"`` it defaults to ``indexing.ann.store_builder(max_index_memory, ondisk=
+        ondisk_lists)`` (layout by rows and budget, vectors streamed from the store in chunks, IVF
+        lists in ``STORE.<which>.faiss.ivfdata`` when ``ondisk_lists``)."""
+        if ondisk_lists and factory != "auto":
+            from indexing.errors import IndexingError
+
+            raise IndexingError("on-disk inverted lists apply to --factory auto; drop --ondisk-lists or the factory")
         if builder is None and factory == "auto":
-            builder = _ann_builder(max_index_memory)
+            builder = _ann_builder(max_index_memory, ondisk_lists)
         if self.written:
             self.store.compact()
         out: dict[str, Any] = {"rows": len(self.store)}
         if build_index and len(self.store):
             for which in ("ecg", "text"):
                 _, info = build_or_update(self.store, which, factory=factory, rebuild=rebuild_index,
-                                          use_gpu=use_gpu, builder=builder)
+                                          use_gpu=use_gpu, builder=builder,
+                                          ondisk=bool(ondisk_lists) if factory == "auto" else None)
                 out[f"{which}_index"] = {k: info.get(k) for k in ("factory", "n_rows", "recall_at_10", "nprobe", "on_gpu")}
         return out
 
@@ -86,12 +92,12 @@ class StoreWriter:
         self.store.close()
 
 
-def _ann_builder(max_index_memory: int | None) -> IndexBuilder:
+def _ann_builder(max_index_memory: int | None, ondisk: bool = False) -> IndexBuilder:
     """``indexing.ann.store_builder`` with its plan errors (a budget nothing fits) as one CLI line."""
     from indexing.ann import AnnError, store_builder
     from indexing.errors import IndexingError
 
-    inner = store_builder(max_index_memory)
+    inner = store_builder(max_index_memory, ondisk=ondisk)
 
     def build(store: Any, which: str, factory: str) -> tuple[Any, dict]:
         try:
