@@ -103,7 +103,9 @@ def paired(store: Path, url: str, queries: Queries, blocks: int) -> tuple[dict, 
     torch.set_num_threads(1)
     local: list[tuple[str, float]] = []
     http: list[tuple[str, float]] = []
-    with Searcher.open(store) as s, httpx.Client(base_url=url, timeout=60) as c:
+    # cache_columns: the in-process side holds hit columns and vectors in memory as the server does,
+    # so the difference is what HTTP and the server's queueing add, not HDF5 reads one side skips.
+    with Searcher.open(store, cache_columns=True) as s, httpx.Client(base_url=url, timeout=60) as c:
         sides = ((local, lambda i: queries.local(s, i)), (http, lambda i: queries.http(c, i)[0]))
         for b in range(blocks):
             for out, run in sides:
@@ -123,8 +125,16 @@ def paired(store: Path, url: str, queries: Queries, blocks: int) -> tuple[dict, 
                             "median_diff_by_kind_ms": by_kind, "pairs": blocks * len(MIX)}
 
 
-def load(url: str, queries: Queries, clients: int, seconds: float) -> dict:
-    """``clients`` threads, each with its own keep-alive connection, querying until the deadline."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load(url: str, queries: Queries, clients: int, seconds: float, server_pid: int | None = None) -> dict:
+    """``clients`` threads, each with its own keep-alive connection, querying until the deadline;
+    with ``server_pid``, also the CPU time per request of the server and of this (client) process,
+    and the compute thread's batch sizes over the level (from /info)."""
     import httpx
 
     samples: list[tuple[str, float]] = []
@@ -155,6 +165,8 @@ def load(url: str, queries: Queries, clients: int, seconds: float) -> dict:
     threads = [threading.Thread(target=worker, args=(w,)) for w in range(clients)]
     for t in threads:
         t.start()
+    batching0 = httpx.get(url + "/api/v1/info").json()["batching"]
+    cpu0 = (cpu_seconds(server_pid), cpu_seconds(os.getpid())) if server_pid else None
     deadline[0] = time.perf_counter() + seconds
     start.wait()
     t0 = time.perf_counter()
@@ -162,6 +174,13 @@ def load(url: str, queries: Queries, clients: int, seconds: float) -> dict:
         t.join()
     out = summarise(samples, len(errors), time.perf_counter() - t0)
     out.update(clients=clients, rows_seen=sorted(set(rows)), load_avg_1min=round(os.getloadavg()[0], 2))
+    if cpu0 is not None and samples:
+        n = len(samples) + len(errors)
+        out["server_cpu_ms_per_request"] = round((cpu_seconds(server_pid) - cpu0[0]) / n * 1e3, 2)
+        out["client_cpu_ms_per_request"] = round((cpu_seconds(os.getpid()) - cpu0[1]) / n * 1e3, 2)
+    b1 = httpx.get(url + "/api/v1/info").json()["batching"]
+    nb = b1["batches"] - batching0["batches"]
+    out["mean_batch"] = round((b1["queries"] - batching0["queries"]) / nb, 2) if nb else 0.0
     if errors:
         out["error_examples"] = sorted(set(errors))[:5]
     return out
@@ -213,24 +232,29 @@ def markdown(res: dict) -> str:
     base, hp, t = res["in_process"], res["http_paired"], res["targets"]
     lines = ["# `etp-search serve` under load", "",
              f"{res['machine']}; store: {res['rows']} PTB-XL records ({res['index']}); server: `etp-search serve` "
-             f"({res['server_workers']} workers, 1 torch + 1 FAISS thread per query); clients: Python threads with "
-             f"keep-alive httpx connections on the same machine; query mix per 10 requests: 5 text, 3 stored "
-             f"record, 2 WFDB upload; k={K}; {res['seconds']} s per level; load avg = the machine's 1-minute load "
-             "average after the level (other sessions share these cores).", "",
-             "| | clients | requests/s | p50 ms | p99 ms | errors | text p50 | record p50 | upload p50 | load avg |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+             f"(one compute thread batches the encodings and FAISS searches of concurrent requests, up to "
+             f"{res['max_batch']} at once, on 1 torch + 1 FAISS thread; {res['server_workers']} pool threads parse "
+             "uploads); clients: Python threads with keep-alive httpx connections on the same machine; query mix "
+             f"per 10 requests: 5 text, 3 stored record, 2 WFDB upload; k={K}; {res['seconds']} s per level; load avg "
+             "= the machine's 1-minute load average after the level (other sessions share these cores); CPU ms/req "
+             "= CPU time the server (and the client process) used over the level / requests; batch = mean queries "
+             "per compute-thread batch.", "",
+             "| | clients | requests/s | p50 ms | p99 ms | errors | text p50 | record p50 | upload p50 | server CPU ms/req "
+             "| client CPU ms/req | batch | load avg |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
              f"| in-process `Searcher` (baseline), paired | 1 | {base['rps']} | {base['p50_ms']} | {base['p99_ms']} | 0 | "
              f"{base['by_kind']['text']['p50_ms']} | {base['by_kind']['record']['p50_ms']} | {base['by_kind']['upload']['p50_ms']} "
-             f"| {base['load_avg_1min']} |",
+             f"| | | | {base['load_avg_1min']} |",
              f"| HTTP, paired with the line above | 1 | {hp['rps']} | {hp['p50_ms']} | {hp['p99_ms']} | 0 | "
              f"{hp['by_kind']['text']['p50_ms']} | {hp['by_kind']['record']['p50_ms']} | {hp['by_kind']['upload']['p50_ms']} "
-             f"| {hp['load_avg_1min']} |"]
+             f"| | | | {hp['load_avg_1min']} |"]
     for phase, title in (("idle", "HTTP"), ("appending", "HTTP while `index` appends")):
         for r in res[phase]:
             bk = r["by_kind"]
             lines.append(f"| {title} | {r['clients']} | {r['rps']} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} | "
                          f"{bk['text']['p50_ms']} | {bk['record']['p50_ms']} | {bk['upload']['p50_ms']} | "
-                         f"{r['load_avg_1min']} |")
+                         f"{r.get('server_cpu_ms_per_request', '')} | {r.get('client_cpu_ms_per_request', '')} | "
+                         f"{r.get('mean_batch', '')} | {r['load_avg_1min']} |")
     a = res["append"]
     lines += ["", f"While appending: `etp-search index` added {a['rows_added']} rows ({a['rows_before']} -> "
               f"{a['rows_after']}) in {a['index_seconds']} s (model load included); the load ran {a['load_seconds']} s of "
@@ -247,6 +271,9 @@ def markdown(res: dict) -> str:
               f"{'met' if t['p99_ok'] else 'NOT met'}. With 16 clients in a closed loop the mean latency is "
               f"16 / throughput (Little's law), so the target needs >= {t['rps_needed_16']} requests/s at 16 clients; "
               f"measured {t['rps_16']}.",
+              f"- CPU: at 16 clients the server used {t['server_cpu_16']} ms and the clients {t['client_cpu_16']} ms of "
+              f"CPU per request, so {os.cpu_count()} cores fully ours would allow at most "
+              f"{t['rps_cpu_bound_16']} requests/s (measured {t['rps_16']}, load avg {t['load_16']}).",
               f"- errors: {t['errors']} (target 0)", "",
               f"Command: `{res['command']}`", ""]
     if res.get("screenshots"):
@@ -289,7 +316,7 @@ def main() -> None:
             logger.info("in-process %s / HTTP %s / difference %s", baseline["p50_ms"], http_paired["p50_ms"], overhead_pairs)
             idle = []
             for n in args.clients:
-                idle.append(load(url, queries, n, args.seconds))
+                idle.append(load(url, queries, n, args.seconds, proc.pid))
                 logger.info("%d clients: %s", n, {k: v for k, v in idle[-1].items() if k != "by_kind"})
         finally:
             stop_server(proc)
@@ -317,7 +344,7 @@ def main() -> None:
             appending = []
             t_load = time.perf_counter()
             for n in args.clients:
-                appending.append(load(url, queries2, n, args.seconds))
+                appending.append(load(url, queries2, n, args.seconds, proc.pid))
                 appending[-1]["index_running_at_end"] = idx.poll() is None
                 logger.info("%d clients while appending: %s", n, {k: v for k, v in appending[-1].items() if k != "by_kind"})
             load_s = time.perf_counter() - t_load
@@ -335,11 +362,13 @@ def main() -> None:
 
     p50_1 = next(r for r in idle if r["clients"] == 1)["p50_ms"] if 1 in args.clients else float("nan")
     p99_16 = next((r["p99_ms"] for r in idle if r["clients"] == 16), float("nan"))
+    level16 = next((r for r in idle if r["clients"] == 16), {})
     by_kind = overhead_pairs["median_diff_by_kind_ms"]
     errors = sum(r["errors"] for r in idle + appending)
     overhead = round(max(by_kind.values()), 2)  # the worst kind, not the mix
     res = {"benchmark": "serve", "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "rows": rows,
            "index": f"{info['indexes']['ecg']['factory']} index", "server_workers": info["workers"],
+           "max_batch": info["batching"]["max_batch"],
            "seconds": args.seconds, "in_process": baseline, "http_paired": http_paired,
            "overhead_pairs": overhead_pairs, "idle": idle, "appending": appending,
            "append": {"rows_before": before, "rows_after": after, "rows_added": after - before,
@@ -355,7 +384,13 @@ def main() -> None:
                        # closed loop: mean latency = clients / throughput (Little's law), so p99 < 10 x p50_1
                        # needs at least this throughput at 16 clients
                        "rps_needed_16": round(16 / (10 * p50_1 / 1e3), 1),
-                       "p99_ok": bool(p99_16 < 10 * p50_1), "errors": errors},
+                       "p99_ok": bool(p99_16 < 10 * p50_1), "errors": errors,
+                       "server_cpu_16": level16.get("server_cpu_ms_per_request"),
+                       "client_cpu_16": level16.get("client_cpu_ms_per_request"),
+                       "rps_cpu_bound_16": round(os.cpu_count() * 1e3 / (level16.get("server_cpu_ms_per_request", 0)
+                                                                        + level16.get("client_cpu_ms_per_request", 0)), 1)
+                       if level16.get("server_cpu_ms_per_request") else float("nan"),
+                       "load_16": level16.get("load_avg_1min")},
            "screenshots": shots, "command": "python benchmarks/bench_serve.py " + " ".join(sys.argv[1:])}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "serve.json").write_text(json.dumps(portable(res), indent=2))
