@@ -32,6 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._paths import ROOT, portable  # noqa: E402
+from etp_search.serve.client import multipart_body  # noqa: E402
 from tests.serve_browser import browser_missing, chromium, close_chromium, start_server, stop_server  # noqa: E402
 
 EXAMPLE = ROOT / "etp_search" / "examples" / "ptbxl"
@@ -53,7 +54,9 @@ class Queries:
 
     def __init__(self, ids: list[str], uploads: list[tuple[Path, Path]]):
         self.ids, self.uploads = ids, uploads
-        self.blobs = [[("file", (h.name, h.read_bytes())), ("file", (d.name, d.read_bytes()))] for h, d in uploads]
+        # Multipart bodies built once, as the package's client builds them (one write, like a browser).
+        self.blobs = [multipart_body([("file", (h.name, h.read_bytes())), ("file", (d.name, d.read_bytes()))],
+                                     {"k": str(K)}) for h, d in uploads]
 
     def http(self, client, i: int) -> str:
         kind = MIX[i % len(MIX)]
@@ -62,7 +65,8 @@ class Queries:
         elif kind == "record":
             r = client.post("/api/v1/search/record", json={"id": self.ids[(i * 7) % len(self.ids)], "k": K})
         else:
-            r = client.post("/api/v1/search/upload", files=self.blobs[i % len(self.blobs)], data={"k": str(K)})
+            body, content_type = self.blobs[i % len(self.blobs)]
+            r = client.post("/api/v1/search/upload", content=body, headers={"content-type": content_type})
         if r.status_code != 200 or len(r.json()["hits"]) != K:
             raise RuntimeError(f"{kind}: HTTP {r.status_code} {r.text[:200]}")
         return kind, r.json()["rows"]
