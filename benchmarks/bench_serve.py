@@ -135,8 +135,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def load(url: str, queries: Queries, clients: int, seconds: float, server_pid: int | None = None) -> dict:
-    """``clients`` threads, each with its own keep-alive connection, querying until the deadline;
+def load(url: str, queries: Queries, clients: int, seconds: float, server_pid: int | None = None,
+         until: threading.Event | None = None) -> dict:
+    """``clients`` threads, each with its own keep-alive connection, querying until the deadline
+    (or until ``until`` is set, if sooner);
     with ``server_pid``, also the CPU time per request of the server and of this (client) process,
     and the compute thread's batch sizes over the level (from /info)."""
     import httpx
@@ -153,7 +155,7 @@ def load(url: str, queries: Queries, clients: int, seconds: float, server_pid: i
             queries.http(c, w)  # warm the connection
             start.wait()
             i = w
-            while time.perf_counter() < deadline[0]:
+            while time.perf_counter() < deadline[0] and not (until is not None and until.is_set()):
                 t0 = time.perf_counter()
                 try:
                     kind, n_rows = queries.http(c, i)
@@ -260,9 +262,12 @@ def markdown(res: dict) -> str:
                          f"{r.get('server_cpu_ms_per_request', '')} | {r.get('client_cpu_ms_per_request', '')} | "
                          f"{r.get('mean_batch', '')} | {r['load_avg_1min']} |")
     a = res["append"]
-    lines += ["", f"While appending: `etp-search index` added {a['rows_added']} rows ({a['rows_before']} -> "
-              f"{a['rows_after']}) in {a['index_seconds']} s (model load included); the load ran {a['load_seconds']} s of "
-              f"that, starting when its first batch landed. Responses saw {a['distinct_rows_seen']} different row counts, "
+    per_run = "; ".join(f"{r['clients']} clients: {r['rows_before']} -> {r['rows_after']} rows in {r['index_seconds']} s "
+                        f"(model load included), load for {r['level_seconds']} s of it" for r in a["runs"])
+    lines += ["", f"While appending: one `etp-search index` run per level over a new share of the records, "
+              f"{a['rows_added']} rows in all ({a['rows_before']} -> {a['rows_after']}); each level starts when its "
+              f"run's first batch lands and stops when the run ends (or after {res['seconds']} s): {per_run}. "
+              f"Responses saw {a['distinct_rows_seen']} different row counts, "
               f"{a['rows_seen_min']} .. {a['rows_seen_max']}, each a whole number of batches, with no restart. Both "
               "compete for the same 2 cores, so latency rises while it runs.", "",
               "Targets:", "",
@@ -325,7 +330,8 @@ def main() -> None:
         finally:
             stop_server(proc)
 
-        # --- the same while `index` appends to the served store
+        # --- the same while `index` appends to the served store: one `index` run per level, each over
+        # a new share of the records, and each level stops when its run ends (so none runs after it)
         data2, store2 = work / "growing", work / "growing.h5"
         data2.mkdir()
         for name in ("ptbxl_database.csv", "scp_statements.csv"):
@@ -333,31 +339,39 @@ def main() -> None:
         first = max(20, len(files) // 10)
         copy_records(args.data, data2, files[:first])
         index_data(data2, store2, progress=False)
-        copy_records(args.data, data2, files[first:])
+        rest = files[first:]
+        shares = [rest[i * len(rest) // len(args.clients):(i + 1) * len(rest) // len(args.clients)]
+                  for i in range(len(args.clients))]
         proc, url = start_server(store2, "--refresh", "0.5")
+        runs, appending, idx_rcs = [], [], []
         try:
             with EmbeddingStore.open(store2) as st:
                 before, queries2 = len(st), Queries(st.ids, uploads)  # ids the growing store holds from the start
             exe = Path(sys.executable).with_name("etp-search")
-            t_idx = time.perf_counter()
-            idx = subprocess.Popen([str(exe), "index", str(data2), "--store", str(store2), "--batch-size", "32"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            # Load starts once the first batch has landed, so every level runs while rows arrive.
-            while httpx.get(url + "/api/v1/health").json()["rows"] == before and idx.poll() is None:
-                time.sleep(0.2)
-            appending = []
-            t_load = time.perf_counter()
-            for n in args.clients:
-                appending.append(load(url, queries2, n, args.seconds, proc.pid))
-                appending[-1]["index_running_at_end"] = idx.poll() is None
+            for n, share in zip(args.clients, shares):
+                copy_records(args.data, data2, share)
+                rows0 = httpx.get(url + "/api/v1/health").json()["rows"]
+                t_idx = time.perf_counter()
+                idx = subprocess.Popen([str(exe), "index", str(data2), "--store", str(store2), "--batch-size", "16"],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                done = threading.Event()
+                threading.Thread(target=lambda p=idx, e=done: (p.wait(), e.set()), daemon=True).start()
+                # Load starts once the run's first batch has landed, so the level runs while rows arrive.
+                while httpx.get(url + "/api/v1/health").json()["rows"] == rows0 and not done.is_set():
+                    time.sleep(0.1)
+                appending.append(load(url, queries2, n, args.seconds, proc.pid, until=done))
+                appending[-1]["index_running_at_end"] = not done.is_set()
                 logger.info("%d clients while appending: %s", n, {k: v for k, v in appending[-1].items() if k != "by_kind"})
-            load_s = time.perf_counter() - t_load
-            idx_rc = idx.wait()
-            idx_s = time.perf_counter() - t_idx
-            time.sleep(1.5)
+                idx_rcs.append(idx.wait())
+                time.sleep(1.0)
+                rows1 = httpx.get(url + "/api/v1/health").json()["rows"]
+                runs.append({"clients": n, "rows_before": rows0, "rows_after": rows1,
+                             "index_seconds": round(time.perf_counter() - t_idx - 1.0, 1),
+                             "level_seconds": appending[-1]["seconds"]})
             after = httpx.get(url + "/api/v1/health").json()["rows"]
         finally:
             stop_server(proc)
+        idx_rc = max(idx_rcs) if idx_rcs else 1
         if idx_rc != 0:
             raise SystemExit(f"etp-search index failed with exit code {idx_rc}")
         shots = [] if args.no_screenshots or browser_missing() else screenshots(store, args.out, uploads[0])
@@ -375,8 +389,7 @@ def main() -> None:
            "max_batch": info["batching"]["max_batch"],
            "seconds": args.seconds, "in_process": baseline, "http_paired": http_paired,
            "overhead_pairs": overhead_pairs, "idle": idle, "appending": appending,
-           "append": {"rows_before": before, "rows_after": after, "rows_added": after - before,
-                      "index_seconds": round(idx_s, 1), "load_seconds": round(load_s, 1),
+           "append": {"rows_before": before, "rows_after": after, "rows_added": after - before, "runs": runs,
                       "rows_seen_min": min(min(r["rows_seen"]) for r in appending),
                       "rows_seen_max": max(max(r["rows_seen"]) for r in appending),
                       "distinct_rows_seen": len({n for r in appending for n in r["rows_seen"]})},
