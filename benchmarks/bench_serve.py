@@ -254,8 +254,9 @@ def markdown(res: dict) -> str:
              f"| HTTP, paired with the line above | 1 | {hp['rps']} | {hp['p50_ms']} | {hp['p99_ms']} | 0 | "
              f"{hp['by_kind']['text']['p50_ms']} | {hp['by_kind']['record']['p50_ms']} | {hp['by_kind']['upload']['p50_ms']} "
              f"| | | | {hp['load_avg_1min']} |"]
-    for phase, title in (("idle", "HTTP"), ("appending", "HTTP while `index` appends")):
-        for r in res[phase]:
+    for phase, title in (("idle", "HTTP"), ("unbatched", "HTTP, `--max-batch 1` (each search alone on the compute thread), same run"),
+                         ("appending", "HTTP while `index` appends")):
+        for r in res.get(phase, []):
             bk = r["by_kind"]
             lines.append(f"| {title} | {r['clients']} | {r['rps']} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} | "
                          f"{bk['text']['p50_ms']} | {bk['record']['p50_ms']} | {bk['upload']['p50_ms']} | "
@@ -298,6 +299,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=SHARED if (SHARED / "ptbxl_database.csv").exists() else EXAMPLE)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--no-screenshots", action="store_true")
+    ap.add_argument("--no-ablation", action="store_true", help="skip the level on a server with --max-batch 1")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -329,6 +331,16 @@ def main() -> None:
                 logger.info("%d clients: %s", n, {k: v for k, v in idle[-1].items() if k != "by_kind"})
         finally:
             stop_server(proc)
+        # --- ablation, same run: the busiest level on a server that computes each search alone
+        unbatched = []
+        if args.clients and not args.no_ablation:
+            proc, url = start_server(store, "--max-batch", "1")
+            try:
+                unbatched.append(load(url, queries, max(args.clients), args.seconds, proc.pid))
+                logger.info("%d clients, --max-batch 1: %s", max(args.clients),
+                            {k: v for k, v in unbatched[-1].items() if k != "by_kind"})
+            finally:
+                stop_server(proc)
 
         # --- the same while `index` appends to the served store: one `index` run per level, each over
         # a new share of the records, and each level stops when its run ends (so none runs after it)
@@ -382,13 +394,13 @@ def main() -> None:
     p99_16 = next((r["p99_ms"] for r in idle if r["clients"] == 16), float("nan"))
     level16 = next((r for r in idle if r["clients"] == 16), {})
     by_kind = overhead_pairs["median_diff_by_kind_ms"]
-    errors = sum(r["errors"] for r in idle + appending)
+    errors = sum(r["errors"] for r in idle + unbatched + appending)
     overhead = round(max(by_kind.values()), 2)  # the worst kind, not the mix
     res = {"benchmark": "serve", "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "rows": rows,
            "index": f"{info['indexes']['ecg']['factory']} index", "server_workers": info["workers"],
            "max_batch": info["batching"]["max_batch"],
            "seconds": args.seconds, "in_process": baseline, "http_paired": http_paired,
-           "overhead_pairs": overhead_pairs, "idle": idle, "appending": appending,
+           "overhead_pairs": overhead_pairs, "idle": idle, "unbatched": unbatched, "appending": appending,
            "append": {"rows_before": before, "rows_after": after, "rows_added": after - before, "runs": runs,
                       "rows_seen_min": min(min(r["rows_seen"]) for r in appending),
                       "rows_seen_max": max(max(r["rows_seen"]) for r in appending),
