@@ -300,6 +300,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--no-screenshots", action="store_true")
     ap.add_argument("--no-ablation", action="store_true", help="skip the level on a server with --max-batch 1")
+    ap.add_argument("--tag", default="", help="write serve_TAG.{json,md} (a second run kept beside the first)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -422,8 +423,9 @@ def main() -> None:
                        "load_16": level16.get("load_avg_1min")},
            "screenshots": shots, "command": "python benchmarks/bench_serve.py " + " ".join(sys.argv[1:])}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "serve.json").write_text(json.dumps(portable(res), indent=2))
-    (args.out / "serve.md").write_text(markdown(res))
+    name = f"serve_{args.tag}" if args.tag else "serve"
+    (args.out / f"{name}.json").write_text(json.dumps(portable(res), indent=2))
+    (args.out / f"{name}.md").write_text(markdown(res))
     print(markdown(res))
 
 
