@@ -135,6 +135,40 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def encode_costs(store: Path, texts: list[str], repeats: int = 15) -> dict:
+    """Median ms of one text-tower forward of 1, 4 and 16 texts and one ECG-tower forward of 1, 4 and
+    16 ECGs, in process on one torch thread: what batching concurrent requests saves."""
+    import torch
+
+    from etp_search.search import Searcher
+
+    torch.set_num_threads(1)
+    out: dict[str, dict[str, float]] = {"text": {}, "ecg": {}}
+    with Searcher.open(store) as s, torch.inference_mode():
+        model = s.model
+        x = torch.zeros(16, *_input_shape(model, s))
+        for n in (1, 4, 16):
+            batch = (texts * 16)[:n]
+            for kind, fn in (("text", lambda: model.encode_text(batch)), ("ecg", lambda: model.encode_ecg(x[:n]))):
+                fn()
+                times = []
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    fn()
+                    times.append(time.perf_counter() - t0)
+                out[kind][str(n)] = round(float(np.median(times)) * 1e3, 2)
+    out["load_avg_1min"] = round(os.getloadavg()[0], 2)
+    return out
+
+
+def _input_shape(model, searcher) -> tuple[int, int]:
+    """(leads, samples) the ECG tower takes for this store's preset."""
+    from etp_search.preprocess import get_preset, preprocess
+
+    x, _ = preprocess(np.zeros((12, 1000), np.float32), 100.0, get_preset(model.cfg.preset))
+    return tuple(x.shape)
+
+
 def load(url: str, queries: Queries, clients: int, seconds: float, server_pid: int | None = None,
          until: threading.Event | None = None) -> dict:
     """``clients`` threads, each with its own keep-alive connection, querying until the deadline
@@ -285,6 +319,10 @@ def markdown(res: dict) -> str:
               f"CPU per request, so {os.cpu_count()} cores fully ours would allow at most "
               f"{t['rps_cpu_bound_16']} requests/s (measured {t['rps_16']}, load avg {t['load_16']}).",
               f"- errors: {t['errors']} (target 0)", "",
+              "One forward pass in process, 1 torch thread, median ms (what batching saves; load avg "
+              f"{res['encode_ms']['load_avg_1min']}): text tower "
+              + ", ".join(f"{n} texts {v}" for n, v in res["encode_ms"]["text"].items())
+              + "; ECG tower " + ", ".join(f"{n} ECGs {v}" for n, v in res["encode_ms"]["ecg"].items()) + ".", "",
               f"Command: `{res['command']}`", ""]
     if res.get("screenshots"):
         lines += ["Screenshots (headless Chromium): " + ", ".join(f"`{s}`" for s in res["screenshots"]), ""]
@@ -319,6 +357,8 @@ def main() -> None:
         files = record_files(args.data)
         uploads = [(args.data / "records100" / s / f"{n}.hea", args.data / "records100" / s / f"{n}.dat") for s, n in files[:20]]
         queries = Queries(ids, uploads)
+        encode = encode_costs(store, TEXTS)
+        logger.info("forward passes (ms): %s", encode)
         proc, url = start_server(store)
         try:
             import httpx
@@ -401,7 +441,7 @@ def main() -> None:
            "index": f"{info['indexes']['ecg']['factory']} index", "server_workers": info["workers"],
            "max_batch": info["batching"]["max_batch"],
            "seconds": args.seconds, "in_process": baseline, "http_paired": http_paired,
-           "overhead_pairs": overhead_pairs, "idle": idle, "unbatched": unbatched, "appending": appending,
+           "encode_ms": encode, "overhead_pairs": overhead_pairs, "idle": idle, "unbatched": unbatched, "appending": appending,
            "append": {"rows_before": before, "rows_after": after, "rows_added": after - before, "runs": runs,
                       "rows_seen_min": min(min(r["rows_seen"]) for r in appending),
                       "rows_seen_max": max(max(r["rows_seen"]) for r in appending),
