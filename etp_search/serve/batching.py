@@ -9,9 +9,9 @@ a batch to fill and concurrent clients share one forward pass:
 2. jobs with the same snapshot, target and filters are searched as one (B, dim) FAISS search
    (``Searcher.search_batch``), and each job gets its own k, its own excluded row and its hits.
 
-Why (measured with py-spy on `etp-search serve` under 16 clients, benchmarks/results/serve.md):
-one text encoding is ~6 ms of CPU, 16 in one forward ~20 ms; per-query torch and FAISS calls
-from several threads also fight for the GIL and the two cores. One thread owns the model and FAISS
+Why: py-spy on the previous server under 16 clients put most of its CPU in encoding texts one
+at a time (bench_serve.py times one text-tower forward of 1, 4 and 16 texts: 16 cost ~3x one, not
+16x), and per-query torch and FAISS calls from several threads fought for the GIL and the cores. One thread owns the model and FAISS
 for searches, with one torch and one OpenMP thread, so nothing oversubscribes the cores; the
 event loop and the worker pool (upload parsing, plots) use the other.
 
