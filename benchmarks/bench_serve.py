@@ -32,6 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._paths import ROOT, portable  # noqa: E402
+from etp_search.serve.client import multipart_body  # noqa: E402
 from tests.serve_browser import browser_missing, chromium, close_chromium, start_server, stop_server  # noqa: E402
 
 EXAMPLE = ROOT / "etp_search" / "examples" / "ptbxl"
@@ -53,7 +54,9 @@ class Queries:
 
     def __init__(self, ids: list[str], uploads: list[tuple[Path, Path]]):
         self.ids, self.uploads = ids, uploads
-        self.blobs = [[("file", (h.name, h.read_bytes())), ("file", (d.name, d.read_bytes()))] for h, d in uploads]
+        # Multipart bodies built once, as the package's client builds them (one write, like a browser).
+        self.blobs = [multipart_body([("file", (h.name, h.read_bytes())), ("file", (d.name, d.read_bytes()))],
+                                     {"k": str(K)}) for h, d in uploads]
 
     def http(self, client, i: int) -> str:
         kind = MIX[i % len(MIX)]
@@ -62,7 +65,8 @@ class Queries:
         elif kind == "record":
             r = client.post("/api/v1/search/record", json={"id": self.ids[(i * 7) % len(self.ids)], "k": K})
         else:
-            r = client.post("/api/v1/search/upload", files=self.blobs[i % len(self.blobs)], data={"k": str(K)})
+            body, content_type = self.blobs[i % len(self.blobs)]
+            r = client.post("/api/v1/search/upload", content=body, headers={"content-type": content_type})
         if r.status_code != 200 or len(r.json()["hits"]) != K:
             raise RuntimeError(f"{kind}: HTTP {r.status_code} {r.text[:200]}")
         return kind, r.json()["rows"]
@@ -103,7 +107,9 @@ def paired(store: Path, url: str, queries: Queries, blocks: int) -> tuple[dict, 
     torch.set_num_threads(1)
     local: list[tuple[str, float]] = []
     http: list[tuple[str, float]] = []
-    with Searcher.open(store) as s, httpx.Client(base_url=url, timeout=60) as c:
+    # cache_columns: the in-process side holds hit columns and vectors in memory as the server does,
+    # so the difference is what HTTP and the server's queueing add, not HDF5 reads one side skips.
+    with Searcher.open(store, cache_columns=True) as s, httpx.Client(base_url=url, timeout=60) as c:
         sides = ((local, lambda i: queries.local(s, i)), (http, lambda i: queries.http(c, i)[0]))
         for b in range(blocks):
             for out, run in sides:
@@ -123,8 +129,52 @@ def paired(store: Path, url: str, queries: Queries, blocks: int) -> tuple[dict, 
                             "median_diff_by_kind_ms": by_kind, "pairs": blocks * len(MIX)}
 
 
-def load(url: str, queries: Queries, clients: int, seconds: float) -> dict:
-    """``clients`` threads, each with its own keep-alive connection, querying until the deadline."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def encode_costs(store: Path, texts: list[str], repeats: int = 15) -> dict:
+    """Median ms of one text-tower forward of 1, 4 and 16 texts and one ECG-tower forward of 1, 4 and
+    16 ECGs, in process on one torch thread: what batching concurrent requests saves."""
+    import torch
+
+    from etp_search.search import Searcher
+
+    torch.set_num_threads(1)
+    out: dict[str, dict[str, float]] = {"text": {}, "ecg": {}}
+    with Searcher.open(store) as s, torch.inference_mode():
+        model = s.model
+        x = torch.zeros(16, *_input_shape(model, s))
+        for n in (1, 4, 16):
+            batch = (texts * 16)[:n]
+            for kind, fn in (("text", lambda: model.encode_text(batch)), ("ecg", lambda: model.encode_ecg(x[:n]))):
+                fn()
+                times = []
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    fn()
+                    times.append(time.perf_counter() - t0)
+                out[kind][str(n)] = round(float(np.median(times)) * 1e3, 2)
+    out["load_avg_1min"] = round(os.getloadavg()[0], 2)
+    return out
+
+
+def _input_shape(model, searcher) -> tuple[int, int]:
+    """(leads, samples) the ECG tower takes for this store's preset."""
+    from etp_search.preprocess import get_preset, preprocess
+
+    x, _ = preprocess(np.zeros((12, 1000), np.float32), 100.0, get_preset(model.cfg.preset))
+    return tuple(x.shape)
+
+
+def load(url: str, queries: Queries, clients: int, seconds: float, server_pid: int | None = None,
+         until: threading.Event | None = None) -> dict:
+    """``clients`` threads, each with its own keep-alive connection, querying until the deadline
+    (or until ``until`` is set, if sooner);
+    with ``server_pid``, also the CPU time per request of the server and of this (client) process,
+    and the compute thread's batch sizes over the level (from /info)."""
     import httpx
 
     samples: list[tuple[str, float]] = []
@@ -139,7 +189,7 @@ def load(url: str, queries: Queries, clients: int, seconds: float) -> dict:
             queries.http(c, w)  # warm the connection
             start.wait()
             i = w
-            while time.perf_counter() < deadline[0]:
+            while time.perf_counter() < deadline[0] and not (until is not None and until.is_set()):
                 t0 = time.perf_counter()
                 try:
                     kind, n_rows = queries.http(c, i)
@@ -155,6 +205,8 @@ def load(url: str, queries: Queries, clients: int, seconds: float) -> dict:
     threads = [threading.Thread(target=worker, args=(w,)) for w in range(clients)]
     for t in threads:
         t.start()
+    batching0 = httpx.get(url + "/api/v1/info").json()["batching"]
+    cpu0 = (cpu_seconds(server_pid), cpu_seconds(os.getpid())) if server_pid else None
     deadline[0] = time.perf_counter() + seconds
     start.wait()
     t0 = time.perf_counter()
@@ -162,6 +214,13 @@ def load(url: str, queries: Queries, clients: int, seconds: float) -> dict:
         t.join()
     out = summarise(samples, len(errors), time.perf_counter() - t0)
     out.update(clients=clients, rows_seen=sorted(set(rows)), load_avg_1min=round(os.getloadavg()[0], 2))
+    if cpu0 is not None and samples:
+        n = len(samples) + len(errors)
+        out["server_cpu_ms_per_request"] = round((cpu_seconds(server_pid) - cpu0[0]) / n * 1e3, 2)
+        out["client_cpu_ms_per_request"] = round((cpu_seconds(os.getpid()) - cpu0[1]) / n * 1e3, 2)
+    b1 = httpx.get(url + "/api/v1/info").json()["batching"]
+    nb = b1["batches"] - batching0["batches"]
+    out["mean_batch"] = round((b1["queries"] - batching0["queries"]) / nb, 2) if nb else 0.0
     if errors:
         out["error_examples"] = sorted(set(errors))[:5]
     return out
@@ -213,28 +272,37 @@ def markdown(res: dict) -> str:
     base, hp, t = res["in_process"], res["http_paired"], res["targets"]
     lines = ["# `etp-search serve` under load", "",
              f"{res['machine']}; store: {res['rows']} PTB-XL records ({res['index']}); server: `etp-search serve` "
-             f"({res['server_workers']} workers, 1 torch + 1 FAISS thread per query); clients: Python threads with "
-             f"keep-alive httpx connections on the same machine; query mix per 10 requests: 5 text, 3 stored "
-             f"record, 2 WFDB upload; k={K}; {res['seconds']} s per level; load avg = the machine's 1-minute load "
-             "average after the level (other sessions share these cores).", "",
-             "| | clients | requests/s | p50 ms | p99 ms | errors | text p50 | record p50 | upload p50 | load avg |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+             f"(one compute thread batches the encodings and FAISS searches of concurrent requests, up to "
+             f"{res['max_batch']} at once, on 1 torch + 1 FAISS thread; {res['server_workers']} pool threads parse "
+             "uploads); clients: Python threads with keep-alive httpx connections on the same machine; query mix "
+             f"per 10 requests: 5 text, 3 stored record, 2 WFDB upload; k={K}; {res['seconds']} s per level; load avg "
+             "= the machine's 1-minute load average after the level (other sessions share these cores); CPU ms/req "
+             "= CPU time the server (and the client process) used over the level / requests; batch = mean queries "
+             "per compute-thread batch.", "",
+             "| | clients | requests/s | p50 ms | p99 ms | errors | text p50 | record p50 | upload p50 | server CPU ms/req "
+             "| client CPU ms/req | batch | load avg |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
              f"| in-process `Searcher` (baseline), paired | 1 | {base['rps']} | {base['p50_ms']} | {base['p99_ms']} | 0 | "
              f"{base['by_kind']['text']['p50_ms']} | {base['by_kind']['record']['p50_ms']} | {base['by_kind']['upload']['p50_ms']} "
-             f"| {base['load_avg_1min']} |",
+             f"| | | | {base['load_avg_1min']} |",
              f"| HTTP, paired with the line above | 1 | {hp['rps']} | {hp['p50_ms']} | {hp['p99_ms']} | 0 | "
              f"{hp['by_kind']['text']['p50_ms']} | {hp['by_kind']['record']['p50_ms']} | {hp['by_kind']['upload']['p50_ms']} "
-             f"| {hp['load_avg_1min']} |"]
-    for phase, title in (("idle", "HTTP"), ("appending", "HTTP while `index` appends")):
-        for r in res[phase]:
+             f"| | | | {hp['load_avg_1min']} |"]
+    for phase, title in (("idle", "HTTP"), ("unbatched", "HTTP, `--max-batch 1` (each search alone on the compute thread), same run"),
+                         ("appending", "HTTP while `index` appends")):
+        for r in res.get(phase, []):
             bk = r["by_kind"]
             lines.append(f"| {title} | {r['clients']} | {r['rps']} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} | "
                          f"{bk['text']['p50_ms']} | {bk['record']['p50_ms']} | {bk['upload']['p50_ms']} | "
-                         f"{r['load_avg_1min']} |")
+                         f"{r.get('server_cpu_ms_per_request', '')} | {r.get('client_cpu_ms_per_request', '')} | "
+                         f"{r.get('mean_batch', '')} | {r['load_avg_1min']} |")
     a = res["append"]
-    lines += ["", f"While appending: `etp-search index` added {a['rows_added']} rows ({a['rows_before']} -> "
-              f"{a['rows_after']}) in {a['index_seconds']} s (model load included); the load ran {a['load_seconds']} s of "
-              f"that, starting when its first batch landed. Responses saw {a['distinct_rows_seen']} different row counts, "
+    per_run = "; ".join(f"{r['clients']} clients: {r['rows_before']} -> {r['rows_after']} rows in {r['index_seconds']} s "
+                        f"(model load included), load for {r['level_seconds']} s of it" for r in a["runs"])
+    lines += ["", f"While appending: one `etp-search index` run per level over a new share of the records, "
+              f"{a['rows_added']} rows in all ({a['rows_before']} -> {a['rows_after']}); each level starts when its "
+              f"run's first batch lands and stops when the run ends (or after {res['seconds']} s): {per_run}. "
+              f"Responses saw {a['distinct_rows_seen']} different row counts, "
               f"{a['rows_seen_min']} .. {a['rows_seen_max']}, each a whole number of batches, with no restart. Both "
               "compete for the same 2 cores, so latency rises while it runs.", "",
               "Targets:", "",
@@ -247,7 +315,14 @@ def markdown(res: dict) -> str:
               f"{'met' if t['p99_ok'] else 'NOT met'}. With 16 clients in a closed loop the mean latency is "
               f"16 / throughput (Little's law), so the target needs >= {t['rps_needed_16']} requests/s at 16 clients; "
               f"measured {t['rps_16']}.",
+              f"- CPU: at 16 clients the server used {t['server_cpu_16']} ms and the clients {t['client_cpu_16']} ms of "
+              f"CPU per request, so {os.cpu_count()} cores fully ours would allow at most "
+              f"{t['rps_cpu_bound_16']} requests/s (measured {t['rps_16']}, load avg {t['load_16']}).",
               f"- errors: {t['errors']} (target 0)", "",
+              "One forward pass in process, 1 torch thread, median ms (what batching saves; load avg "
+              f"{res['encode_ms']['load_avg_1min']}): text tower "
+              + ", ".join(f"{n} texts {v}" for n, v in res["encode_ms"]["text"].items())
+              + "; ECG tower " + ", ".join(f"{n} ECGs {v}" for n, v in res["encode_ms"]["ecg"].items()) + ".", "",
               f"Command: `{res['command']}`", ""]
     if res.get("screenshots"):
         lines += ["Screenshots (headless Chromium): " + ", ".join(f"`{s}`" for s in res["screenshots"]), ""]
@@ -262,6 +337,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=SHARED if (SHARED / "ptbxl_database.csv").exists() else EXAMPLE)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--no-screenshots", action="store_true")
+    ap.add_argument("--no-ablation", action="store_true", help="skip the level on a server with --max-batch 1")
+    ap.add_argument("--tag", default="", help="write serve_TAG.{json,md} (a second run kept beside the first)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -280,6 +357,8 @@ def main() -> None:
         files = record_files(args.data)
         uploads = [(args.data / "records100" / s / f"{n}.hea", args.data / "records100" / s / f"{n}.dat") for s, n in files[:20]]
         queries = Queries(ids, uploads)
+        encode = encode_costs(store, TEXTS)
+        logger.info("forward passes (ms): %s", encode)
         proc, url = start_server(store)
         try:
             import httpx
@@ -289,12 +368,23 @@ def main() -> None:
             logger.info("in-process %s / HTTP %s / difference %s", baseline["p50_ms"], http_paired["p50_ms"], overhead_pairs)
             idle = []
             for n in args.clients:
-                idle.append(load(url, queries, n, args.seconds))
+                idle.append(load(url, queries, n, args.seconds, proc.pid))
                 logger.info("%d clients: %s", n, {k: v for k, v in idle[-1].items() if k != "by_kind"})
         finally:
             stop_server(proc)
+        # --- ablation, same run: the busiest level on a server that computes each search alone
+        unbatched = []
+        if args.clients and not args.no_ablation:
+            proc, url = start_server(store, "--max-batch", "1")
+            try:
+                unbatched.append(load(url, queries, max(args.clients), args.seconds, proc.pid))
+                logger.info("%d clients, --max-batch 1: %s", max(args.clients),
+                            {k: v for k, v in unbatched[-1].items() if k != "by_kind"})
+            finally:
+                stop_server(proc)
 
-        # --- the same while `index` appends to the served store
+        # --- the same while `index` appends to the served store: one `index` run per level, each over
+        # a new share of the records, and each level stops when its run ends (so none runs after it)
         data2, store2 = work / "growing", work / "growing.h5"
         data2.mkdir()
         for name in ("ptbxl_database.csv", "scp_statements.csv"):
@@ -302,31 +392,39 @@ def main() -> None:
         first = max(20, len(files) // 10)
         copy_records(args.data, data2, files[:first])
         index_data(data2, store2, progress=False)
-        copy_records(args.data, data2, files[first:])
+        rest = files[first:]
+        shares = [rest[i * len(rest) // len(args.clients):(i + 1) * len(rest) // len(args.clients)]
+                  for i in range(len(args.clients))]
         proc, url = start_server(store2, "--refresh", "0.5")
+        runs, appending, idx_rcs = [], [], []
         try:
             with EmbeddingStore.open(store2) as st:
                 before, queries2 = len(st), Queries(st.ids, uploads)  # ids the growing store holds from the start
             exe = Path(sys.executable).with_name("etp-search")
-            t_idx = time.perf_counter()
-            idx = subprocess.Popen([str(exe), "index", str(data2), "--store", str(store2), "--batch-size", "32"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            # Load starts once the first batch has landed, so every level runs while rows arrive.
-            while httpx.get(url + "/api/v1/health").json()["rows"] == before and idx.poll() is None:
-                time.sleep(0.2)
-            appending = []
-            t_load = time.perf_counter()
-            for n in args.clients:
-                appending.append(load(url, queries2, n, args.seconds))
-                appending[-1]["index_running_at_end"] = idx.poll() is None
+            for n, share in zip(args.clients, shares):
+                copy_records(args.data, data2, share)
+                rows0 = httpx.get(url + "/api/v1/health").json()["rows"]
+                t_idx = time.perf_counter()
+                idx = subprocess.Popen([str(exe), "index", str(data2), "--store", str(store2), "--batch-size", "16"],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                done = threading.Event()
+                threading.Thread(target=lambda p=idx, e=done: (p.wait(), e.set()), daemon=True).start()
+                # Load starts once the run's first batch has landed, so the level runs while rows arrive.
+                while httpx.get(url + "/api/v1/health").json()["rows"] == rows0 and not done.is_set():
+                    time.sleep(0.1)
+                appending.append(load(url, queries2, n, args.seconds, proc.pid, until=done))
+                appending[-1]["index_running_at_end"] = not done.is_set()
                 logger.info("%d clients while appending: %s", n, {k: v for k, v in appending[-1].items() if k != "by_kind"})
-            load_s = time.perf_counter() - t_load
-            idx_rc = idx.wait()
-            idx_s = time.perf_counter() - t_idx
-            time.sleep(1.5)
+                idx_rcs.append(idx.wait())
+                time.sleep(1.0)
+                rows1 = httpx.get(url + "/api/v1/health").json()["rows"]
+                runs.append({"clients": n, "rows_before": rows0, "rows_after": rows1,
+                             "index_seconds": round(time.perf_counter() - t_idx - 1.0, 1),
+                             "level_seconds": appending[-1]["seconds"]})
             after = httpx.get(url + "/api/v1/health").json()["rows"]
         finally:
             stop_server(proc)
+        idx_rc = max(idx_rcs) if idx_rcs else 1
         if idx_rc != 0:
             raise SystemExit(f"etp-search index failed with exit code {idx_rc}")
         shots = [] if args.no_screenshots or browser_missing() else screenshots(store, args.out, uploads[0])
@@ -335,15 +433,16 @@ def main() -> None:
 
     p50_1 = next(r for r in idle if r["clients"] == 1)["p50_ms"] if 1 in args.clients else float("nan")
     p99_16 = next((r["p99_ms"] for r in idle if r["clients"] == 16), float("nan"))
+    level16 = next((r for r in idle if r["clients"] == 16), {})
     by_kind = overhead_pairs["median_diff_by_kind_ms"]
-    errors = sum(r["errors"] for r in idle + appending)
+    errors = sum(r["errors"] for r in idle + unbatched + appending)
     overhead = round(max(by_kind.values()), 2)  # the worst kind, not the mix
     res = {"benchmark": "serve", "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "rows": rows,
            "index": f"{info['indexes']['ecg']['factory']} index", "server_workers": info["workers"],
+           "max_batch": info["batching"]["max_batch"],
            "seconds": args.seconds, "in_process": baseline, "http_paired": http_paired,
-           "overhead_pairs": overhead_pairs, "idle": idle, "appending": appending,
-           "append": {"rows_before": before, "rows_after": after, "rows_added": after - before,
-                      "index_seconds": round(idx_s, 1), "load_seconds": round(load_s, 1),
+           "encode_ms": encode, "overhead_pairs": overhead_pairs, "idle": idle, "unbatched": unbatched, "appending": appending,
+           "append": {"rows_before": before, "rows_after": after, "rows_added": after - before, "runs": runs,
                       "rows_seen_min": min(min(r["rows_seen"]) for r in appending),
                       "rows_seen_max": max(max(r["rows_seen"]) for r in appending),
                       "distinct_rows_seen": len({n for r in appending for n in r["rows_seen"]})},
@@ -355,11 +454,18 @@ def main() -> None:
                        # closed loop: mean latency = clients / throughput (Little's law), so p99 < 10 x p50_1
                        # needs at least this throughput at 16 clients
                        "rps_needed_16": round(16 / (10 * p50_1 / 1e3), 1),
-                       "p99_ok": bool(p99_16 < 10 * p50_1), "errors": errors},
+                       "p99_ok": bool(p99_16 < 10 * p50_1), "errors": errors,
+                       "server_cpu_16": level16.get("server_cpu_ms_per_request"),
+                       "client_cpu_16": level16.get("client_cpu_ms_per_request"),
+                       "rps_cpu_bound_16": round(os.cpu_count() * 1e3 / (level16.get("server_cpu_ms_per_request", 0)
+                                                                        + level16.get("client_cpu_ms_per_request", 0)), 1)
+                       if level16.get("server_cpu_ms_per_request") else float("nan"),
+                       "load_16": level16.get("load_avg_1min")},
            "screenshots": shots, "command": "python benchmarks/bench_serve.py " + " ".join(sys.argv[1:])}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "serve.json").write_text(json.dumps(portable(res), indent=2))
-    (args.out / "serve.md").write_text(markdown(res))
+    name = f"serve_{args.tag}" if args.tag else "serve"
+    (args.out / f"{name}.json").write_text(json.dumps(portable(res), indent=2))
+    (args.out / f"{name}.md").write_text(markdown(res))
     print(markdown(res))
 
 

@@ -147,8 +147,12 @@ def test_upload_folder_is_private_and_removed(monkeypatch, tmp_path: Path) -> No
     import tempfile
 
     import etp_search.search as search_mod
+    import etp_search.serve.uploads as uploads_mod
 
+    # in memory where the system has a tmpfs, else the default temp folder
+    assert uploads_mod.UPLOAD_TMP == ("/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(uploads_mod, "UPLOAD_TMP", None if uploads_mod.UPLOAD_TMP is None else str(tmp_path))
     seen = {}
     real = search_mod.read_ecg_file
 

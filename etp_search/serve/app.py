@@ -33,6 +33,8 @@ from etp_search.serve.uploads import UploadedFile, parse_upload
 logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+#: Uploads up to this size are parsed on the event loop; larger ones in the worker pool.
+INLINE_UPLOAD_BYTES = 256 * 1024
 
 
 def _clean(value: Any) -> Any:
@@ -177,13 +179,13 @@ def create_app(engine: Engine, *, token: str | None = None, max_upload: int = MA
     @api.post("/search/text", response_model=SearchResponse, summary="Text -> nearest ECGs or reports")
     async def search_text(q: TextQuery) -> JSONResponse:
         _check_where(q.where)
-        hits = await run(engine.text_hits, q.text, q.k, q.target, q.where)
+        hits = await asyncio.wrap_future(engine.submit_text(q.text, q.k, q.target, q.where))
         return response("text", hits, q.target, q.k, q.where, text=q.text)
 
     @api.post("/search/record", response_model=SearchResponse, summary="Stored ECG -> nearest ECGs or reports")
     async def search_record(q: RecordQuery) -> JSONResponse:
         _check_where(q.where)
-        hits = await run(engine.record_hits, q.id, q.k, q.target, q.where)
+        hits = await asyncio.wrap_future(engine.submit_record(q.id, q.k, q.target, q.where))
         return response("record", hits, q.target, q.k, q.where, id=q.id)
 
     @api.post("/search/upload", response_model=SearchResponse,
@@ -201,12 +203,17 @@ def create_app(engine: Engine, *, token: str | None = None, max_upload: int = MA
         _check_where(where)
         got = [UploadedFile(f.filename or "", await f.read()) for f in file]
 
-        def work() -> tuple:  # one trip to the worker pool: parse, encode, search, thumbnail
+        def work() -> tuple:  # one trip to the worker pool: parse, preprocess, queue the search, thumbnail
             rec = parse_upload(got, fs, layout, units)
+            search = engine.submit_signal(engine.prepare_signal(rec.signal, rec.fs), k, target, where)
             thumb = plots.thumbnail(rec.signal, rec.fs) if thumbnail else None
-            return rec, engine.signal_hits(rec.signal, rec.fs, k, target, where), thumb
+            return rec, search, thumb
 
-        rec, result, thumb = await run(work)
+        # A small upload (a 10 s record is ~25 kB: ~1 ms to parse and preprocess) is handled on the event
+        # loop: under load each thread hand-off waits for a core, which cost more than the parse itself.
+        small = sum(len(f.data) for f in got) <= INLINE_UPLOAD_BYTES
+        rec, search, thumb = work() if small else await run(work)
+        result = await asyncio.wrap_future(search)
         return response("upload", result, target, k, where, file=rec.meta.get("source") or rec.id, fs=rec.fs,
                         seconds=rec.duration_s, thumbnail=thumb)
 

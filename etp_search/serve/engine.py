@@ -7,11 +7,13 @@ and the rows appended since exactly. A background thread notices new part files,
 and swaps the snapshot in one assignment, sharing the loaded indexes (nothing is copied or built);
 requests already running finish on the snapshot they started with, so none sees half an update.
 
-Concurrency: CPU work runs in a bounded thread pool (``workers``, default: the cores). Torch runs
-one intra-op thread and FAISS one OpenMP thread per query, so N concurrent queries use N cores
-instead of N x cores threads fighting (two torch threads under load turned a 6 ms text encoding
-into ~290 ms on this project's machine). Store reads of one snapshot are serialised by its lock
-(h5py holds a global lock anyway); encoding and FAISS searches run in parallel.
+Concurrency: searches go to one compute thread (``serve.batching``) that encodes the texts and
+ECGs of concurrent requests in one forward pass each and runs their FAISS searches as batched
+searches, on one torch and one OpenMP thread (two torch threads under load turned a 6 ms text
+encoding into ~290 ms on this project's machine). Other CPU work (parsing uploads, preprocessing,
+plots, zero-shot) runs in a bounded thread pool (``workers``, default: the cores). What a hit shows
+(reports, labels, metadata) and the ECG vectors are held in memory per snapshot (``ColumnCache``),
+so answering reads no HDF5; store reads that remain are serialised by the snapshot's lock.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import numpy as np
 from etp_search.errors import DataError, EtpError
 from etp_search.records import EcgRecord
 from etp_search.search import Hit, Searcher, check_text
+from etp_search.serve.batching import MAX_BATCH, Batcher, Job
 
 logger = logging.getLogger(__name__)
 
@@ -85,13 +88,15 @@ class Engine:
         checkpoint: Checkpoint for encoding queries; default: the store's (its provenance).
         device: "cpu", "cuda" or None (auto).
         factory: FAISS factory when an index must be built ("auto": exact below the IVF threshold).
-        workers: Queries computed at once (default: the machine's cores).
-        threads: Torch intra-op threads per query (1 is fastest under concurrent load).
+        workers: Threads for uploads, plots and zero-shot (default: the machine's cores).
+        threads: Torch intra-op threads (1 is fastest under concurrent load).
         refresh_s: Seconds between checks for rows appended by another process; 0 disables.
+        max_batch: Most concurrent searches the compute thread encodes and searches at once (1: none).
     """
 
     def __init__(self, store_path: str | Path, checkpoint: str | Path | None = None, device: str | None = None,
-                 factory: str = "auto", workers: int | None = None, threads: int = 1, refresh_s: float = 2.0):
+                 factory: str = "auto", workers: int | None = None, threads: int = 1, refresh_s: float = 2.0,
+                 max_batch: int = MAX_BATCH):
         import faiss
         import torch
 
@@ -100,7 +105,8 @@ class Engine:
         self.store_path = Path(store_path)
         self.factory = factory
         self.workers = max(1, workers or os.cpu_count() or 1)
-        first = Searcher.open(self.store_path, checkpoint=checkpoint, device=device, factory=factory)
+        first = Searcher.open(self.store_path, checkpoint=checkpoint, device=device, factory=factory,
+                              cache_columns=True)
         first.store.check_not_empty()
         self.model = first.model  # loads the checkpoint and checks it is the one that wrote the store
         self.model.eval()
@@ -120,6 +126,7 @@ class Engine:
         self._refresh_lock = threading.Lock()
         self.snapshot = self._build_snapshot(first, self._signature())
         self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="etp-serve")
+        self.batcher = Batcher(self.encode_text, self.encode_preprocessed, max_batch=max_batch)
         self._stop = threading.Event()
         self._refresher: threading.Thread | None = None
         if refresh_s > 0:
@@ -136,6 +143,7 @@ class Engine:
         if self._refresher is not None:
             self._refresher.join(timeout=5)
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self.batcher.close()
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Future:
         """Run ``fn(*args)`` in the bounded worker pool."""
@@ -208,7 +216,7 @@ class Engine:
             n = len(store)
             if store.uuid != old.store.uuid or n < old.n or self._index_files_changed(old):
                 # a new store under the same name, or `index` saved new index files: load them
-                snap = self._build_snapshot(Searcher(store, factory=self.factory), signature)
+                snap = self._build_snapshot(Searcher(store, factory=self.factory, cache_columns=True), signature)
             else:  # same index objects; the rows appended since are the views' exact-search tail
                 snap = Snapshot(old.searcher.with_store(store), n, signature)
             self.snapshot = snap  # one assignment: the swap is atomic for every other thread
@@ -230,18 +238,25 @@ class Engine:
         with torch.inference_mode():
             return self.model.encode_text(list(texts)).float().cpu().numpy()
 
-    def encode_signal(self, signal: np.ndarray, fs: float) -> np.ndarray:
-        """A raw (12, L) ECG in mV at ``fs`` Hz -> its (1, D) vector, preprocessed exactly like ``index``."""
-        import torch
-
+    def prepare_signal(self, signal: np.ndarray, fs: float) -> np.ndarray:
+        """A raw (12, L) ECG in mV at ``fs`` Hz -> the model's input, preprocessed exactly like ``index``."""
         from etp_search.preprocess import preprocess
 
         signal = np.asarray(signal, dtype=np.float32)
         if signal.ndim != 2 or signal.shape[0] != 12:
             raise DataError(f"an ECG must be (12, samples) in the standard lead order; got shape {signal.shape}")
-        x, _ = preprocess(signal, fs, self.preset)
+        return preprocess(signal, fs, self.preset)[0]
+
+    def encode_preprocessed(self, x: np.ndarray) -> np.ndarray:
+        """(B, C, L) preprocessed ECGs -> (B, D) vectors."""
+        import torch
+
         with torch.inference_mode():
-            return self.model.encode_ecg(torch.from_numpy(x)[None].to(self._device)).float().cpu().numpy()
+            return self.model.encode_ecg(torch.from_numpy(np.ascontiguousarray(x)).to(self._device)).float().cpu().numpy()
+
+    def encode_signal(self, signal: np.ndarray, fs: float) -> np.ndarray:
+        """A raw (12, L) ECG in mV at ``fs`` Hz -> its (1, D) vector, preprocessed exactly like ``index``."""
+        return self.encode_preprocessed(self.prepare_signal(signal, fs)[None])
 
     def record_vector(self, record_id: str, snap: Snapshot | None = None) -> tuple[np.ndarray, int]:
         snap = snap or self.snapshot
@@ -249,7 +264,7 @@ class Engine:
             row = snap.store.row_of(str(record_id))
             if row >= snap.n:
                 raise EtpError(f"record {record_id!r} is being added; try again in a moment")
-            return snap.store.ecg(np.array([row])), row
+            return snap.searcher.record_vector(row), row
 
     # ------------------------------------------------------------------ search
 
@@ -259,25 +274,36 @@ class Engine:
         snap = snap or self.snapshot
         return snap.searcher.search_vector(vec, min(k, snap.n), target, where, exclude_row), snap
 
-    # The *_hits methods return the snapshot they searched, so a response can say which rows it saw
-    # even when a refresh swaps the snapshot meanwhile; query_* mirror Searcher's signatures.
+    # The submit_* methods queue a search for the compute thread (``serve.batching``) and return a
+    # Future of (hits, snapshot): the snapshot it searched, so a response can say which rows it saw
+    # even when a refresh swaps the snapshot meanwhile. *_hits wait for it; query_* mirror Searcher.
 
-    def text_hits(self, text: str, k: int = 10, target: str = "ecg", where: Sequence[str] = ()) -> tuple[list[Hit], Snapshot]:
+    def _submit(self, kind: str, payload: Any, k: int, target: str, where: Sequence[str]) -> Future:
+        return self.batcher.submit(Job(kind, payload, int(k), target, tuple(where), self.snapshot))
+
+    def submit_text(self, text: str, k: int = 10, target: str = "ecg", where: Sequence[str] = ()) -> Future:
         if not text or not text.strip():
             raise EtpError('the query text is empty; type words to search for, e.g. "atrial fibrillation"')
         check_text(text)
-        return self.search(self.encode_text([text.strip()]), k, target, where)
+        return self._submit("text", text.strip(), k, target, where)
+
+    def submit_signal(self, x: np.ndarray, k: int = 10, target: str = "ecg", where: Sequence[str] = ()) -> Future:
+        """``x``: one ECG as ``prepare_signal`` returns it."""
+        return self._submit("ecg", np.asarray(x, np.float32), k, target, where)
+
+    def submit_record(self, record_id: str, k: int = 10, target: str = "ecg", where: Sequence[str] = ()) -> Future:
+        return self._submit("record", str(record_id), k, target, where)
+
+    def text_hits(self, text: str, k: int = 10, target: str = "ecg", where: Sequence[str] = ()) -> tuple[list[Hit], Snapshot]:
+        return self.submit_text(text, k, target, where).result()
 
     def signal_hits(self, signal: np.ndarray, fs: float, k: int = 10, target: str = "ecg",
                     where: Sequence[str] = ()) -> tuple[list[Hit], Snapshot]:
-        return self.search(self.encode_signal(signal, fs), k, target, where)
+        return self.submit_signal(self.prepare_signal(signal, fs), k, target, where).result()
 
     def record_hits(self, record_id: str, k: int = 10, target: str = "ecg",
                     where: Sequence[str] = ()) -> tuple[list[Hit], Snapshot]:
-        snap = self.snapshot
-        vec, row = self.record_vector(record_id, snap)
-        # ECG -> ECG leaves the query itself out; ECG -> report keeps its own report as a fair hit.
-        return self.search(vec, k, target, where, exclude_row=row if target == "ecg" else None, snap=snap)
+        return self.submit_record(record_id, k, target, where).result()
 
     def query_text(self, text: str, k: int = 10, target: str = "ecg", where: Sequence[str] = ()) -> list[Hit]:
         return self.text_hits(text, k, target, where)[0]
@@ -399,4 +425,5 @@ class Engine:
                 "checkpoint": {"name": self.checkpoint.name, "sha256": prov.get("checkpoint_sha256")},
                 "preset": self.preset.name, "dataset_format": prov.get("dataset_format"),
                 "text_source": prov.get("text_source"), "indexes": indexes, "where_columns": cols,
-                "workers": self.workers, "version": etp_search.__version__}
+                "workers": self.workers, "batching": {"max_batch": self.batcher.max_batch, **self.batcher.stats},
+                "version": etp_search.__version__}

@@ -1,0 +1,199 @@
+"""Dynamic micro-batching: one compute thread encodes and searches the queries of concurrent requests.
+
+Each search request becomes a ``Job`` on a queue. The compute thread takes the first job waiting
+and every other job that arrived meanwhile (up to ``MAX_BATCH``), so a lone client never waits for
+a batch to fill and concurrent clients share one forward pass:
+
+1. the texts of the batch go through the text tower in one call, the (preprocessed) uploaded ECGs
+   of one length through the ECG tower in one call, stored records are looked up in memory;
+2. jobs with the same snapshot, target and filters are searched as one (B, dim) FAISS search
+   (``Searcher.search_batch``), and each job gets its own k, its own excluded row and its hits.
+
+Why: py-spy on the previous server under 16 clients put most of its CPU in encoding texts one
+at a time (bench_serve.py times one text-tower forward of 1, 4 and 16 texts: 16 cost ~3x one, not
+16x), and per-query torch and FAISS calls from several threads fought for the GIL and the cores. One thread owns the model and FAISS
+for searches, with one torch and one OpenMP thread, so nothing oversubscribes the cores; the
+event loop and the worker pool (upload parsing, plots) use the other.
+
+A job that fails (unknown id, bad filter) fails alone: a batch whose encoding raises is retried
+one job at a time, and a search group's error goes to the jobs of that group only.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+#: Most queries computed in one batch (bounds one forward pass's memory and a batch's latency).
+MAX_BATCH = 32
+
+
+@dataclass
+class Job:
+    """One search waiting for the compute thread."""
+
+    kind: str  # "text": payload is the text; "ecg": a preprocessed (C, L) array; "record": a record id
+    payload: Any
+    k: int
+    target: str
+    where: tuple[str, ...]
+    snap: Any  # the snapshot current when the request came in
+    future: Future = field(default_factory=Future)
+    vec: np.ndarray | None = None
+    exclude_row: int | None = None
+
+
+class Batcher:
+    """The compute thread and its queue; ``submit`` returns a Future of ``(hits, snapshot)``.
+
+    Args:
+        encode_text: list of texts -> (B, D) vectors.
+        encode_ecg: (B, C, L) preprocessed ECGs -> (B, D) vectors.
+        max_batch: most jobs in one batch.
+    """
+
+    def __init__(self, encode_text: Callable[[list[str]], np.ndarray],
+                 encode_ecg: Callable[[np.ndarray], np.ndarray], max_batch: int = MAX_BATCH):
+        self._encode_text = encode_text
+        self._encode_ecg = encode_ecg
+        self.max_batch = max(1, max_batch)
+        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._stats_lock = threading.Lock()
+        self.batches = 0
+        self.jobs = 0
+        self.largest = 0
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="etp-serve-compute")
+        self._thread.start()
+
+    def submit(self, job: Job) -> Future:
+        if not self._thread.is_alive():
+            raise RuntimeError("the server is shutting down")
+        self._queue.put(job)
+        return job.future
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        with self._stats_lock:
+            return {"batches": self.batches, "queries": self.jobs, "largest_batch": self.largest,
+                    "mean_batch": round(self.jobs / self.batches, 2) if self.batches else 0.0}
+
+    # ------------------------------------------------------------------ the compute thread
+
+    def _loop(self) -> None:
+        import torch
+
+        stop = False
+        while not stop:
+            job = self._queue.get()
+            if job is None:
+                break
+            jobs = [job]
+            while len(jobs) < self.max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                jobs.append(nxt)
+            with self._stats_lock:
+                self.batches += 1
+                self.jobs += len(jobs)
+                self.largest = max(self.largest, len(jobs))
+            try:
+                with torch.inference_mode():
+                    self._run(jobs)
+            except BaseException as exc:  # never leave a request waiting for ever
+                logger.exception("batch of %d queries failed", len(jobs))
+                for j in jobs:
+                    _fail(j, exc)
+        while True:  # refuse what is still queued
+            try:
+                j = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if j is not None:
+                _fail(j, RuntimeError("the server is shutting down"))
+
+    def _run(self, jobs: list[Job]) -> None:
+        texts = [j for j in jobs if j.kind == "text"]
+        if texts:
+            self._vectors(texts, lambda js: self._encode_text([j.payload for j in js]))
+        by_shape: dict[tuple, list[Job]] = {}
+        for j in jobs:
+            if j.kind == "ecg":
+                by_shape.setdefault(tuple(j.payload.shape), []).append(j)
+        for group in by_shape.values():
+            self._vectors(group, lambda js: self._encode_ecg(np.stack([j.payload for j in js])))
+        for j in jobs:
+            if j.kind == "record":
+                try:
+                    snap = j.snap
+                    with snap.lock:
+                        row = snap.store.row_of(str(j.payload))
+                        if row >= snap.n:
+                            from etp_search.errors import EtpError
+
+                            raise EtpError(f"record {j.payload!r} is being added; try again in a moment")
+                        j.vec = snap.searcher.record_vector(row)
+                    # ECG -> ECG leaves the query itself out; ECG -> report keeps its own report.
+                    j.exclude_row = row if j.target == "ecg" else None
+                except Exception as exc:
+                    _fail(j, exc)
+        groups: dict[tuple, list[Job]] = {}
+        for j in jobs:
+            if not j.future.done():
+                groups.setdefault((id(j.snap), j.target, j.where), []).append(j)
+        for group in groups.values():
+            snap = group[0].snap
+            try:
+                results = snap.searcher.search_batch(np.concatenate([j.vec for j in group]),
+                                                     [min(j.k, snap.n) for j in group], group[0].target,
+                                                     group[0].where, [j.exclude_row for j in group])
+            except Exception as exc:
+                for j in group:
+                    _fail(j, exc)
+                continue
+            for j, hits in zip(group, results):
+                if not j.future.done():
+                    j.future.set_result((hits, snap))
+
+    @staticmethod
+    def _vectors(jobs: list[Job], encode: Callable[[list[Job]], np.ndarray]) -> None:
+        """Encode ``jobs`` in one call; when that raises, one at a time, so only the bad one fails."""
+        try:
+            vecs = np.asarray(encode(jobs), np.float32)
+        except Exception:
+            if len(jobs) == 1:
+                raise_into(jobs[0], encode)
+                return
+            for j in jobs:
+                raise_into(j, encode)
+            return
+        for i, j in enumerate(jobs):
+            j.vec = vecs[i:i + 1]
+
+
+def raise_into(job: Job, encode: Callable[[list[Job]], np.ndarray]) -> None:
+    try:
+        job.vec = np.asarray(encode([job]), np.float32)[:1]
+    except Exception as exc:
+        _fail(job, exc)
+
+
+def _fail(job: Job, exc: BaseException) -> None:
+    if not job.future.done():
+        job.future.set_exception(exc)
