@@ -8,9 +8,13 @@
    compacting and saving index files every few batches) while this process opens the store afresh
    and queries it (with and without a filter) through the read-only `Searcher.search_vector`.
    Counts queries, failures and answers that differ from exact search over the rows the query saw.
-3. **kill -9**: `etp-search index` and `etp-search prepare` on the 50 shipped records, SIGKILLed at
-   random moments and rerun; the store (ids, vectors) / cache (ids, signals) must equal an
-   uninterrupted run.
+3. **kill -9**: `etp-search index` and `etp-search prepare` on the 50 shipped records, and
+   `etp-search train` on their signal cache (tiny encoder, 6 epochs), SIGKILLed at random moments
+   and rerun as the user is told to (`train --resume RUN` once the run folder holds a run, else the
+   same command); the store (ids, vectors) / cache (ids, signals) / run (best/ and last/ weights,
+   metrics.jsonl) must equal an uninterrupted run. Training resumes from its last saved state and
+   redoes the lost steps with the same seeded batches, so the weights must match to 1e-6 (the same
+   bound tests/test_training.py holds); the largest difference is recorded.
 
     .venv/bin/python benchmarks/bench_robustness.py                 # all three, ~10 min on 2 cores
     .venv/bin/python benchmarks/bench_robustness.py --offsets 5 --queries 1000 --kills 3   # quick
@@ -40,7 +44,7 @@ from benchmarks._paths import portable  # noqa: E402
 
 EXAMPLE = ROOT / "etp_search" / "examples" / "ptbxl"
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-CLI = [str(Path(sys.executable).with_name("etp-search"))]
+CLI = [sys.executable, "-m", "etp_search"]
 
 
 def _cli(*args: str) -> subprocess.Popen:
@@ -176,44 +180,125 @@ def _kill_at_random(args: list[str], seconds: float) -> bool:
     return False
 
 
-def kill_and_resume(work: Path, kills: int, ckpt: str, seed: int = 0) -> dict:
+TRAIN = ["--encoder", "test_tiny", "--epochs", "6", "--batch-size", "8", "--embed-dim", "16", "--train-folds", "10",
+         "--val-folds", "9", "--no-progress", "--threads", "1", "--seed", "3"]
+
+
+def _run_result(run: Path) -> tuple[dict, list[dict]]:
+    from safetensors.numpy import load_file
+
+    weights = {f"{sub}/{k}": v for sub in ("best", "last") for k, v in load_file(str(run / sub / "model.safetensors")).items()}
+    return weights, [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _same_run(run: Path, ref: tuple[dict, list[dict]]) -> tuple[bool, float]:
+    """Equal best/ and last/ weights (to 1e-6) and validation figures (to 1e-5); the largest weight difference."""
+    try:
+        weights, hist = _run_result(run)
+    except (OSError, ValueError) as e:
+        print(f"    run {run} unreadable: {e}", flush=True)
+        return False, float("inf")
+    ref_w, ref_h = ref
+    if weights.keys() != ref_w.keys() or len(hist) != len(ref_h):
+        return False, float("inf")
+    diff = max(float(np.max(np.abs(weights[k].astype(np.float64) - ref_w[k]), initial=0.0)) for k in ref_w)
+    figures = all(abs(a[k] - b[k]) <= 1e-5 for a, b in zip(hist, ref_h) for k in ("val_loss", "train_loss"))
+    return diff <= 1e-6 and figures, diff
+
+
+def _rerun(args: list[str]) -> tuple[int, str]:
+    p = _cli(*args)
+    _, err = p.communicate()
+    return p.returncode, (err.strip().splitlines() or [""])[-1]
+
+
+def kill_and_resume(work: Path, kills: int, ckpt: str, seed: int = 0, verbs: tuple[str, ...] = ("index", "prepare", "train")) -> dict:
     from etp_search.signal_cache import SignalCache
     from indexing.store import EmbeddingStore
 
     rng = np.random.default_rng(seed)
-    ref_store, ref_cache = work / "ref" / "store.h5", work / "ref" / "cache.h5"
-    t0 = time.perf_counter()
-    assert _cli("index", str(EXAMPLE), "--store", str(ref_store), "--checkpoint", ckpt, "--workers", "0",
-                "--batch-size", "8").wait() == 0
-    t_index = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    assert _cli("prepare", str(EXAMPLE), "--out", str(ref_cache), "--workers", "0", "--batch-size", "8").wait() == 0
-    t_prepare = time.perf_counter() - t0
+    ref_store, ref_cache, ref_run = work / "ref" / "store.h5", work / "ref" / "cache.h5", work / "ref" / "run"
+
+    def index_args(store: Path) -> list[str]:
+        return ["index", str(EXAMPLE), "--store", str(store), "--checkpoint", ckpt, "--workers", "0", "--batch-size", "8"]
+
+    def prepare_args(cache: Path) -> list[str]:
+        return ["prepare", str(EXAMPLE), "--out", str(cache), "--workers", "0", "--batch-size", "8"]
+
+    def train_args(run: Path) -> list[str]:
+        return ["train", str(ref_cache), "--out", str(run), *TRAIN]
+
+    took = {}
+    for verb, args in (("index", index_args(ref_store)), ("prepare", prepare_args(ref_cache)), ("train", train_args(ref_run))):
+        if verb == "train" and "train" not in verbs:
+            continue
+        t0 = time.perf_counter()
+        rc, err = _rerun(args)
+        assert rc == 0, err
+        took[verb] = time.perf_counter() - t0
+    print("  uninterrupted: " + ", ".join(f"{v} {t:.1f} s" for v, t in took.items()), flush=True)
     with EmbeddingStore.open(ref_store) as s:
         ref_ids, ref_ecg = s.ids, s.ecg()
     with SignalCache.open(ref_cache) as c:
         ref_cids, ref_sig = c.ids, c.signals()
-    out = {"index": [], "prepare": []}
-    for k in range(kills):
-        store = work / f"k{k}" / "store.h5"
-        at = float(rng.uniform(0.3, 1.0) * t_index)
-        killed = _kill_at_random(["index", str(EXAMPLE), "--store", str(store), "--checkpoint", ckpt,
-                                  "--workers", "0", "--batch-size", "8"], at)
-        rc = _cli("index", str(EXAMPLE), "--store", str(store), "--checkpoint", ckpt, "--workers", "0",
-                  "--batch-size", "8").wait()
+    ref_result = _run_result(ref_run) if "train" in verbs else None
+
+    def same_store(store: Path) -> bool:
         with EmbeddingStore.open(store) as s:
-            same = rc == 0 and s.ids == ref_ids and np.allclose(s.ecg(), ref_ecg, atol=1e-5)
-        out["index"].append({"kill_at_s": round(at, 2), "killed": killed, "identical": bool(same)})
-        cache = work / f"k{k}" / "cache.h5"
-        at = float(rng.uniform(0.2, 1.0) * t_prepare)
-        killed = _kill_at_random(["prepare", str(EXAMPLE), "--out", str(cache), "--workers", "0", "--batch-size", "8"], at)
-        rc = _cli("prepare", str(EXAMPLE), "--out", str(cache), "--workers", "0", "--batch-size", "8").wait()
+            return s.ids == ref_ids and np.allclose(s.ecg(), ref_ecg, atol=1e-5)
+
+    def same_cache(cache: Path) -> bool:
         with SignalCache.open(cache) as c:
-            same = rc == 0 and c.ids == ref_cids and np.array_equal(c.signals(), ref_sig)
-        out["prepare"].append({"kill_at_s": round(at, 2), "killed": killed, "identical": bool(same)})
-        print(f"  kill {k}: index {out['index'][-1]}, prepare {out['prepare'][-1]}", flush=True)
+            return c.ids == ref_cids and np.array_equal(c.signals(), ref_sig)
+
+    out: dict[str, list] = {v: [] for v in verbs}
+    for k in range(kills):
+        for verb in verbs:
+            target = work / f"k{k}" / {"index": "store.h5", "prepare": "cache.h5", "train": "run"}[verb]
+            args = {"index": index_args, "prepare": prepare_args, "train": train_args}[verb](target)
+            # train spends its first ~40% importing and loading; kill mostly while it trains.
+            at = float(rng.uniform(0.4 if verb == "train" else 0.2, 1.0) * took[verb])
+            killed = _kill_at_random(args, at)
+            again = args
+            if verb == "train" and (target / "train_config.json").is_file():
+                # What the user is told: --resume once the folder holds a run, else the same command again.
+                again = ["train", "--resume", str(target), "--no-progress"]
+            rc, err = _rerun(again)
+            row: dict = {"kill_at_s": round(at, 2), "killed": killed, "rerun_exit": rc}
+            if rc:
+                row["rerun_error"] = err
+                same = False
+            elif verb == "train":
+                same, row["max_weight_diff"] = _same_run(target, ref_result)
+                row["resumed"] = again is not args
+            else:
+                same = same_store(target) if verb == "index" else same_cache(target)
+            row["identical"] = bool(same)
+            out[verb].append(row)
+        print(f"  kill {k}: " + ", ".join(f"{v} {out[v][-1]}" for v in verbs), flush=True)
     return {verb: {"runs": len(r), "killed": sum(x["killed"] for x in r), "identical": sum(x["identical"] for x in r),
+                   **({"max_weight_diff": max(x.get("max_weight_diff", float("inf")) for x in r)} if verb == "train" else {}),
                    "runs_detail": r} for verb, r in out.items()}
+
+
+def _summary(result: dict) -> list[tuple[str, str, str]]:
+    rows = []
+    if "two_writers" in result:
+        w = result["two_writers"]
+        rows.append(("concurrent `index` runs", f"{w['offsets']} start offsets",
+                     f"{w['duplicates']} duplicate rows; {w['non_one_line_failures']} failures without a one-line error"))
+    if "queries_during_index" in result:
+        q = result["queries_during_index"]
+        rows.append(("queries during index", f"{q['queries']} queries",
+                     f"{q['failures']} failures, {q['wrong_answers']} wrong answers"))
+    for verb, r in result.get("kill_and_resume", {}).items():
+        extra = ""
+        if "max_weight_diff" in r:
+            resumed = sum(x.get("resumed", False) for x in r["runs_detail"])
+            extra = f" ({resumed} via --resume from a saved state; largest weight difference {r['max_weight_diff']:.1e})"
+        rows.append((f"kill -9 `{verb}` + rerun", f"{r['runs']} runs ({r['killed']} killed mid-run)",
+                     f"{r['identical']} identical to an uninterrupted run{extra}"))
+    return rows
 
 
 def main() -> None:
@@ -221,12 +306,19 @@ def main() -> None:
     ap.add_argument("--offsets", type=int, default=20)
     ap.add_argument("--queries", type=int, default=5000)
     ap.add_argument("--kills", type=int, default=10)
+    ap.add_argument("--verbs", default="index,prepare,train", help="verbs --only kills interrupts (comma-separated)")
     ap.add_argument("--checkpoint", default=None, help="default: a tiny random checkpoint made here (fast)")
-    ap.add_argument("--only", choices=["writers", "queries", "kills"], default=None)
+    ap.add_argument("--only", choices=["writers", "queries", "kills"], default=None,
+                    help="run one piece; its figures replace that piece's in an existing --out")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "robustness.json")
     args = ap.parse_args()
+    verbs = tuple(v for v in args.verbs.split(",") if v)
+    if not set(verbs) <= {"index", "prepare", "train"}:
+        ap.error(f"--verbs takes index, prepare and train; got {args.verbs!r}")
     work = Path(tempfile.mkdtemp(prefix="bench-robust-"))
+    load_before = os.getloadavg()
+    t0 = time.perf_counter()
     try:
         ckpt = args.checkpoint
         if ckpt is None:
@@ -237,8 +329,7 @@ def main() -> None:
             torch.manual_seed(0)
             ckpt = str(work / "tiny")
             save_checkpoint(EtpModel(EtpConfig(ecg=EcgEncoderConfig(name="test_tiny")), load_text=False), ckpt)
-        result: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-                        "python": platform.python_version()}
+        result: dict = {}
         if args.only in (None, "writers"):
             print("two writers at start offsets:", flush=True)
             result["two_writers"] = two_writers(work, list(np.round(np.linspace(0, 2.0, args.offsets), 2)), ckpt)
@@ -247,30 +338,31 @@ def main() -> None:
             result["queries_during_index"] = queries_during_index(work, args.queries)
         if args.only in (None, "kills"):
             print("kill -9 and resume:", flush=True)
-            result["kill_and_resume"] = kill_and_resume(work, args.kills, ckpt)
+            result["kill_and_resume"] = kill_and_resume(work, args.kills, ckpt, verbs=verbs)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    summary = []
-    if "two_writers" in result:
-        w = result["two_writers"]
-        summary.append(("concurrent writers", f"{w['offsets']} offsets", f"{w['duplicates']} duplicate rows"))
-    if "queries_during_index" in result:
-        q = result["queries_during_index"]
-        summary.append(("queries during index", f"{q['queries']} queries",
-                        f"{q['failures']} failures, {q['wrong_answers']} wrong answers"))
-    if "kill_and_resume" in result:
-        for verb, r in result["kill_and_resume"].items():
-            summary.append((f"kill -9 {verb}", f"{r['runs']} runs ({r['killed']} killed)", f"{r['identical']} identical"))
+    run = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+           "python": platform.python_version(), "seconds": round(time.perf_counter() - t0, 1),
+           "load_average_1min": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+           "command": " ".join(["benchmarks/bench_robustness.py", *sys.argv[1:]])}
+    result["runs"] = {piece: run for piece in result}
+    if args.only is not None and args.out.is_file():
+        old = json.loads(args.out.read_text())
+        result = {**old, **result, "runs": {**old.get("runs", {}), **result["runs"]}}
+    result = {k: result[k] for k in ("two_writers", "queries_during_index", "kill_and_resume", "runs") if k in result}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    if args.only is None:
-        args.out.write_text(json.dumps(portable(result), indent=2) + "\n")
-        md = ["| check | runs | outcome |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in summary]
-        args.out.with_suffix(".md").write_text("# bench_robustness\n\n" + "\n".join(md) + "\n")
+    args.out.write_text(json.dumps(portable(result), indent=2) + "\n")
+    lines = ["# bench_robustness", "",
+             "Each piece's command, machine, seconds and 1-minute load average (start, end) are in robustness.json "
+             "under `runs`; the machine is 2 cores shared with other agents' jobs. tests/test_store_concurrency.py "
+             "runs two writer processes at 10 offsets on every suite run.", "",
+             "| check | runs | outcome |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in _summary(result)]
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     if args.json:
         print(json.dumps(portable(result), indent=2))
     else:
-        for row in summary:
-            print(f"{row[0]:<22} {row[1]:<22} {row[2]}")
+        for row in _summary(result):
+            print(f"{row[0]:<26} {row[1]:<30} {row[2]}")
 
 
 if __name__ == "__main__":
