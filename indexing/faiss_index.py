@@ -194,9 +194,7 @@ def build_index(vectors: np.ndarray, *, factory: str = "auto", ivf_threshold: in
         info["nlist"] = int(ivf.nlist)
     index = cpu_index
     if on_gpu:
-        index = to_gpu(cpu_index)
-        if index is not cpu_index:
-            index._etp_cpu = None  # the twin would stay empty: made lazily if a filter needs it
+        index = to_gpu(cpu_index, keep_twin=False)  # cpu_index stays empty: a twin is made if a filter needs it
     if not cpu_index.is_trained:
         ntrain = train_size or max(64 * (ivf.nlist if ivf is not None else 256), 10_000)
         ntrain = min(n, ntrain)
