@@ -47,3 +47,26 @@ def test_query_text_with_undecodable_bytes_is_one_line(example_store):
 def test_n_boot_is_bounded(example_store):
     res = cli.invoke(app, ["zeroshot", "--store", str(example_store), "--n-boot", "100000000"])
     assert res.exit_code == 2 and "less than or equal to 100000" in res.output
+
+
+def test_logging_after_a_cli_runner_invoke_reaches_the_current_stderr(tmp_path):
+    """setup_logging bound its handler to the stderr of the first call; under typer's CliRunner that
+    is a buffer closed after invoke, so later records printed '--- Logging error ---'. Run in a fresh
+    interpreter: pytest's own log handlers on the root logger would hide it here."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (
+        "import logging\n"
+        "from typer.testing import CliRunner\n"
+        "from etp_search.cli import _register, app\n"
+        "_register()\n"
+        f"res = CliRunner().invoke(app, ['query', '--store', {str(tmp_path / 'none.h5')!r}, '--text', 'x'])\n"
+        "assert res.exit_code == 1 and 'no embedding store' in res.output, res.output\n"
+        "logging.getLogger('etp_search.check').warning('after the runner')\n"
+    )
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "Logging error" not in res.stderr and "WARNING etp_search.check: after the runner" in res.stderr
