@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import h5py
 import numpy as np
@@ -33,6 +33,9 @@ from etp_search.errors import DataError, EtpError
 from etp_search.preprocess import Preset, get_preset
 from etp_search.records import STANDARD_LEADS, RecordMeta
 from indexing._crash import crash_point
+
+if TYPE_CHECKING:
+    from etp_search.readers import Reader
 
 logger = logging.getLogger(__name__)
 
@@ -203,7 +206,7 @@ class _Writer:
         self.f.flush()
 
 
-def _iter_results(reader: Any, preset: Preset, refs: Sequence[str], workers: int) -> Iterator[tuple[str, str | None, Any]]:
+def _iter_results(reader: Reader, preset: Preset, refs: Sequence[str], workers: int) -> Iterator[tuple[str, str | None, Any]]:
     """(ref, skip reason or None, row) for every ref, in order, through the shared pipeline."""
     from functools import partial
 
@@ -234,7 +237,7 @@ def _open_partial(partial: Path, config: dict[str, Any]) -> h5py.File:
 
 
 def build_cache(
-    reader: Any,
+    reader: Reader,
     out_path: str | Path,
     preset: str | Preset = "etp-100hz",
     *,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from typing import Any
+from typing import Any, Literal, Union
 
 from indexing.errors import IndexingError
 
@@ -22,8 +22,11 @@ except ImportError:  # FAISS is an extra (faiss-cpu or faiss-gpu both install `f
 
 logger = logging.getLogger(__name__)
 
+#: Where an index should run: "auto" (a GPU when faiss sees one), True / "true" (a GPU or an error), False / "false".
+UseGpu = Union[bool, Literal["auto", "true", "false"]]
+
 #: GPU index -> its CPU twin. Weak keys: dropping the GPU index drops the twin.
-_TWINS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_TWINS: weakref.WeakKeyDictionary[faiss.Index, faiss.Index] = weakref.WeakKeyDictionary()
 
 
 def gpu_available() -> bool:
@@ -32,7 +35,7 @@ def gpu_available() -> bool:
         and faiss.get_num_gpus() > 0
 
 
-def resolve_use_gpu(use_gpu: bool | str) -> bool:
+def resolve_use_gpu(use_gpu: UseGpu) -> bool:
     """Turn "auto" / True / False into a decision; True without a GPU is a user error."""
     if use_gpu == "auto":
         return gpu_available()
@@ -46,7 +49,7 @@ def resolve_use_gpu(use_gpu: bool | str) -> bool:
     raise IndexingError(f"use_gpu must be 'auto', True or False, not {use_gpu!r}")
 
 
-_GPU_RES: Any = None
+_GPU_RES: Any = None  # faiss.StandardGpuResources, which CPU builds lack
 
 
 def _gpu_resources() -> Any:
@@ -56,12 +59,12 @@ def _gpu_resources() -> Any:
     return _GPU_RES
 
 
-def is_gpu_index(index: Any) -> bool:
+def is_gpu_index(index: faiss.Index) -> bool:
     """A faiss GPU index (GpuIndexFlat, GpuIndexIVF...)."""
     return type(index).__name__.startswith("Gpu")
 
 
-def to_gpu(index: Any, keep_twin: bool = True) -> Any:
+def to_gpu(index: faiss.Index, keep_twin: bool = True) -> faiss.Index:
     """Copy a CPU index to GPU 0; index types the GPU cannot hold stay on CPU (logged).
 
     With ``keep_twin`` the CPU index is kept as the copy's twin for filtered searches; pass False
@@ -79,14 +82,14 @@ def to_gpu(index: Any, keep_twin: bool = True) -> Any:
     return gpu
 
 
-def to_cpu(index: Any) -> Any:
+def to_cpu(index: faiss.Index) -> faiss.Index:
     """CPU version of an index (itself when already on CPU)."""
     if not is_gpu_index(index):
         return index
     return faiss.index_gpu_to_cpu(index)
 
 
-def cpu_twin(index: Any, make: bool = False) -> Any | None:
+def cpu_twin(index: faiss.Index, make: bool = False) -> faiss.Index | None:
     """The CPU copy a GPU index keeps for filtered searches (made now when ``make``); None for a CPU
     index, or for a GPU index without a twin yet."""
     if not is_gpu_index(index):

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from etp_search.cli.common import DEFAULT_STORE, emit, emit_json, setup_logging, user_errors
 from etp_search.errors import DataError
+
+if TYPE_CHECKING:
+    from indexing.store import EmbeddingStore
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +32,7 @@ VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="More log outp
 TASK_NAMES = ("all", "diagnostic", "subdiagnostic", "superdiagnostic", "form", "rhythm", "cpsc2018")
 
 
-def _open(path: Path) -> Any:
+def _open(path: Path) -> EmbeddingStore:
     from indexing.store import EmbeddingStore
 
     return EmbeddingStore.open(path)
