@@ -124,6 +124,17 @@ class PromptModels:
         return self._models[key]
 
 
+def _with_baseline(head: dict[str, Any], result: ZeroShotResult | ProbeComparison | RetrievalResult) -> dict[str, Any]:
+    """A result's ``to_dict``: its own fields, then baseline_store, main and baseline (when there is one)."""
+    out = dict(head)
+    if result.baseline is not None:
+        out["baseline_store"] = result.baseline_store
+    out["main"] = result.main.to_dict()
+    if result.baseline is not None:
+        out["baseline"] = result.baseline.to_dict()
+    return out
+
+
 # ---------------------------------------------------------------------------- zero-shot
 
 @dataclass
@@ -152,15 +163,9 @@ class ZeroShotResult:
     title: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"task": self.task, "prompts": self.prompts, "split": self.split,
+        return _with_baseline({"task": self.task, "prompts": self.prompts, "split": self.split,
                                "split_note": self.split_note, "n_records": self.n_records, "store": self.store,
-                               "no_ground_truth": self.no_ground_truth}
-        if self.baseline is not None:
-            out["baseline_store"] = self.baseline_store
-        out["main"] = self.main.to_dict()
-        if self.baseline is not None:
-            out["baseline"] = self.baseline.to_dict()
-        return out
+                               "no_ground_truth": self.no_ground_truth}, self)
 
 
 def _zeroshot_run(store: EmbeddingStore, rows: np.ndarray, class_map: dict[str, list[str]], scored: Optional[list[str]],
@@ -252,12 +257,7 @@ class ProbeComparison:
     baseline_store: Optional[str] = None
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"task": self.task, "store": self.store, "n_records": self.n_records,
-                               "main": self.main.to_dict()}
-        if self.baseline is not None:
-            out["baseline"] = self.baseline.to_dict()
-            out["baseline_store"] = self.baseline_store
-        return out
+        return _with_baseline({"task": self.task, "store": self.store, "n_records": self.n_records}, self)
 
 
 def probe_on_store(main: EmbeddingStore, task: str, fractions: Sequence[float] = (1, 10, 100), seeds: int = 3,
@@ -312,13 +312,7 @@ class RetrievalResult:
     baseline_store: Optional[str] = None
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"split": self.split, "split_note": self.split_note, "store": self.store}
-        if self.baseline is not None:
-            out["baseline_store"] = self.baseline_store
-        out["main"] = self.main.to_dict()
-        if self.baseline is not None:
-            out["baseline"] = self.baseline.to_dict()
-        return out
+        return _with_baseline({"split": self.split, "split_note": self.split_note, "store": self.store}, self)
 
 
 def retrieval_on_store(main: EmbeddingStore, split: Split = "test", baseline: Optional[EmbeddingStore] = None) -> RetrievalResult:
