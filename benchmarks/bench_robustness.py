@@ -169,15 +169,33 @@ def queries_during_index(work: Path, n_queries: int, dim: int = 32, rows: int = 
             "writer_exit": proc.returncode, "rows_at_end": len(_store_ids(path)), "queries_per_s": round(done / seconds, 1)}
 
 
-def _kill_at_random(args: list[str], seconds: float) -> bool:
+def _run_timed(args: list[str], marker: Path) -> tuple[float, float]:
+    """Run a verb to the end: (seconds in all, seconds until ``marker`` appeared: its work began)."""
     p = _cli(*args)
-    time.sleep(seconds)
-    if p.poll() is None:
+    t0 = time.perf_counter()
+    seen = None
+    while p.poll() is None:
+        if seen is None and marker.exists():
+            seen = time.perf_counter() - t0
+        time.sleep(0.02)
+    total = time.perf_counter() - t0
+    err = p.communicate()[1]
+    assert p.returncode == 0, err[-800:]
+    return total, total if seen is None else seen
+
+
+def _kill_at_random(args: list[str], marker: Path, after: float) -> bool:
+    """Start a verb, SIGKILL it ``after`` seconds into its work (counted from ``marker`` appearing:
+    the store, the cache's .partial, the run's train_config.json); False if it finished first."""
+    p = _cli(*args)
+    while p.poll() is None and not marker.exists():
+        time.sleep(0.01)
+    time.sleep(after)
+    killed = p.poll() is None
+    if killed:
         os.kill(p.pid, signal.SIGKILL)
-        p.wait()
-        return True
-    p.wait()
-    return False
+    p.communicate()
+    return killed
 
 
 TRAIN = ["--encoder", "test_tiny", "--epochs", "6", "--batch-size", "8", "--embed-dim", "16", "--train-folds", "10",
@@ -228,20 +246,22 @@ def kill_and_resume(work: Path, kills: int, ckpt: str, seed: int = 0, verbs: tup
     def train_args(run: Path) -> list[str]:
         return ["train", str(ref_cache), "--out", str(run), *TRAIN]
 
-    took = {}
-    for verb, args in (("index", index_args(ref_store)), ("prepare", prepare_args(ref_cache)), ("train", train_args(ref_run))):
-        if verb == "train" and "train" not in verbs:
-            continue
-        t0 = time.perf_counter()
-        rc, err = _rerun(args)
-        assert rc == 0, err
-        took[verb] = time.perf_counter() - t0
-    print("  uninterrupted: " + ", ".join(f"{v} {t:.1f} s" for v, t in took.items()), flush=True)
+    def marker(verb: str, target: Path) -> Path:
+        return {"index": target, "prepare": target.with_name(target.name + ".partial"),
+                "train": target / "train_config.json"}[verb]
+
+    window = {}  # seconds of work after the marker, in the uninterrupted run (prepare first: train reads its cache)
+    for verb, target in (("prepare", ref_cache), ("index", ref_store), ("train", ref_run)):
+        args = {"index": index_args, "prepare": prepare_args, "train": train_args}[verb](target)
+        total, start = _run_timed(args, marker(verb, target))
+        window[verb] = total - start
+    print("  uninterrupted, seconds of work after start-up: " + ", ".join(f"{v} {t:.1f}" for v, t in window.items()),
+          flush=True)
     with EmbeddingStore.open(ref_store) as s:
         ref_ids, ref_ecg = s.ids, s.ecg()
     with SignalCache.open(ref_cache) as c:
         ref_cids, ref_sig = c.ids, c.signals()
-    ref_result = _run_result(ref_run) if "train" in verbs else None
+    ref_result = _run_result(ref_run)
 
     def same_store(store: Path) -> bool:
         with EmbeddingStore.open(store) as s:
@@ -254,23 +274,29 @@ def kill_and_resume(work: Path, kills: int, ckpt: str, seed: int = 0, verbs: tup
     out: dict[str, list] = {v: [] for v in verbs}
     for k in range(kills):
         for verb in verbs:
-            target = work / f"k{k}" / {"index": "store.h5", "prepare": "cache.h5", "train": "run"}[verb]
-            args = {"index": index_args, "prepare": prepare_args, "train": train_args}[verb](target)
-            # train spends its first ~40% importing and loading; kill mostly while it trains.
-            at = float(rng.uniform(0.4 if verb == "train" else 0.2, 1.0) * took[verb])
-            killed = _kill_at_random(args, at)
+            # A moment drawn uniformly over the work; a run that finished first is redone (in a new
+            # folder) with half the delay.
+            at, tries, killed = float(rng.uniform(0.0, 1.0) * window[verb]), 0, False
+            while not killed and tries < 5:
+                tries += 1
+                target = work / f"k{k}-{tries}" / {"index": "store.h5", "prepare": "cache.h5", "train": "run"}[verb]
+                args = {"index": index_args, "prepare": prepare_args, "train": train_args}[verb](target)
+                killed = _kill_at_random(args, marker(verb, target), at)
+                at_used, at = at, at / 2
             again = args
+            had_state = verb == "train" and (target / "resume" / "latest.json").is_file()
             if verb == "train" and (target / "train_config.json").is_file():
                 # What the user is told: --resume once the folder holds a run, else the same command again.
                 again = ["train", "--resume", str(target), "--no-progress"]
             rc, err = _rerun(again)
-            row: dict = {"kill_at_s": round(at, 2), "killed": killed, "rerun_exit": rc}
+            row: dict = {"kill_after_start_s": round(at_used, 2), "tries": tries, "killed": killed, "rerun_exit": rc}
             if rc:
                 row["rerun_error"] = err
                 same = False
             elif verb == "train":
                 same, row["max_weight_diff"] = _same_run(target, ref_result)
                 row["resumed"] = again is not args
+                row["from_saved_state"] = had_state
             else:
                 same = same_store(target) if verb == "index" else same_cache(target)
             row["identical"] = bool(same)
@@ -295,7 +321,9 @@ def _summary(result: dict) -> list[tuple[str, str, str]]:
         extra = ""
         if "max_weight_diff" in r:
             resumed = sum(x.get("resumed", False) for x in r["runs_detail"])
-            extra = f" ({resumed} via --resume from a saved state; largest weight difference {r['max_weight_diff']:.1e})"
+            state = sum(x.get("from_saved_state", False) for x in r["runs_detail"])
+            extra = (f" ({resumed} via --resume, {state} of them from a saved mid-run state; "
+                     f"largest weight difference {r['max_weight_diff']:.1e})")
         rows.append((f"kill -9 `{verb}` + rerun", f"{r['runs']} runs ({r['killed']} killed mid-run)",
                      f"{r['identical']} identical to an uninterrupted run{extra}"))
     return rows
