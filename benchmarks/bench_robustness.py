@@ -345,8 +345,6 @@ def main() -> None:
     if not set(verbs) <= {"index", "prepare", "train"}:
         ap.error(f"--verbs takes index, prepare and train; got {args.verbs!r}")
     work = Path(tempfile.mkdtemp(prefix="bench-robust-"))
-    load_before = os.getloadavg()
-    t0 = time.perf_counter()
     try:
         ckpt = args.checkpoint
         if ckpt is None:
@@ -358,22 +356,25 @@ def main() -> None:
             ckpt = str(work / "tiny")
             save_checkpoint(EtpModel(EtpConfig(ecg=EcgEncoderConfig(name="test_tiny")), load_text=False), ckpt)
         result: dict = {}
-        if args.only in (None, "writers"):
-            print("two writers at start offsets:", flush=True)
-            result["two_writers"] = two_writers(work, list(np.round(np.linspace(0, 2.0, args.offsets), 2)), ckpt)
-        if args.only in (None, "queries"):
-            print("queries during index:", flush=True)
-            result["queries_during_index"] = queries_during_index(work, args.queries)
-        if args.only in (None, "kills"):
-            print("kill -9 and resume:", flush=True)
-            result["kill_and_resume"] = kill_and_resume(work, args.kills, ckpt, verbs=verbs)
+        runs: dict = {}
+        pieces = {
+            "two_writers": ("writers", "two writers at start offsets:",
+                            lambda: two_writers(work, list(np.round(np.linspace(0, 2.0, args.offsets), 2)), ckpt)),
+            "queries_during_index": ("queries", "queries during index:", lambda: queries_during_index(work, args.queries)),
+            "kill_and_resume": ("kills", "kill -9 and resume:", lambda: kill_and_resume(work, args.kills, ckpt, verbs=verbs)),
+        }
+        for key, (name, title, fn) in pieces.items():
+            if args.only in (None, name):
+                print(title, flush=True)
+                load, t0 = os.getloadavg()[0], time.perf_counter()
+                result[key] = fn()
+                runs[key] = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+                             "python": platform.python_version(), "seconds": round(time.perf_counter() - t0, 1),
+                             "load_average_1min": [round(load, 2), round(os.getloadavg()[0], 2)],
+                             "command": " ".join(["benchmarks/bench_robustness.py", *sys.argv[1:]])}
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    run = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-           "python": platform.python_version(), "seconds": round(time.perf_counter() - t0, 1),
-           "load_average_1min": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
-           "command": " ".join(["benchmarks/bench_robustness.py", *sys.argv[1:]])}
-    result["runs"] = {piece: run for piece in result}
+    result["runs"] = runs
     if args.only is not None and args.out.is_file():
         old = json.loads(args.out.read_text())
         result = {**old, **result, "runs": {**old.get("runs", {}), **result["runs"]}}
