@@ -70,3 +70,23 @@ def test_logging_after_a_cli_runner_invoke_reaches_the_current_stderr(tmp_path):
                          cwd=Path(__file__).resolve().parents[1], timeout=120)
     assert res.returncode == 0, res.stderr
     assert "Logging error" not in res.stderr and "WARNING etp_search.check: after the runner" in res.stderr
+
+
+def test_a_store_whose_random_init_folder_was_deleted_names_the_missing_folder(example_ptbxl, tmp_path):
+    """It used to fall back to the shipped checkpoint and report a SHA mismatch with it."""
+    import shutil
+
+    from etp_search.export import index_data
+
+    store = tmp_path / "rand.h5"
+    index_data(example_ptbxl, store, "random", workers=0, progress=False)
+    shutil.rmtree(tmp_path / "rand.h5.random-init")
+    rec = example_ptbxl / "records100" / "00000" / "00038_lr.hea"
+    res = cli.invoke(app, ["query", "--store", str(store), "--ecg", str(rec), "-k", "3"])
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 1 and len(lines) == 1, res.output
+    assert "rand.h5.random-init, which no longer exists" in lines[0] and "--checkpoint random" in lines[0]
+    assert "pass the store's checkpoint" not in lines[0]  # not a mismatch with the shipped checkpoint
+    index_data(example_ptbxl, store, "random", workers=0, progress=False)  # the same command makes it again
+    res = cli.invoke(app, ["query", "--store", str(store), "--ecg", str(rec), "-k", "3", "--json"])
+    assert res.exit_code == 0, res.output
