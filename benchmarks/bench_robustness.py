@@ -16,7 +16,7 @@
    redoes the lost steps with the same seeded batches, so the weights must match to 1e-6 (the same
    bound tests/test_training.py holds); the largest difference is recorded.
 
-    .venv/bin/python benchmarks/bench_robustness.py                 # all three, ~10 min on 2 cores
+    .venv/bin/python benchmarks/bench_robustness.py                 # all three, ~35 min on 2 busy cores
     .venv/bin/python benchmarks/bench_robustness.py --offsets 5 --queries 1000 --kills 3   # quick
 """
 
@@ -92,7 +92,7 @@ def two_writers(work: Path, offsets: list[float], ckpt: str) -> dict:
         b = _cli("index", str(five), "--store", str(store), "--checkpoint", ckpt, "--workers", "0")
         (_, ea), (_, eb) = a.communicate(), b.communicate()
         ids = _store_ids(store)
-        lines = [e.strip().splitlines()[-1] if e.strip() else "" for e in (ea, eb)]
+        lines = [e.strip().splitlines()[-1].replace(str(work), "<tmp>") if e.strip() else "" for e in (ea, eb)]
         runs.append({"offset_s": off, "rows": len(ids), "unique": len(set(ids)), "exit": [a.returncode, b.returncode],
                      "messages": [m for m, c in zip(lines, (a.returncode, b.returncode)) if c]})
         print(f"  offset {off:.2f}s: {len(ids)} rows, {len(set(ids))} unique, exit {a.returncode}/{b.returncode}",
