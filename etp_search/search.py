@@ -195,7 +195,18 @@ class Searcher:
         stored = self.store.provenance.get("checkpoint_path")
         if stored and (Path(stored) / "config.json").exists():
             return Path(stored)
-        return resolve_checkpoint(None)
+        starter = resolve_checkpoint(None)
+        sha = self.store.provenance.get("checkpoint_sha256")
+        if stored and sha:  # the store's folder is gone: the starter stands in only if it is the same checkpoint
+            from etp_search.errors import ModelError
+            from etp_search.models import checkpoint_fingerprint
+
+            if checkpoint_fingerprint(starter) != sha:
+                raise ModelError(
+                    f"store {self.store.path} was written by checkpoint {stored}, which no longer exists; restore "
+                    f"that folder or pass it with --checkpoint (a `--checkpoint random` folder is made again by "
+                    f"running the same `etp-search index ... --checkpoint random` command)")
+        return starter
 
     @property
     def model(self) -> Any:

@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import h5py
 import numpy as np
@@ -32,6 +32,10 @@ from etp_search import __version__
 from etp_search.errors import DataError, EtpError
 from etp_search.preprocess import Preset, get_preset
 from etp_search.records import STANDARD_LEADS, RecordMeta
+from indexing._crash import crash_point
+
+if TYPE_CHECKING:
+    from etp_search.readers import Reader
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +206,7 @@ class _Writer:
         self.f.flush()
 
 
-def _iter_results(reader: Any, preset: Preset, refs: Sequence[str], workers: int) -> Iterator[tuple[str, str | None, Any]]:
+def _iter_results(reader: Reader, preset: Preset, refs: Sequence[str], workers: int) -> Iterator[tuple[str, str | None, Any]]:
     """(ref, skip reason or None, row) for every ref, in order, through the shared pipeline."""
     from functools import partial
 
@@ -233,7 +237,7 @@ def _open_partial(partial: Path, config: dict[str, Any]) -> h5py.File:
 
 
 def build_cache(
-    reader: Any,
+    reader: Reader,
     out_path: str | Path,
     preset: str | Preset = "etp-100hz",
     *,
@@ -243,7 +247,6 @@ def build_cache(
     force: bool = False,
     compression: str | None = None,
     chunk_rows: int = 1,
-    _crash_after_batches: int | None = None,
 ) -> dict[str, Any]:
     """Read, preprocess and store every record of a dataset in one HDF5 file.
 
@@ -260,7 +263,6 @@ def build_cache(
             nothing. Filtered, z-scored float32 is close to incompressible.
         chunk_rows: Records per HDF5 chunk. 1 by default: random batches of 64 read 4x faster than
             with 16-record chunks, and sequential reads lose little (77k vs 92k rec/s).
-        _crash_after_batches: Test hook: raise after this many batches were committed.
 
     Returns:
         Summary: out, records, refs, skipped (reason -> count), missing_files, up_to_date, resumed_from,
@@ -308,7 +310,7 @@ def build_cache(
         bar = tqdm(total=len(refs), initial=resumed_from, unit="rec", desc="prepare", disable=not progress, dynamic_ncols=True)
         batch: list[dict[str, Any]] = []
         skipped: dict[str, int] = {}
-        consumed = batches = 0
+        consumed = 0
         results = _iter_results(reader, p, todo, workers)
         try:
             for _ref, reason, row in results:
@@ -321,9 +323,7 @@ def build_cache(
                 if consumed == batch_size:
                     w.write(batch, consumed, skipped)
                     batch, skipped, consumed = [], {}, 0
-                    batches += 1
-                    if _crash_after_batches is not None and batches >= _crash_after_batches:
-                        raise RuntimeError(f"crash requested after {batches} batches")
+                    crash_point("after-batch")
             if consumed:
                 w.write(batch, consumed, skipped)
         finally:

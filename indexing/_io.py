@@ -8,17 +8,8 @@ import uuid as uuid_mod
 from collections.abc import Callable
 from pathlib import Path
 
+from indexing._crash import crash_point  # noqa: F401 - the one crash hook, re-exported for the store's modules
 from indexing.errors import IndexingError
-
-#: Test hook (faiss contrib/big_batch_search.py style ``crash_at``), the one for the whole store:
-#: called with a point name at each step of a write; a test sets it to raise or ``os._exit``.
-crash_hook: Callable[[str], None] | None = None
-
-
-def crash_point(point: str) -> None:
-    """Call the test hook, if one is set, at a named step of a write."""
-    if crash_hook is not None:
-        crash_hook(point)
 
 
 def fsync_path(path: Path) -> None:

@@ -23,9 +23,10 @@ import time
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from indexing.errors import IndexingError, IndexStaleError
-from indexing.gpu import cpu_twin, is_gpu_index, resolve_use_gpu, to_gpu
+from indexing.gpu import UseGpu, cpu_twin, is_gpu_index, resolve_use_gpu, to_gpu
 
 try:
     import faiss
@@ -81,13 +82,13 @@ def auto_nlist(n: int) -> int:
     return int(min(65536, max(16, 2 ** round(math.log2(max(1.0, math.sqrt(n)))))))
 
 
-def _ivf(index: Any) -> Any | None:
+def _ivf(index: faiss.Index) -> faiss.IndexIVF | None:
     with contextlib.suppress(Exception):
         return faiss.extract_index_ivf(index)
     return None
 
 
-def _ivf_attr(index: Any, name: str) -> int | None:
+def _ivf_attr(index: faiss.Index, name: str) -> int | None:
     """nlist / nprobe of a CPU IVF (possibly behind OPQ), a GPU IVF, or a GPU index's CPU twin."""
     for cand in (index, cpu_twin(index)):
         if cand is None:
@@ -154,9 +155,9 @@ def check_factory(factory: str, dim: int, n_rows: int | None = None) -> None:
 
 
 def build_index(vectors: np.ndarray, *, factory: str = "auto", ivf_threshold: int = DEFAULT_IVF_THRESHOLD,
-                nlist: int | None = None, nprobe: int | None = None, use_gpu: bool | str = "auto",
+                nlist: int | None = None, nprobe: int | None = None, use_gpu: UseGpu = "auto",
                 seed: int = 0, target_recall: float = DEFAULT_TARGET_RECALL,
-                recall_queries: int = DEFAULT_RECALL_QUERIES, train_size: int | None = None) -> tuple[Any, dict]:
+                recall_queries: int = DEFAULT_RECALL_QUERIES, train_size: int | None = None) -> tuple[faiss.Index, dict]:
     """Build an inner-product index whose ids are the rows of ``vectors``.
 
     Args:
@@ -194,9 +195,7 @@ def build_index(vectors: np.ndarray, *, factory: str = "auto", ivf_threshold: in
         info["nlist"] = int(ivf.nlist)
     index = cpu_index
     if on_gpu:
-        index = to_gpu(cpu_index)
-        if index is not cpu_index:
-            index._etp_cpu = None  # the twin would stay empty: made lazily if a filter needs it
+        index = to_gpu(cpu_index, keep_twin=False)  # cpu_index stays empty: a twin is made if a filter needs it
     if not cpu_index.is_trained:
         ntrain = train_size or max(64 * (ivf.nlist if ivf is not None else 256), 10_000)
         ntrain = min(n, ntrain)
@@ -222,7 +221,7 @@ def build_index(vectors: np.ndarray, *, factory: str = "auto", ivf_threshold: in
     return index, info
 
 
-def _tune_and_measure(index: Any, x: np.ndarray, info: dict, *, nprobe: int | None, target: float, nq: int,
+def _tune_and_measure(index: faiss.Index, x: np.ndarray, info: dict, *, nprobe: int | None, target: float, nq: int,
                       rng: np.random.Generator) -> None:
     """Measure recall@10 vs exact on held-out rows; pick the smallest nprobe reaching ``target``.
 
@@ -242,7 +241,7 @@ def _tune_and_measure(index: Any, x: np.ndarray, info: dict, *, nprobe: int | No
     candidates = [nprobe] if nprobe else _nprobe_ladder(nlist or 1)
     best = (None, -1.0)
     for p in candidates:
-        _, got = search(index, xq, k + 1, nprobe=p, _widen=False)
+        _, got = _search_once(index, xq, k + 1, None, p)  # raw: -1 padding counts as a miss
         got = _drop_self(got, q_rows, k)
         r = _recall(got, gt)
         logger.debug("nprobe %s: recall@%d %.4f", p, k, r)
@@ -279,7 +278,7 @@ def _recall(got: np.ndarray, gt: np.ndarray) -> float:
     return hits / max(1, int((gt >= 0).sum()))
 
 
-def _set_nprobe(index: Any, nprobe: int) -> None:
+def _set_nprobe(index: faiss.Index, nprobe: int) -> None:
     if is_gpu_index(index):
         with contextlib.suppress(Exception):
             faiss.GpuParameterSpace().set_index_parameter(index, "nprobe", nprobe)
@@ -292,11 +291,14 @@ def _set_nprobe(index: Any, nprobe: int) -> None:
         ivf.nprobe = nprobe
 
 
-def measure_recall(index: Any, vectors: np.ndarray, *, k: int = 10, nq: int = DEFAULT_RECALL_QUERIES,
+def measure_recall(index: faiss.Index, vectors: np.ndarray, *, k: int = 10, nq: int = DEFAULT_RECALL_QUERIES,
                    seed: int = 1) -> float:
     """recall@k of ``index`` against exact search over ``vectors`` (rows = ids), self excluded."""
     info: dict[str, Any] = {}
     x = normalized(vectors)
+    if x.shape[1] != index.d or x.shape[0] != index.ntotal:
+        raise IndexingError(f"measure_recall needs the index's own vectors: got {x.shape[0]} x {x.shape[1]}, "
+                            f"the index holds {index.ntotal} x {index.d}")
     _tune_and_measure(index, x, info, nprobe=_ivf_attr(index, "nprobe") or 1, target=1.0, nq=nq,
                       rng=np.random.default_rng(seed))
     return float(info["recall_at_10"])
@@ -305,7 +307,7 @@ def measure_recall(index: Any, vectors: np.ndarray, *, k: int = 10, nq: int = DE
 # ----------------------------------------------------------------------------- search
 
 
-def _selector(allowed_rows: Any, ntotal: int) -> tuple[Any, Any, int]:
+def _selector(allowed_rows: ArrayLike, ntotal: int) -> tuple[faiss.IDSelector, np.ndarray, int]:
     """(selector, buffer that must outlive it, number of allowed rows)."""
     allowed = np.asarray(allowed_rows)
     if allowed.dtype == bool:
@@ -324,7 +326,7 @@ def _selector(allowed_rows: Any, ntotal: int) -> tuple[Any, Any, int]:
     return faiss.IDSelectorBitmap(ntotal, faiss.swig_ptr(bits)), bits, int(mask.sum())
 
 
-def _params(index: Any, sel: Any, nprobe: int | None) -> Any:
+def _params(index: faiss.Index, sel: faiss.IDSelector | None, nprobe: int | None) -> faiss.SearchParameters:
     if isinstance(index, faiss.IndexRefine):  # IVF-PQ + refine (indexing.ann): filter and probe the base
         return faiss.IndexRefineSearchParameters(k_factor=float(index.k_factor),
                                                  base_index_params=_params(index.base_index, sel, nprobe))
@@ -338,8 +340,8 @@ def _params(index: Any, sel: Any, nprobe: int | None) -> Any:
     return p
 
 
-def search(index: Any, queries: np.ndarray, k: int, allowed_rows: Any = None, *, nprobe: int | None = None,
-           _widen: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def search(index: faiss.Index, queries: np.ndarray, k: int, allowed_rows: ArrayLike | None = None, *,
+           nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-k rows by cosine, optionally only among ``allowed_rows`` (bool mask or row ids).
 
     The filter is applied inside FAISS (IDSelectorBitmap). With IVF, when the probed lists hold
@@ -365,7 +367,7 @@ def search(index: Any, queries: np.ndarray, k: int, allowed_rows: Any = None, *,
     nprobe = nprobe or _ivf_attr(index, "nprobe")
     scores, rows = _search_once(index, q, k_eff, sel, nprobe)
     nlist = _ivf_attr(index, "nlist")
-    if _widen and nlist is not None and nprobe:
+    if nlist is not None and nprobe:
         p = nprobe
         while (rows < 0).any() and p < nlist:
             p = min(nlist, p * 4)
@@ -375,17 +377,15 @@ def search(index: Any, queries: np.ndarray, k: int, allowed_rows: Any = None, *,
     del keep_alive
     valid = (rows >= 0).sum(axis=1)
     width = int(valid.min())
-    if width < k_eff and _widen:
+    if width < k_eff:
         logger.warning("index %s returned fewer than %d results for some queries; trimming to %d",
                        type(index).__name__, k_eff, width)
     if width < rows.shape[1]:
-        if not _widen:
-            return scores, rows  # recall measurement wants the raw -1 padding
         scores, rows = scores[:, :width], rows[:, :width]
     return scores, rows
 
 
-def _search_once(index: Any, q: np.ndarray, k: int, sel: Any, nprobe: int | None) -> tuple[np.ndarray, np.ndarray]:
+def _search_once(index: faiss.Index, q: np.ndarray, k: int, sel: faiss.IDSelector | None, nprobe: int | None) -> tuple[np.ndarray, np.ndarray]:
     if sel is None and (nprobe is None or is_gpu_index(index)):
         if nprobe and is_gpu_index(index):
             _set_nprobe(index, nprobe)
@@ -400,7 +400,7 @@ def _search_once(index: Any, q: np.ndarray, k: int, sel: Any, nprobe: int | None
     return index.search(q, k, params=_params(index, sel, nprobe))
 
 
-def update_index(index: Any, new_vectors: np.ndarray, start_row: int) -> Any:
+def update_index(index: faiss.Index, new_vectors: np.ndarray, start_row: int) -> faiss.Index:
     """Add rows ``start_row..`` to an index without retraining (IVF assigns them to trained lists)."""
     if int(index.ntotal) != int(start_row):
         raise IndexStaleError(f"cannot add rows from {start_row}: the index holds {index.ntotal} rows; {_REBUILD}")

@@ -21,7 +21,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from indexing import _io
+from indexing import _crash
 from indexing import segments as _seg
 from indexing._io import check_file_path, crash_point
 from indexing.columns import (DAMAGE, DEFAULT_META_SCHEMA, FORMAT_NAME, FORMAT_VERSION, META_TYPES, REBUILD_HINT,
@@ -39,9 +39,9 @@ _NORM_TOL = 1e-3
 _REBUILD_HINT = REBUILD_HINT
 
 
-def __getattr__(name: str) -> Any:  # ``indexing.store.crash_hook`` reads the one hook in indexing._io
+def __getattr__(name: str) -> Any:  # ``indexing.store.crash_hook`` reads the one hook in indexing._crash
     if name == "crash_hook":
-        return _io.crash_hook
+        return _crash.hook
     raise AttributeError(name)
 
 

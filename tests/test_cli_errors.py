@@ -47,3 +47,46 @@ def test_query_text_with_undecodable_bytes_is_one_line(example_store):
 def test_n_boot_is_bounded(example_store):
     res = cli.invoke(app, ["zeroshot", "--store", str(example_store), "--n-boot", "100000000"])
     assert res.exit_code == 2 and "less than or equal to 100000" in res.output
+
+
+def test_logging_after_a_cli_runner_invoke_reaches_the_current_stderr(tmp_path):
+    """setup_logging bound its handler to the stderr of the first call; under typer's CliRunner that
+    is a buffer closed after invoke, so later records printed '--- Logging error ---'. Run in a fresh
+    interpreter: pytest's own log handlers on the root logger would hide it here."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (
+        "import logging\n"
+        "from typer.testing import CliRunner\n"
+        "from etp_search.cli import _register, app\n"
+        "_register()\n"
+        f"res = CliRunner().invoke(app, ['query', '--store', {str(tmp_path / 'none.h5')!r}, '--text', 'x'])\n"
+        "assert res.exit_code == 1 and 'no embedding store' in res.output, res.output\n"
+        "logging.getLogger('etp_search.check').warning('after the runner')\n"
+    )
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "Logging error" not in res.stderr and "WARNING etp_search.check: after the runner" in res.stderr
+
+
+def test_a_store_whose_random_init_folder_was_deleted_names_the_missing_folder(example_ptbxl, tmp_path):
+    """It used to fall back to the shipped checkpoint and report a SHA mismatch with it."""
+    import shutil
+
+    from etp_search.export import index_data
+
+    store = tmp_path / "rand.h5"
+    index_data(example_ptbxl, store, "random", workers=0, progress=False)
+    shutil.rmtree(tmp_path / "rand.h5.random-init")
+    rec = example_ptbxl / "records100" / "00000" / "00038_lr.hea"
+    res = cli.invoke(app, ["query", "--store", str(store), "--ecg", str(rec), "-k", "3"])
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 1 and len(lines) == 1, res.output
+    assert "rand.h5.random-init, which no longer exists" in lines[0] and "--checkpoint random" in lines[0]
+    assert "pass the store's checkpoint" not in lines[0]  # not a mismatch with the shipped checkpoint
+    index_data(example_ptbxl, store, "random", workers=0, progress=False)  # the same command makes it again
+    res = cli.invoke(app, ["query", "--store", str(store), "--ecg", str(rec), "-k", "3", "--json"])
+    assert res.exit_code == 0, res.output

@@ -8,10 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 import etp_search.models as models_pkg
-from etp_search.cli import evaluate as ev
 from etp_search.cli.common import to_jsonable
 from etp_search.errors import DataError
 from etp_search.evaluation import on_store as O
@@ -22,20 +20,7 @@ from etp_search.labels import get_task
 from etp_search.models import EcgEncoderConfig, EtpConfig, EtpModel, save_checkpoint
 from indexing.store import EmbeddingStore
 
-cli = CliRunner()
-
-
-def _app():
-    import typer
-
-    app = typer.Typer()
-    app.command("zeroshot")(ev.zeroshot)
-    app.command("probe")(ev.probe)
-    app.command("retrieval")(ev.retrieval)
-    return app
-
-
-APP = _app()
+from tests.test_eval_cli import APP, cli  # the evaluate verbs on one typer app
 
 
 def _json(*args: object) -> dict:

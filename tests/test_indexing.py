@@ -298,6 +298,37 @@ def test_gpu_path_builds_saves_from_cpu_and_falls_back_for_filters(monkeypatch, 
     assert isinstance(loaded, GpuFakeIndex) and linfo["on_gpu"]
 
 
+def test_gpu_twin_is_kept_beside_the_index_not_on_it_and_follows_updates(monkeypatch):
+    """The CPU twin of a GPU index sits in indexing.gpu's weak mapping (no attribute on the SWIG
+    object), is made once when a filter needs it, gets the rows added later, and goes with its index."""
+    import gc
+
+    monkeypatch.setattr(gpu, "gpu_available", lambda: True)
+    monkeypatch.setattr(gpu, "_gpu_resources", lambda: object())
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu", lambda res, dev, idx: GpuFakeIndex(faiss.clone_index(idx)), raising=False)
+    made = []
+    monkeypatch.setattr(faiss, "index_gpu_to_cpu", lambda idx: made.append(1) or faiss.clone_index(idx.cpu), raising=False)
+    x = _clustered(300, d=16)
+    index, _ = build_index(x, use_gpu=True)
+    assert gpu.cpu_twin(index) is None and "_etp_cpu" not in vars(index)  # the built GPU copy has no twin yet
+    allowed = np.arange(300) % 3 == 0
+    search(index, x[:2], 3, allowed)
+    search(index, x[:2], 3, allowed)
+    twin = gpu.cpu_twin(index)
+    assert made == [1] and twin is not None and twin.ntotal == 300 and set(vars(index)) == {"cpu", "searches"}
+    extra = x[:1] * -1.0
+    update_index(index, extra, 300)
+    assert twin.ntotal == index.ntotal == 301
+    allowed = np.r_[np.zeros(300, bool), True]
+    _, rows = search(index, extra, 1, allowed)  # the filtered search (on the twin) sees the added row
+    assert rows[0, 0] == 300
+    assert gpu.cpu_twin(faiss.clone_index(twin)) is None  # a CPU index has no twin
+    n = len(gpu._TWINS)
+    del index
+    gc.collect()
+    assert len(gpu._TWINS) == n - 1
+
+
 def test_reader_during_a_write_never_writes_and_sees_every_row(tmp_path, caplog):
     """A query that opened the store before an ``index`` run appended, merged and saved indexes."""
     x = _clustered(50, d=8)

@@ -30,7 +30,10 @@ def _edit(path, section, key, value):
 
 
 @pytest.mark.parametrize("section, key, value", [((), "embed_dim", 1e10), (("text",), "max_length", -5),
-                                                 ((), "embed_dim", float("nan"))])
+                                                 ((), "embed_dim", float("nan")),
+                                                 # these two built a model (traceback from torch's Dropout; a
+                                                 # negative hidden width silently meaning none)
+                                                 (("ecg",), "drop_rate", 7), ((), "proj_hidden", -3)])
 def test_absurd_config_numbers_are_one_line_before_any_allocation(ckpt, section, key, value):
     _edit(ckpt, section, key, value)
     with pytest.raises(ModelError) as e:

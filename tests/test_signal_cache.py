@@ -16,6 +16,7 @@ from etp_search.errors import DataError, EtpError
 from etp_search.preprocess import get_preset, preprocess
 from etp_search.readers import SkipRecord, open_dataset
 from etp_search.signal_cache import SignalCache, build_cache, is_signal_cache
+from indexing._crash import CrashRequested, crash_at
 
 N = 40  # records: enough for several batches, small enough for a 2-core CI
 
@@ -107,8 +108,8 @@ def test_parallel_build_is_identical_to_in_process(reader, built, tmp_path):
 
 def test_crash_then_resume_is_bit_identical(reader, built, tmp_path):
     out = tmp_path / "c.h5"
-    with pytest.raises(RuntimeError, match="crash requested"):
-        build_cache(reader, out, "etp-100hz", workers=2, batch_size=8, progress=False, _crash_after_batches=2)
+    with pytest.raises(CrashRequested), crash_at("after-batch", nth=2):
+        build_cache(reader, out, "etp-100hz", workers=2, batch_size=8, progress=False)
     partial = tmp_path / "c.h5.partial"
     assert not out.exists() and partial.exists()
     with h5py.File(partial, "r") as f:
@@ -122,8 +123,8 @@ def test_crash_then_resume_is_bit_identical(reader, built, tmp_path):
 def test_rows_written_after_the_last_commit_are_redone(reader, built, tmp_path):
     # Simulate a crash between writing a batch's rows and committing its counter.
     out = tmp_path / "c.h5"
-    with pytest.raises(RuntimeError):
-        build_cache(reader, out, "etp-100hz", workers=0, batch_size=8, progress=False, _crash_after_batches=2)
+    with pytest.raises(CrashRequested), crash_at("after-batch", nth=2):
+        build_cache(reader, out, "etp-100hz", workers=0, batch_size=8, progress=False)
     with h5py.File(tmp_path / "c.h5.partial", "a") as f:
         f.attrs["rows"] = 8
         f.attrs["refs_done"] = 8
@@ -146,9 +147,8 @@ def test_rerun_is_up_to_date_other_settings_need_force(reader, built, tmp_path):
 def test_failed_rebuild_leaves_the_finished_cache_untouched(reader, built, tmp_path):
     out = tmp_path / "c.h5"
     out.write_bytes(built.read_bytes())
-    with pytest.raises(RuntimeError):
-        build_cache(reader, out, "raw-100hz", workers=0, batch_size=8, progress=False, force=True,
-                    _crash_after_batches=1)
+    with pytest.raises(CrashRequested), crash_at("after-batch", nth=1):
+        build_cache(reader, out, "raw-100hz", workers=0, batch_size=8, progress=False, force=True)
     _assert_same_cache(built, out)
 
 
@@ -162,8 +162,8 @@ def test_corrupt_or_foreign_partial_restarts_with_warning(reader, built, tmp_pat
     _assert_same_cache(built, out)
     # A partial of another preset is not resumed into this one.
     out.unlink()
-    with pytest.raises(RuntimeError):
-        build_cache(reader, out, "raw-100hz", workers=0, batch_size=8, progress=False, _crash_after_batches=1)
+    with pytest.raises(CrashRequested), crash_at("after-batch", nth=1):
+        build_cache(reader, out, "raw-100hz", workers=0, batch_size=8, progress=False)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="etp_search.signal_cache"):
         s = build_cache(reader, out, "etp-100hz", workers=0, batch_size=8, progress=False)

@@ -218,7 +218,7 @@ def test_single_writer_lock(store):
 
 
 def test_exception_mid_append_leaves_store_unchanged(store, monkeypatch):
-    import indexing._io as st
+    import indexing._crash as st
 
     ids, e, t = _batch(0, 4)
     store.append(ids[:2], e[:2], t[:2])
@@ -227,10 +227,10 @@ def test_exception_mid_append_leaves_store_unchanged(store, monkeypatch):
         if point == "mid-write":
             raise RuntimeError("disk full")
 
-    monkeypatch.setattr(st, "crash_hook", boom)
+    monkeypatch.setattr(st, "hook", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         store.append(ids[2:], e[2:], t[2:])
-    monkeypatch.setattr(st, "crash_hook", None)
+    monkeypatch.setattr(st, "hook", None)
     assert len(store) == 2 and len(EmbeddingStore.open(store.path)) == 2
     assert not [p for p in store.parts_dir.iterdir() if p.name.startswith(".tmp-")]
     store.append(ids[2:], e[2:], t[2:])  # the retry succeeds: no duplicates, no gap

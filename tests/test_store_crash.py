@@ -27,7 +27,7 @@ DRIVER = textwrap.dedent("""
     import os, sys, time
     import numpy as np
     import indexing.store as st
-    import indexing._io as _io
+    import indexing._crash as _crash
     path, n, batch, crash, pause = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], float(sys.argv[5])
     if crash != "none":
         point, nth = crash.split(":")
@@ -37,7 +37,7 @@ DRIVER = textwrap.dedent("""
                 hits["n"] += 1
                 if hits["n"] == int(nth):
                     os._exit(17)  # dies like SIGKILL: no finally blocks, no h5py close
-        _io.crash_hook = hook
+        _crash.hook = hook
     store = (st.EmbeddingStore.open(path) if os.path.exists(path)
              else st.EmbeddingStore.create(path, 16, {"checkpoint_sha256": "x"}, {"site": "str"}))
     ids = [f"r{i:04d}" for i in range(n)]
@@ -139,7 +139,7 @@ def test_sigkill_at_random_moments_then_resume(tmp_path, reference):
 def test_merge_leftovers_are_shadowed_not_duplicated(tmp_path):
     """A merged part and its not-yet-deleted inputs coexist: readers count the rows once."""
     import indexing.store as st
-    import indexing._io as _io
+    import indexing._crash as _crash
 
     path = tmp_path / "s.h5"
     store = EmbeddingStore.create(path, 4, {}, has_text=False)
@@ -149,12 +149,12 @@ def test_merge_leftovers_are_shadowed_not_duplicated(tmp_path):
         if point == "after-merge":
             kept.extend((p.name, p.read_bytes()) for p in store.parts_dir.iterdir() if "-L0" in p.name)
 
-    _io.crash_hook = keep_inputs
+    _crash.hook = keep_inputs
     try:
         for b in range(_FANOUT):
             store.append([f"id{b}"], np.full((1, 4), b, np.float32))
     finally:
-        _io.crash_hook = None
+        _crash.hook = None
     store.close()
     for name, data in kept:  # put the merge inputs back, as a crash before their deletion would
         (store.parts_dir / name).write_bytes(data)

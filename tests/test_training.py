@@ -12,6 +12,7 @@ import typer
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from indexing._crash import CrashRequested, crash_at
 from etp_search.models import EcgEncoderConfig, EtpConfig, EtpModel, load_checkpoint
 from training.augment import AugmentConfig, augment, step_generator
 from training.loss import ClipLoss
@@ -111,8 +112,8 @@ def test_schedule_warms_up_then_decays_per_step():
 def test_killed_run_resumes_to_the_same_result(example_cache, tmp_path):
     """Crash mid-epoch (after an unsaved step), resume: same weights and metrics as one clean run."""
     clean = Trainer(_tiny_cfg(example_cache, tmp_path / "clean"), progress=False).run()
-    with pytest.raises(RuntimeError, match="crash requested"):
-        Trainer(_tiny_cfg(example_cache, tmp_path / "crash"), progress=False, crash_after_steps=3).run()
+    with pytest.raises(CrashRequested), crash_at("after-step", nth=3):
+        Trainer(_tiny_cfg(example_cache, tmp_path / "crash"), progress=False).run()
     state = json.loads((tmp_path / "crash" / "resume" / "latest.json").read_text())
     assert state["step"] == 2  # the step-3 work was lost and is redone
     resumed = Trainer(_tiny_cfg(example_cache, tmp_path / "crash"), resume=True, progress=False).run()

@@ -26,6 +26,7 @@ from etp_search.errors import DataError, EtpError
 from etp_search.models import EcgEncoderConfig, EtpConfig, EtpModel, TextEncoderConfig, save_checkpoint
 from etp_search.models.checkpoint import atomic_write_bytes
 from etp_search.signal_cache import SignalCache
+from indexing._crash import crash_point
 from training.augment import AugmentConfig, augment, step_generator
 from training.data import EpochBatches, PairSplit, StatementTable, split_indices, subsample_rows
 from training.distributed import DistEnv, all_reduce_mean, barrier, init_distributed
@@ -241,15 +242,15 @@ class Trainer:
         cfg: The run's config.
         resume: Continue the run saved in cfg.out.
         progress: Show tqdm bars.
-        crash_after_steps: Test hook: raise right after this many optimizer steps (in this process),
-            without saving — like a kill at an arbitrary moment.
+
+    Crash tests use ``indexing._crash.crash_at("after-step", nth)``: the point comes right after an
+    optimizer step, before any save, like a kill at an arbitrary moment.
     """
 
-    def __init__(self, cfg: TrainConfig, resume: bool = False, progress: bool = True, crash_after_steps: int | None = None) -> None:
+    def __init__(self, cfg: TrainConfig, resume: bool = False, progress: bool = True) -> None:
         self.cfg = cfg
         self.resume = resume
         self.show_progress = progress
-        self.crash_after_steps = crash_after_steps
         self.run_dir = Path(cfg.out)
 
     # -- set-up -------------------------------------------------------------------------------
@@ -437,7 +438,6 @@ class Trainer:
         if env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._write_config()
-        steps_here = 0
         for epoch in range(progress["epoch"], cfg.epochs):
             bar = tqdm(total=len(self.batches) * cfg.batch_size, initial=progress["batch"] * cfg.batch_size,
                        unit="ecg", unit_scale=False, desc=f"epoch {epoch + 1}/{cfg.epochs}",
@@ -451,11 +451,9 @@ class Trainer:
                 progress["batch"] += 1
                 progress["epoch_loss_sum"] += stats["loss"]
                 progress["epoch_loss_n"] += 1
-                steps_here += 1
                 bar.update(cfg.batch_size)
                 bar.set_postfix(loss=f"{stats['loss']:.3f}", scale=f"{stats['logit_scale']:.1f}")
-                if self.crash_after_steps is not None and steps_here >= self.crash_after_steps:
-                    raise RuntimeError(f"crash requested after {steps_here} steps")
+                crash_point("after-step")
                 if cfg.save_every_steps and progress["step"] % cfg.save_every_steps == 0 and progress["batch"] < len(self.batches):
                     if env.is_main:
                         save_state(self.run_dir, self.model, self.optimizer, progress, self.scaler)

@@ -84,9 +84,33 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """A handler that writes to ``sys.stderr`` as it is when a record is logged.
+
+    ``basicConfig(stream=sys.stderr)`` binds the stream of the first call; typer's CliRunner (and
+    pytest's capture) swap ``sys.stderr`` for a buffer they close afterwards, so every later record
+    printed "--- Logging error --- ValueError: I/O operation on closed file" (the stdlib's
+    ``logging.lastResort`` resolves the stream the same way).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201 - whatever sys.stderr is now
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # noqa: ANN001 - StreamHandler.__init__ assigns one; ignored
+        pass
+
+
 def setup_logging(verbose: bool = False) -> None:
-    """Our packages log at INFO (DEBUG with --verbose); third-party libraries only warnings."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    """Our packages log at INFO (DEBUG with --verbose); third-party libraries only warnings.
+
+    Like ``basicConfig``, a root logger that already has handlers (an application's own set-up) is
+    left alone."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", handlers=[_CurrentStderr()])
     for name in ("etp_search", "indexing", "training"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
 

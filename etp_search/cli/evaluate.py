@@ -9,14 +9,19 @@ baseline's vectors and prints both side by side with a delta column. The work is
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from etp_search.cli.common import DEFAULT_STORE, emit, emit_json, setup_logging, user_errors
 from etp_search.errors import DataError
+
+if TYPE_CHECKING:
+    from indexing.store import EmbeddingStore
 
 logger = logging.getLogger(__name__)
 
@@ -29,10 +34,23 @@ VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="More log outp
 TASK_NAMES = ("all", "diagnostic", "subdiagnostic", "superdiagnostic", "form", "rhythm", "cpsc2018")
 
 
-def _open(path: Path) -> Any:
+@contextlib.contextmanager
+def _stores(store: Path, baseline_store: Optional[Path]) -> Iterator[tuple[EmbeddingStore, Optional[EmbeddingStore]]]:
+    """The main store and the optional baseline, open for the command and closed after it."""
     from indexing.store import EmbeddingStore
 
-    return EmbeddingStore.open(path)
+    with contextlib.ExitStack() as stack:
+        main = stack.enter_context(EmbeddingStore.open(store))
+        base = stack.enter_context(EmbeddingStore.open(baseline_store)) if baseline_store is not None else None
+        yield main, base
+
+
+def _as_given(result: dict[str, Any], store: Path, baseline_store: Optional[Path]) -> dict[str, Any]:
+    """The JSON result with the store paths as the user typed them."""
+    out = {**result, "store": str(store)}
+    if baseline_store is not None:
+        out["baseline_store"] = str(baseline_store)
+    return out
 
 
 def _delta(a: float, b: Optional[float]) -> Optional[float]:
@@ -64,13 +82,10 @@ def zeroshot(
     from etp_search.evaluation.on_store import check_zeroshot_options, zeroshot_on_store
 
     check_zeroshot_options(task, labels, prompts)
-    main = _open(store)
-    base = _open(baseline_store) if baseline_store is not None else None
-    res = zeroshot_on_store(main, task=task, labels=labels, prompts=prompts, split=split, baseline=base,
-                            checkpoint=checkpoint, n_boot=n_boot, seed=seed)
-    result = {**res.to_dict(), "store": str(store)}
-    if baseline_store is not None:
-        result["baseline_store"] = str(baseline_store)
+    with _stores(store, baseline_store) as (main, base):
+        res = zeroshot_on_store(main, task=task, labels=labels, prompts=prompts, split=split, baseline=base,
+                                checkpoint=checkpoint, n_boot=n_boot, seed=seed)
+    result = _as_given(res.to_dict(), store, baseline_store)
     if json_out:
         emit_json(result)
         return
@@ -130,12 +145,9 @@ def probe(
     fr = _parse_fractions(fractions)
     if seeds < 1:
         raise DataError("--seeds must be at least 1")
-    main = _open(store)
-    base = _open(baseline_store) if baseline_store is not None else None
-    res = probe_on_store(main, task, fr, seeds, baseline=base, progress=True)
-    result = {**res.to_dict(), "store": str(store)}
-    if baseline_store is not None:
-        result["baseline_store"] = str(baseline_store)
+    with _stores(store, baseline_store) as (main, base):
+        res = probe_on_store(main, task, fr, seeds, baseline=base, progress=True)
+    result = _as_given(res.to_dict(), store, baseline_store)
     if json_out:
         emit_json(result)
         return
@@ -166,12 +178,9 @@ def retrieval(
     setup_logging(verbose)
     from etp_search.evaluation.on_store import retrieval_on_store
 
-    main = _open(store)
-    base = _open(baseline_store) if baseline_store is not None else None
-    res = retrieval_on_store(main, split, baseline=base)
-    result = {**res.to_dict(), "store": str(store)}
-    if baseline_store is not None:
-        result["baseline_store"] = str(baseline_store)
+    with _stores(store, baseline_store) as (main, base):
+        res = retrieval_on_store(main, split, baseline=base)
+    result = _as_given(res.to_dict(), store, baseline_store)
     if json_out:
         emit_json(result)
         return

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Sequence
 
 import numpy as np
 
@@ -21,14 +21,22 @@ from etp_search.errors import DataError, StoreMismatchError
 from etp_search.evaluation.metrics import AucReport
 from etp_search.evaluation.probe import ProbeResult
 
+if TYPE_CHECKING:  # imported lazily at run time: indexing/ loads h5py, models/ loads torch
+    from indexing.store import EmbeddingStore
+
+    from etp_search.labels import Task
+    from etp_search.models import EtpModel
+
+#: Which records an evaluation reads: fold 10, fold 9 or every record.
+Split = Literal["test", "val", "all"]
 SPLITS = {"test": 10, "val": 9}
 
 
-def folds_of(store: Any) -> np.ndarray:
+def folds_of(store: EmbeddingStore) -> np.ndarray:
     return np.asarray(store.meta("strat_fold"), dtype=np.int64)
 
 
-def split_rows(store: Any, split: str) -> tuple[np.ndarray, str]:
+def split_rows(store: EmbeddingStore, split: Split) -> tuple[np.ndarray, str]:
     """Rows of ``split`` ("test" = fold 10, "val" = fold 9, "all"); all rows when the store has no folds."""
     if split not in (*SPLITS, "all"):
         raise DataError(f"unknown split '{split}'; use test, val or all")
@@ -46,7 +54,7 @@ def split_rows(store: Any, split: str) -> tuple[np.ndarray, str]:
     return rows, f"{split} split (strat_fold {SPLITS[split]}): {len(rows)} records"
 
 
-def task_rows(store: Any, task: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def task_rows(store: EmbeddingStore, task: Task, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows that carry a label of ``task`` (others drop out, as in Strodthoff et al.) and their (N, C) matrix."""
     labels = store.labels(rows)
     keep = np.array([task.has_labels(lab) for lab in labels], dtype=bool)
@@ -58,7 +66,7 @@ def task_rows(store: Any, task: Any, rows: np.ndarray) -> tuple[np.ndarray, np.n
     return rows[keep], task.matrix([lab for lab, k in zip(labels, keep) if k])
 
 
-def aligned_rows(base: Any, main: Any, rows: np.ndarray) -> np.ndarray:
+def aligned_rows(base: EmbeddingStore, main: EmbeddingStore, rows: np.ndarray) -> np.ndarray:
     """The baseline store's rows for the same record ids as ``rows`` of the main store."""
     ids = main.ids_at(rows)
     have = base.contains(ids)
@@ -68,7 +76,7 @@ def aligned_rows(base: Any, main: Any, rows: np.ndarray) -> np.ndarray:
     return np.asarray(base.rows_of(ids))
 
 
-def free_class_labels(store: Any, rows: np.ndarray, classes: Sequence[str]) -> tuple[Optional[np.ndarray], list[str]]:
+def free_class_labels(store: EmbeddingStore, rows: np.ndarray, classes: Sequence[str]) -> tuple[Optional[np.ndarray], list[str]]:
     """Match free classes to the stored label keys: (N, matched) ground truth (None: no match) and the unmatched."""
     from etp_search.evaluation.prompts import match_label_keys
     from etp_search.labels import get_task
@@ -90,7 +98,7 @@ def free_class_labels(store: Any, rows: np.ndarray, classes: Sequence[str]) -> t
 
 # ---------------------------------------------------------------------------- prompt models
 
-def load_prompt_model(store: Any, checkpoint: Optional[str]) -> Any:
+def load_prompt_model(store: EmbeddingStore, checkpoint: Optional[str]) -> EtpModel:
     """The model that encodes prompts for ``store``; Searcher refuses a checkpoint whose sha256 differs from the store's."""
     from etp_search.search import Searcher
 
@@ -100,12 +108,12 @@ def load_prompt_model(store: Any, checkpoint: Optional[str]) -> Any:
 class PromptModels:
     """Loads each prompt checkpoint once: stores built by the same checkpoint share one model."""
 
-    def __init__(self, loader: Callable[[Any, Optional[str]], Any] = load_prompt_model):
+    def __init__(self, loader: Callable[[EmbeddingStore, Optional[str]], EtpModel] = load_prompt_model):
         self._loader = loader
-        self._models: dict[tuple[str, Optional[str]], Any] = {}
+        self._models: dict[tuple[str, Optional[str]], EtpModel] = {}
         self.loads = 0
 
-    def for_store(self, store: Any, checkpoint: Optional[str] = None) -> Any:
+    def for_store(self, store: EmbeddingStore, checkpoint: Optional[str] = None) -> EtpModel:
         from etp_search.search import Searcher
 
         path = Path(Searcher(store, checkpoint=checkpoint).checkpoint_path()).resolve()
@@ -114,6 +122,17 @@ class PromptModels:
             self._models[key] = self._loader(store, checkpoint)
             self.loads += 1
         return self._models[key]
+
+
+def _with_baseline(head: dict[str, Any], result: ZeroShotResult | ProbeComparison | RetrievalResult) -> dict[str, Any]:
+    """A result's ``to_dict``: its own fields, then baseline_store, main and baseline (when there is one)."""
+    out = dict(head)
+    if result.baseline is not None:
+        out["baseline_store"] = result.baseline_store
+    out["main"] = result.main.to_dict()
+    if result.baseline is not None:
+        out["baseline"] = result.baseline.to_dict()
+    return out
 
 
 # ---------------------------------------------------------------------------- zero-shot
@@ -133,7 +152,7 @@ class ZeroShotRun:
 class ZeroShotResult:
     task: Optional[str]
     prompts: str
-    split: str
+    split: Split
     split_note: str
     n_records: int
     store: str
@@ -144,19 +163,13 @@ class ZeroShotResult:
     title: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"task": self.task, "prompts": self.prompts, "split": self.split,
+        return _with_baseline({"task": self.task, "prompts": self.prompts, "split": self.split,
                                "split_note": self.split_note, "n_records": self.n_records, "store": self.store,
-                               "no_ground_truth": self.no_ground_truth}
-        if self.baseline is not None:
-            out["baseline_store"] = self.baseline_store
-        out["main"] = self.main.to_dict()
-        if self.baseline is not None:
-            out["baseline"] = self.baseline.to_dict()
-        return out
+                               "no_ground_truth": self.no_ground_truth}, self)
 
 
-def _zeroshot_run(store: Any, rows: np.ndarray, class_map: dict[str, list[str]], scored: Optional[list[str]],
-                  Y: Optional[np.ndarray], model: Any, n_boot: int, seed: int) -> ZeroShotRun:
+def _zeroshot_run(store: EmbeddingStore, rows: np.ndarray, class_map: dict[str, list[str]], scored: Optional[list[str]],
+                  Y: Optional[np.ndarray], model: EtpModel, n_boot: int, seed: int) -> ZeroShotRun:
     from etp_search.evaluation import zeroshot as Z
 
     vecs = Z.encode_prompts(model, class_map)
@@ -182,13 +195,13 @@ def check_zeroshot_options(task: Optional[str], labels: Optional[str], prompts: 
 
 
 def zeroshot_on_store(
-    main: Any,
+    main: EmbeddingStore,
     *,
     task: Optional[str] = None,
     labels: Optional[str] = None,
     prompts: str = "default",
-    split: str = "test",
-    baseline: Any = None,
+    split: Split = "test",
+    baseline: Optional[EmbeddingStore] = None,
     checkpoint: Optional[str] = None,
     n_boot: int = 1000,
     seed: int = 0,
@@ -244,16 +257,11 @@ class ProbeComparison:
     baseline_store: Optional[str] = None
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"task": self.task, "store": self.store, "n_records": self.n_records,
-                               "main": self.main.to_dict()}
-        if self.baseline is not None:
-            out["baseline"] = self.baseline.to_dict()
-            out["baseline_store"] = self.baseline_store
-        return out
+        return _with_baseline({"task": self.task, "store": self.store, "n_records": self.n_records}, self)
 
 
-def probe_on_store(main: Any, task: str, fractions: Sequence[float] = (1, 10, 100), seeds: int = 3,
-                   baseline: Any = None, progress: bool = False) -> ProbeComparison:
+def probe_on_store(main: EmbeddingStore, task: str, fractions: Sequence[float] = (1, 10, 100), seeds: int = 3,
+                   baseline: Optional[EmbeddingStore] = None, progress: bool = False) -> ProbeComparison:
     """Linear probe (train folds 1-8, L2 chosen on fold 9, macro AUC on fold 10) on ``main`` and ``baseline``."""
     from etp_search.evaluation.probe import run_probe
     from etp_search.labels import get_task
@@ -296,7 +304,7 @@ class RetrievalRun:
 
 @dataclass
 class RetrievalResult:
-    split: str
+    split: Split
     split_note: str
     store: str
     main: RetrievalRun
@@ -304,23 +312,17 @@ class RetrievalResult:
     baseline_store: Optional[str] = None
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"split": self.split, "split_note": self.split_note, "store": self.store}
-        if self.baseline is not None:
-            out["baseline_store"] = self.baseline_store
-        out["main"] = self.main.to_dict()
-        if self.baseline is not None:
-            out["baseline"] = self.baseline.to_dict()
-        return out
+        return _with_baseline({"split": self.split, "split_note": self.split_note, "store": self.store}, self)
 
 
-def retrieval_on_store(main: Any, split: str = "test", baseline: Any = None) -> RetrievalResult:
+def retrieval_on_store(main: EmbeddingStore, split: Split = "test", baseline: Optional[EmbeddingStore] = None) -> RetrievalResult:
     """ECG -> report and report -> ECG recall@1/5/10 on ``split``; hits are records with the query's exact report text."""
     from etp_search.evaluation.retrieval import evaluate_retrieval
 
     rows, split_note = split_rows(main, split)
     texts = main.texts(rows)
 
-    def run(store: Any, r: np.ndarray) -> RetrievalRun:
+    def run(store: EmbeddingStore, r: np.ndarray) -> RetrievalRun:
         return RetrievalRun(**evaluate_retrieval(store.ecg(r), store.text(r), texts))
 
     result = RetrievalResult(split, split_note, str(main.path), run(main, rows))

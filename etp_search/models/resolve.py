@@ -28,6 +28,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "embed_dim": (1, 65536), "max_length": (1, 8192), "width": (0, 65536), "depth": (1, 1024),
     "heads": (1, 1024), "layers": (1, 1024), "in_channels": (1, 64), "num_heads": (1, 1024),
     "hidden": (1, 65536), "hidden_dim": (1, 65536), "patch_size": (1, 100000), "kernel_size": (1, 100000),
+    "drop_rate": (0, 1), "proj_hidden": (0, 65536), "trainable_layers": (0, 1024),
 }
 
 
