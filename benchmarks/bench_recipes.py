@@ -110,8 +110,56 @@ def markdown(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+RULE = ("afib_query_auc", "afib_query_ap", "zs_super", "zs_rhythm")  # the choice rule fixed before any recipe ran
+
+
+def compare(specs: list[str], out: Path) -> str:
+    """Side by side, from saved results: each spec is RESULT.json:RECIPE (runs of other encoders/schedules)."""
+    rows, table = [], []
+    for spec in specs:
+        path, _, name = spec.rpartition(":")
+        doc = json.loads(Path(path).read_text())
+        r = doc["recipes"][name]
+        rows.append((f"{name}, {doc['encoder']}, {doc['epochs']} epochs (`{Path(path).name}`)", r, doc))
+    d0 = rows[0][2]
+    if any((d["train_folds"], d["val_folds"], d["seed"]) != (d0["train_folds"], d0["val_folds"], d0["seed"]) for _, _, d in rows):
+        raise SystemExit("--compare: the results were not run on the same split and seed; compare like with like")
+    figs = FIGURES + ("rule",)
+    lines = [f"Inner split: train folds {d0['train_folds']}, validation folds {d0['val_folds']} ({d0.get('n_val')} records, "
+             f"{d0.get('n_val_afib')} AFIB), seed {d0['seed']}, last epoch. `rule` = mean of {', '.join(RULE)} "
+             "(the choice rule fixed before any recipe ran).", "",
+             "| run | " + " | ".join(figs) + " | AFIB query AP 95 % CI | train s |", "|---|" + "---|" * (len(figs) + 2)]
+    for label, r, _ in rows:
+        f = dict(r["figures"], rule=float(np.mean([r["figures"][k] for k in RULE])))
+        ci = r["detail"]["afib"].get("query_ap_ci95")
+        lines.append(f"| {label} | " + " | ".join(f"{f[k]:.3f}" for k in figs) + " | " +
+                     (f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "") + " | " +
+                     (f"{r['train_seconds']:.0f}" if (r.get("train_seconds") or 0) >= 1 else "not recorded") + " |")
+        table.append({"run": label, "figures": f, "afib_query_ap_ci95": ci, "train_seconds": r.get("train_seconds")})
+    per = [r["detail"]["zeroshot"]["rhythm/default"].get("per_class", {}) for _, r, _ in rows]
+    classes = sorted(set().union(*per))
+    lines += ["", "Zero-shot rhythm AUC per class (default prompts):", "", "| class | " + " | ".join(l for l, _, _ in rows) + " |",
+              "|---|" + "---|" * len(rows)]
+    lines += [f"| {c} | " + " | ".join("" if c not in p else f"{p[c]:.3f}" for p in per) + " |" for c in classes]
+    lines += ["", "Command: `python benchmarks/bench_recipes.py --compare " + " ".join(specs) + f" --out {out}`",
+              "(train s: wall seconds on the shared 2-core machine, one torch thread; not a controlled speed comparison)"]
+    md = "\n".join(lines) + "\n"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(md)
+    out.with_suffix(".json").write_text(json.dumps({"specs": specs, "rule": RULE, "rows": table}, indent=2) + "\n")
+    return md
+
+
 def main() -> None:
     from etp_search.cli.common import to_jsonable
+
+    if "--compare" in sys.argv:
+        cp = argparse.ArgumentParser(description="compare saved recipe results side by side")
+        cp.add_argument("--compare", nargs="+", required=True, metavar="RESULT.json:RECIPE")
+        cp.add_argument("--out", type=Path, required=True)
+        a = cp.parse_args()
+        print(compare(a.compare, a.out))
+        return
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", type=Path, required=True)

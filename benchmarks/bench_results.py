@@ -45,6 +45,14 @@ def timed(what: str, fn: Callable[[], Any]) -> tuple[Any, float]:
     return to_jsonable(res), time.perf_counter() - t0
 
 
+def _fingerprint(checkpoint: str) -> str:
+    """The sha256 of the weights the figures were read with, so a results file names its checkpoint exactly."""
+    from etp_search.models import checkpoint_fingerprint
+
+    path = Path(checkpoint)
+    return checkpoint_fingerprint(path if path.is_absolute() else ROOT / path)
+
+
 def pct(x: Any) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
@@ -80,7 +88,8 @@ def main() -> None:
     out: dict[str, Any] = {
         "command": "python benchmarks/bench_results.py " + " ".join(sys.argv[1:]),
         "data": str(data), "format": fmt, "records": idx_trained["rows"],
-        "checkpoint": idx_trained["checkpoint"], "baseline": "random init, same architecture (`--checkpoint random`)",
+        "checkpoint": idx_trained["checkpoint"], "fingerprint": _fingerprint(idx_trained["checkpoint"]),
+        "baseline": "random init, same architecture (`--checkpoint random`)",
         "index": {"trained": idx_trained, "random": idx_random,
                   "wall_s": {"trained": round(t_trained, 1), "random": round(t_random, 1)}},
         "zeroshot": {}, "probe": {}, "retrieval": {},
@@ -115,7 +124,7 @@ def main() -> None:
 def render(out: dict[str, Any], tasks: list[str], splits: list[str]) -> str:
     n = out["records"]
     lines = [f"# Results on {out['data'].split('/')[-1]} ({out['format']}, {n} records)", "",
-             f"Command: `{out['command']}`", f"Checkpoint: `{Path(out['checkpoint']).name}`; baseline: {out['baseline']}.", ""]
+             f"Command: `{out['command']}`", f"Checkpoint: `{Path(out['checkpoint']).name}` (sha256 {out.get('fingerprint', '?')[:16]}…); baseline: {out['baseline']}.", ""]
     lines += ["## Zero-shot macro ROC-AUC (%), 95 % bootstrap interval", "",
               "| task | split | prompts | n | trained | 95 % CI | random init | delta |", "|---|---|---|---:|---:|---|---:|---:|"]
     for key, r in out["zeroshot"].items():
