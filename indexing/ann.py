@@ -31,6 +31,8 @@ from typing import Any, Literal, Protocol
 import faiss
 import numpy as np
 
+from indexing._io import atomic_write
+
 logger = logging.getLogger(__name__)
 
 Kind = Literal["flat", "ivf_flat", "ivf_pq_refine"]
@@ -352,15 +354,10 @@ def _refined(base: faiss.Index, refine: faiss.Index) -> faiss.Index:
 
 
 def save_index(index: faiss.Index, path: str | os.PathLike) -> None:
-    """``faiss.write_index`` through a temp file + os.replace (an on-disk index keeps its .ivfdata)."""
+    """``faiss.write_index`` through ``indexing._io.atomic_write`` (an on-disk index keeps its .ivfdata)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        faiss.write_index(index, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: faiss.write_index(index, str(tmp)))
 
 
 def load_index(path: str | os.PathLike, mmap: bool = True) -> faiss.Index:

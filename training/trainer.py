@@ -10,7 +10,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import random
 import shutil
 import time
@@ -24,9 +23,9 @@ from torch import nn
 
 from etp_search.errors import DataError, EtpError
 from etp_search.models import EcgEncoderConfig, EtpConfig, EtpModel, TextEncoderConfig, save_checkpoint
-from etp_search.models.checkpoint import atomic_write_bytes
 from etp_search.signal_cache import SignalCache
 from indexing._crash import crash_point
+from indexing._io import atomic_write_bytes, repair_dir, replace_dir
 from training.augment import AugmentConfig, augment, step_generator
 from training.data import EpochBatches, PairSplit, StatementTable, split_indices, subsample_rows
 from training.distributed import DistEnv, all_reduce_mean, barrier, init_distributed
@@ -206,27 +205,6 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Swap a fully written folder into place; a crash between the renames is repaired on resume."""
-    old = final.with_name(final.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old.exists():
-        shutil.rmtree(old)
-
-
-def _repair_dirs(run: Path) -> None:
-    for name in ("best", "last"):
-        final, old = run / name, run / f"{name}.old"
-        if not final.exists() and old.exists():
-            os.replace(old, final)
-        for tmp in run.glob(f"{name}.tmp*"):
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _better(select: str, value: float, best: float | None) -> bool:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return False
@@ -339,7 +317,7 @@ class Trainer:
         if tmp.exists():
             shutil.rmtree(tmp)
         save_checkpoint(self.model, tmp, extra=extra, dtype=self.cfg.weights_dtype)
-        _replace_dir(tmp, self.run_dir / name)
+        replace_dir(tmp, self.run_dir / name)
 
     # -- loop ----------------------------------------------------------------------------------
 
@@ -428,7 +406,9 @@ class Trainer:
         progress: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "history": [], "best": None,
                                     "best_epoch": None, "epoch_loss_sum": 0.0, "epoch_loss_n": 0, "train_seconds": 0.0}
         if self.resume:
-            _repair_dirs(self.run_dir) if env.is_main else None
+            if env.is_main:
+                for name in ("best", "last"):
+                    repair_dir(self.run_dir / name)
             if has_state(self.run_dir):
                 progress = load_state(self.run_dir, self.model, self.optimizer, self.scaler)
                 if env.is_main:
