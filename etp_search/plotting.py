@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from matplotlib.figure import Figure
 
 from etp_search.errors import DataError
 from etp_search.records import STANDARD_LEADS
+from indexing._io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -271,26 +271,12 @@ def _as_panels(panels: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
     return [np.asarray(p) for p in panels]
 
 
-def _publish(tmp: str, out_path: Path) -> None:
-    """Give the temp file ordinary permissions (mkstemp makes it 0600) and move it into place."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, out_path)
-
-
 def _save(fig: Figure, out_path: Path, dpi: float) -> None:
     """Save atomically so a crash never leaves a half-written image behind."""
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.stem}.", suffix=out_path.suffix)
-    os.close(fd)
-    try:
-        # No bbox_inches="tight": it would crop the page and break the physical scale.
-        fig.savefig(tmp, dpi=dpi, facecolor="white")
-        _publish(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    # No bbox_inches="tight": it would crop the page and break the physical scale. The temporary
+    # name keeps the suffix, from which matplotlib picks the format.
+    atomic_write(out_path, lambda tmp: fig.savefig(tmp, dpi=dpi, facecolor="white"))
 
 
 def ecg_figure(
@@ -422,19 +408,16 @@ def plot_query_results(
     out = Path(out_path)
     if out.suffix.lower() == ".pdf":
         out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=".pdf")
-        os.close(fd)
-        try:
+
+        def write_pdf(tmp: Path) -> None:
             with PdfPages(tmp) as pdf:
                 # A text query with no hits still gets its header page.
                 for item in items or [None]:
                     # The text-query header repeats on every page so each says what was searched.
                     fig = _stack([item] if item else [], leads=leads, layout=layout, header=header)
                     pdf.savefig(fig)
-            _publish(tmp, out)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+
+        atomic_write(out, write_pdf)
     else:
         _save(_stack(items, leads=leads, layout=layout, header=header), out, dpi)
     logger.info("wrote query results (%d hits) to %s", len(hits), out)

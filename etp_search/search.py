@@ -13,16 +13,24 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 import numpy as np
 
 from etp_search.errors import DataError, EtpError
 from etp_search.records import EcgRecord
 
+if TYPE_CHECKING:
+    from etp_search.models import EtpModel
+    from indexing.index_files import Which
+    from indexing.store import EmbeddingStore
+    from indexing.view import SearchView
+
 logger = logging.getLogger(__name__)
 
-TARGETS = ("ecg", "report")
+#: What a query searches: ECG vectors or report vectors.
+Target = Literal["ecg", "report"]
+TARGETS: tuple[Target, ...] = ("ecg", "report")
 #: Metadata columns every hit carries (when the store has them).
 HIT_COLUMNS = ("age", "sex", "strat_fold", "source")
 #: ECG vectors are held in memory by a column cache only up to this many bytes (else read per query).
@@ -59,7 +67,7 @@ class ColumnCache:
     ``VECTOR_CACHE_BYTES``).
     """
 
-    def __init__(self, store: Any, _shared: dict | None = None):
+    def __init__(self, store: EmbeddingStore, _shared: dict | None = None):
         self.store = store
         self._shared = _shared if _shared is not None else {
             "texts": [], "labels": [], "meta": {}, "ecg": None, "lock": threading.Lock()}
@@ -80,7 +88,7 @@ class ColumnCache:
         self.ecg = sh["ecg"]
 
     @staticmethod
-    def _grow_vectors(buf: np.ndarray | None, store: Any, have: int, n: int) -> np.ndarray | None:
+    def _grow_vectors(buf: np.ndarray | None, store: EmbeddingStore, have: int, n: int) -> np.ndarray | None:
         if n * store.dim * 4 > VECTOR_CACHE_BYTES or (buf is None and have):
             return None
         if buf is None or buf.shape[0] < n:  # rows below `have` stay where older caches see them
@@ -91,7 +99,7 @@ class ColumnCache:
         buf[have:n] = store.ecg(slice(have, n))
         return buf
 
-    def grown(self, store: Any) -> ColumnCache:
+    def grown(self, store: EmbeddingStore) -> ColumnCache:
         """The cache of ``store``: this store reopened with at least as many rows."""
         if store.uuid != self.store.uuid or len(store) < self.n:
             return ColumnCache(store)
@@ -155,7 +163,7 @@ class Searcher:
             Searcher that answers many queries (the server); a one-off query reads only its hits.
     """
 
-    def __init__(self, store: Any, checkpoint: str | Path | None = None, device: str | None = None,
+    def __init__(self, store: EmbeddingStore, checkpoint: str | Path | None = None, device: str | None = None,
                  factory: str = "auto", cache_columns: bool | ColumnCache = False):
         self.store = store
         self.columns: ColumnCache | None = (cache_columns if isinstance(cache_columns, ColumnCache)
@@ -164,8 +172,8 @@ class Searcher:
         self._checkpoint = checkpoint
         self._device = device
         self._factory = factory
-        self._model = None
-        self._views: dict[str, Any] = {}
+        self._model: EtpModel | None = None
+        self._views: dict[Which, SearchView] = {}
         #: Serialises this Searcher's store reads, so threads may share it (FAISS searches run outside).
         self.lock = threading.RLock()
 
@@ -209,7 +217,7 @@ class Searcher:
         return starter
 
     @property
-    def model(self) -> Any:
+    def model(self) -> EtpModel:
         if self._model is None:
             from etp_search.models import load_checkpoint
             from etp_search.models.resolve import pick_device, resolve_checkpoint
@@ -218,7 +226,7 @@ class Searcher:
             self._model = load_checkpoint(path, device=pick_device(self._device))
         return self._model
 
-    def view(self, which: str) -> Any:
+    def view(self, which: Which) -> SearchView:
         """The read-only ``indexing.view.SearchView`` over ``which`` ("ecg" / "text") vectors, opened once."""
         with self.lock:
             if which not in self._views:
@@ -228,11 +236,11 @@ class Searcher:
             return self._views[which]
 
     @property
-    def views(self) -> dict[str, Any]:
+    def views(self) -> dict[Which, SearchView]:
         """The views opened so far, by kind."""
         return dict(self._views)
 
-    def with_store(self, store: Any) -> Searcher:
+    def with_store(self, store: EmbeddingStore) -> Searcher:
         """A Searcher over ``store`` (this store reopened with more rows) sharing this one's model and
         loaded indexes: the new rows are searched exactly until the next `index` run saves them."""
         cols = self.columns.grown(store) if self.columns is not None else False
@@ -243,7 +251,7 @@ class Searcher:
 
     # ------------------------------------------------------------------ queries
 
-    def query_text(self, text: str, k: int = 10, target: str = "ecg", where: Sequence[str] = ()) -> list[Hit]:
+    def query_text(self, text: str, k: int = 10, target: Target = "ecg", where: Sequence[str] = ()) -> list[Hit]:
         """Report text -> nearest ECGs (target "ecg") or reports (target "report")."""
         if not text or not text.strip():
             raise EtpError("the query text is empty; pass words to search for, e.g. --text \"atrial fibrillation\"")
@@ -254,7 +262,7 @@ class Searcher:
             vec = self.model.encode_text([text.strip()]).float().cpu().numpy()
         return self._search(vec, k, target, where)
 
-    def query_signal(self, signal: np.ndarray, fs: float, k: int = 10, target: str = "ecg",
+    def query_signal(self, signal: np.ndarray, fs: float, k: int = 10, target: Target = "ecg",
                      where: Sequence[str] = ()) -> list[Hit]:
         """A raw (12, L) ECG in mV at ``fs`` Hz -> nearest ECGs or reports (preprocessed like the store)."""
         import torch
@@ -270,12 +278,12 @@ class Searcher:
             vec = self.model.encode_ecg(torch.from_numpy(x)[None].to(dev)).float().cpu().numpy()
         return self._search(vec, k, target, where)
 
-    def query_file(self, path: str | Path, k: int = 10, target: str = "ecg", where: Sequence[str] = ()) -> list[Hit]:
+    def query_file(self, path: str | Path, k: int = 10, target: Target = "ecg", where: Sequence[str] = ()) -> list[Hit]:
         """An ECG file (WFDB record or .mat) -> nearest ECGs or reports."""
         rec = read_ecg_file(path)
         return self.query_signal(rec.signal, rec.fs, k, target, where)
 
-    def query_record(self, record_id: str, k: int = 10, target: str = "ecg", where: Sequence[str] = ()) -> list[Hit]:
+    def query_record(self, record_id: str, k: int = 10, target: Target = "ecg", where: Sequence[str] = ()) -> list[Hit]:
         """An ECG already in the store (by id) -> nearest other ECGs or reports; needs no model."""
         row = self.store.row_of(str(record_id))
         vec = self.record_vector(row)
@@ -316,12 +324,12 @@ class Searcher:
             self._filters[key] = mask
         return mask
 
-    def _search(self, vec: np.ndarray, k: int, target: str, where: Sequence[str],
+    def _search(self, vec: np.ndarray, k: int, target: Target, where: Sequence[str],
                 exclude_row: int | None = None) -> list[Hit]:
         self.check_k(k)
         return self.search_vector(vec, k, target, where, exclude_row)
 
-    def search_vector(self, vec: np.ndarray, k: int, target: str = "ecg", where: Sequence[str] = (),
+    def search_vector(self, vec: np.ndarray, k: int, target: Target = "ecg", where: Sequence[str] = (),
                       exclude_row: int | None = None) -> list[Hit]:
         """Nearest ECGs ("ecg") or reports ("report") to one (1, dim) vector, among the rows ``where``
         keeps and without ``exclude_row``; k is capped at the rows that can match."""
@@ -348,7 +356,7 @@ class Searcher:
         with self.lock:
             return self.hits(rows[0], scores[0])
 
-    def search_batch(self, vecs: np.ndarray, ks: Sequence[int], target: str = "ecg", where: Sequence[str] = (),
+    def search_batch(self, vecs: np.ndarray, ks: Sequence[int], target: Target = "ecg", where: Sequence[str] = (),
                      exclude_rows: Sequence[int | None] | None = None) -> list[list[Hit]]:
         """Several queries with the same target and filters in one index search: (B, dim) vectors,
         ``ks[i]`` hits for query i, leaving ``exclude_rows[i]`` out of its hits.
@@ -415,7 +423,7 @@ class Searcher:
         return out
 
 
-def _single_thread_search(view: Any, vec: np.ndarray, k: int, allowed: Any) -> tuple[np.ndarray, np.ndarray]:
+def _single_thread_search(view: SearchView, vec: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """One query on CPU runs faster on one OpenMP thread (no thread wake-ups; bench_index.py measured
     45 ms on 1 thread vs 196 ms on 2 at 1M rows), so narrow the pool for the call and restore it."""
     import faiss

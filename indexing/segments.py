@@ -29,14 +29,14 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
-from indexing._io import atomic_write, crash_point
+from indexing._io import atomic_h5, crash_point  # atomic_h5 re-exported for indexing.store
 from indexing.columns import (DAMAGE, NUM_CHUNK_ROWS, REBUILD_HINT, STR_CHUNK_ROWS, _STR, Vanished, _chunk_rows,
                               _damaged, _header_of, _open_h5, _write_header)
 from indexing.errors import StoreError
@@ -49,16 +49,6 @@ _PART_RE = re.compile(r"^p(\d{10})-(\d{10})-L(\d+)\.h5$")
 #: many times, with short growing pauses, before it gives up.
 READ_RETRIES = 6
 _LOCK_RETRIES = 10  # the writer lock is retried briefly: a reader may probe it for a moment
-
-
-def atomic_h5(final: Path, write: Callable[[h5py.File], None], tmp_dir: Path | None = None) -> None:
-    """Write an HDF5 file under a temporary name, fsync it and rename it into place."""
-
-    def write_file(tmp: Path) -> None:
-        with h5py.File(tmp, "w") as f:
-            write(f)
-
-    atomic_write(final, write_file, tmp_dir, before_replace=lambda: crash_point("before-replace"))
 
 
 class _Segment:

@@ -163,3 +163,14 @@ def test_help_shows_defaults_that_rich_would_eat(verb):
         assert "(default: the preset's rate)" in res.output
     if verb in ("zeroshot", "probe", "retrieval"):
         assert "More log output." in res.output
+
+
+def test_no_progress_silences_the_bars_of_prepare_and_info(app, runner, example_ptbxl, tmp_path):
+    # One switch for every verb that draws bars; the default draws them (items/s on stderr).
+    for verb, extra in (("prepare", ["--out", str(tmp_path / "x.h5"), "--force"]), ("info", [])):
+        shown = runner.invoke(app, [verb, str(example_ptbxl), "--workers", "0", "--json", *extra])
+        quiet = runner.invoke(app, [verb, str(example_ptbxl), "--workers", "0", "--json", "--no-progress", *extra])
+        assert shown.exit_code == 0 and quiet.exit_code == 0, (shown.output, quiet.output)
+        assert "rec/s" in shown.stderr, verb
+        assert "rec/s" not in quiet.stderr and "%|" not in quiet.stderr, (verb, quiet.stderr)
+        assert json.loads(quiet.stdout)["records" if verb == "prepare" else "records_found"] == 50

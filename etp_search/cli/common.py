@@ -11,13 +11,17 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Annotated, Any, Callable, Iterable, Sequence, TypeVar
 
 import typer
 
 from etp_search.errors import EtpError
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: The one progress switch of every verb that draws bars (info, prepare, index, train, probe): tqdm
+#: bars with items/s on stderr, on by default; --no-progress turns them off (logs, CI).
+ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars (items/s) on stderr.")]
 
 #: Where `index` writes and `query`/`zeroshot`/`probe`/`retrieval` read when no --store is given.
 DEFAULT_STORE = Path("etp-data") / "store.h5"

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from etp_search.cli.common import DEFAULT_STORE, emit, emit_json, setup_logging, user_errors
+from etp_search.cli.common import DEFAULT_STORE, ProgressOpt, emit, emit_json, setup_logging, user_errors
 from etp_search.errors import DataError
 
 if TYPE_CHECKING:
@@ -133,6 +133,7 @@ def probe(
     seeds: Annotated[int, typer.Option(help="Seeds per fraction (mean and std are reported).")] = 3,
     store: StoreOpt = DEFAULT_STORE,
     baseline_store: BaselineOpt = None,
+    progress: ProgressOpt = True,
     json_out: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -146,7 +147,7 @@ def probe(
     if seeds < 1:
         raise DataError("--seeds must be at least 1")
     with _stores(store, baseline_store) as (main, base):
-        res = probe_on_store(main, task, fr, seeds, baseline=base, progress=True)
+        res = probe_on_store(main, task, fr, seeds, baseline=base, progress=progress)
     result = _as_given(res.to_dict(), store, baseline_store)
     if json_out:
         emit_json(result)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from etp_search.cli.common import DEFAULT_STORE, emit_json, fail, format_table, setup_logging, user_errors
+from etp_search.cli.common import DEFAULT_STORE, ProgressOpt, emit_json, fail, format_table, setup_logging, user_errors
 
 
 @user_errors
@@ -26,6 +26,7 @@ def index(
     ondisk_lists: Annotated[bool, typer.Option("--ondisk-lists", help="For --factory auto: keep IVF inverted lists in STORE.<ecg|text>.faiss.ivfdata, memory-mapped by queries (outside the RAM budget; rebuilt, not extended, when rows are added).")] = False,
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Start the store afresh (e.g. after changing checkpoint).")] = False,
     rebuild_index: Annotated[bool, typer.Option("--rebuild-index", help="Rebuild the FAISS indexes from the store.")] = False,
+    progress: ProgressOpt = True,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More log output.")] = False,
 ) -> None:
@@ -58,7 +59,7 @@ def index(
         summary = index_data(data_dir[0] if len(data_dir) == 1 else data_dir, store, checkpoint, batch_size=batch_size, workers=workers, device=device,
                              rebuild=rebuild, rebuild_index=rebuild_index, sampling_rate=sampling_rate,
                              text_source=text_source, factory=factory, max_index_memory=budget, ondisk_lists=ondisk_lists,
-                             progress=rank == 0, rank=rank, world_size=world).as_dict()
+                             progress=progress and rank == 0, rank=rank, world_size=world).as_dict()
     finally:
         if world > 1:
             cleanup()

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Optional
 import numpy as np
 import typer
 
-from etp_search.cli.common import emit, emit_json, format_table, user_errors
+from etp_search.cli.common import ProgressOpt, emit, emit_json, format_table, user_errors
 
 DEFAULT_SAMPLE = 1000
 #: Tasks reported per layout; other layouts get every task that matches at least one record.
@@ -153,13 +153,14 @@ def info(
     fmt: Annotated[Optional[str], typer.Option("--format", help="Dataset layout; detected when omitted.")] = None,
     sample: Annotated[int, typer.Option(help="Records to read for rates, lengths, labels and texts (0 = all).", min=0)] = DEFAULT_SAMPLE,
     workers: Annotated[Optional[int], typer.Option(help="Worker processes (default: all cores).", min=0)] = None,
+    progress: ProgressOpt = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """Describe a dataset folder: layout, records, rates, lengths, labels per task, text coverage."""
     from etp_search.readers import open_dataset
 
     reader = open_dataset(data_dir[0] if len(data_dir) == 1 else data_dir, fmt=fmt, sampling_rate=sampling_rate)
-    result = dataset_info(reader, sample=sample, workers=workers, progress=True)
+    result = dataset_info(reader, sample=sample, workers=workers, progress=progress)
     if getattr(reader, "duplicates", 0):
         result["duplicate_ids"] = reader.duplicates
     if as_json:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional, Sequence
 
 import typer
 
-from etp_search.cli.common import emit, emit_json, user_errors
+from etp_search.cli.common import ProgressOpt, emit, emit_json, user_errors
 
 if TYPE_CHECKING:
     from etp_search.preprocess import Preset
@@ -80,6 +80,7 @@ def prepare(
     batch_size: Annotated[int, typer.Option(
         "--batch-size", help="Records per committed batch; an interruption loses at most one.", min=1)] = 256,
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if the cache is up to date.")] = False,
+    progress: ProgressOpt = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Preprocess every record of DATA_DIR into one HDF5 signal cache (parallel, resumable)."""
@@ -89,7 +90,7 @@ def prepare(
     p = get_preset(preset)
     reader = open_reader(data_dir, p, sampling_rate=sampling_rate, text_source=text_source, fmt=fmt)
     target = out if out is not None else default_cache_path(reader.format_name, p.name)
-    summary = build_cache(reader, target, p, workers=workers, batch_size=batch_size, progress=True, force=force)
+    summary = build_cache(reader, target, p, workers=workers, batch_size=batch_size, progress=progress, force=force)
     if getattr(reader, "duplicates", 0):
         summary["duplicate_ids"] = reader.duplicates
     if as_json:

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from etp_search.cli.common import emit, user_errors
+from etp_search.cli.common import ProgressOpt, emit, user_errors
 from etp_search.errors import DataError, EtpError
 
 logger = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ def train(
     weights_dtype: Annotated[str, typer.Option("--weights-dtype", help="best/ and last/ weights: float32 or float16.")] = "float32",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     threads: Annotated[int, typer.Option(min=0, help="CPU threads (0 = torch default; 1 is fastest on a busy shared CPU).")] = 0,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr.")] = True,
+    progress: ProgressOpt = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the final validation figures as JSON.")] = False,
 ) -> None:
     """Train ECG and report encoders contrastively; writes RUN_DIR/{best,last}/, metrics.jsonl, resume/.

@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ from etp_search.errors import ModelError
 from etp_search.models.config import EtpConfig
 from etp_search.models.etp import EtpModel
 from etp_search.models.text_encoder import text_model_fingerprint
+from indexing._io import atomic_write, atomic_write_bytes  # noqa: F401 - atomic_write_bytes re-exported
 
 log = logging.getLogger(__name__)
 
@@ -34,42 +33,12 @@ def default_checkpoint() -> Path:
     return Path(__file__).resolve().parents[1] / "checkpoints" / "etp-ptbxl"
 
 
-def _umask_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file via a temp file in the same folder + os.replace, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
-    try:
-        os.chmod(tmp, _umask_mode())  # mkstemp makes 0600; shipped files must be readable by all
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """safetensors save_file through a temp file + os.replace."""
+    """safetensors ``save_file`` through ``indexing._io.atomic_write`` (temp file, fsync, rename)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.chmod(tmp, _umask_mode())  # save_file recreates the file, so set the mode afterwards
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(cpu, str(tmp), metadata=metadata))
 
 
 def _unwrap(model: torch.nn.Module) -> EtpModel:

@@ -25,14 +25,19 @@ from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
 from etp_search.errors import DataError, EtpError
 from etp_search.records import EcgRecord
-from etp_search.search import Hit, Searcher, check_text
+from etp_search.search import Hit, Searcher, Target, check_text
 from etp_search.serve.batching import MAX_BATCH, Batcher, Job
+
+if TYPE_CHECKING:
+    from etp_search.preprocess import Preset
+    from etp_search.readers import Reader
+    from indexing.store import EmbeddingStore
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +62,12 @@ class Snapshot:
     signature: tuple
 
     @property
-    def lock(self) -> Any:
+    def lock(self) -> threading.RLock:
         """Serialises this snapshot's store reads (the Searcher's own lock)."""
         return self.searcher.lock
 
     @property
-    def store(self) -> Any:
+    def store(self) -> EmbeddingStore:
         return self.searcher.store
 
 
@@ -118,7 +123,7 @@ class Engine:
         # first call fixes for good (every call passes the same ones); warmed up here, before any
         # concurrency, it is then only read, and text queries encode in parallel.
         self.encode_text(["warm-up"])
-        self._reader: Any = None
+        self._reader: Reader | None = None
         self._reader_lock = threading.Lock()
         self._signals: OrderedDict[str, EcgRecord] = OrderedDict()
         self._prompts: OrderedDict[tuple, tuple[list[str], np.ndarray, list[int]]] = OrderedDict()
@@ -150,7 +155,7 @@ class Engine:
         return self.pool.submit(fn, *args)
 
     @staticmethod
-    def _preset(provenance: dict) -> Any:
+    def _preset(provenance: dict) -> Preset:
         from etp_search.preprocess import Preset, get_preset
 
         stored = provenance.get("preset")
@@ -268,7 +273,7 @@ class Engine:
 
     # ------------------------------------------------------------------ search
 
-    def search(self, vec: np.ndarray, k: int, target: str = "ecg", where: Sequence[str] = (),
+    def search(self, vec: np.ndarray, k: int, target: Target = "ecg", where: Sequence[str] = (),
                exclude_row: int | None = None, snap: Snapshot | None = None) -> tuple[list[Hit], Snapshot]:
         """Nearest ECGs ("ecg") or reports ("report") to ``vec``; k is capped at the rows that can match."""
         snap = snap or self.snapshot
@@ -278,41 +283,41 @@ class Engine:
     # Future of (hits, snapshot): the snapshot it searched, so a response can say which rows it saw
     # even when a refresh swaps the snapshot meanwhile. *_hits wait for it; query_* mirror Searcher.
 
-    def _submit(self, kind: str, payload: Any, k: int, target: str, where: Sequence[str]) -> Future:
+    def _submit(self, kind: str, payload: str | np.ndarray, k: int, target: Target, where: Sequence[str]) -> Future:
         return self.batcher.submit(Job(kind, payload, int(k), target, tuple(where), self.snapshot))
 
-    def submit_text(self, text: str, k: int = 10, target: str = "ecg", where: Sequence[str] = ()) -> Future:
+    def submit_text(self, text: str, k: int = 10, target: Target = "ecg", where: Sequence[str] = ()) -> Future:
         if not text or not text.strip():
             raise EtpError('the query text is empty; type words to search for, e.g. "atrial fibrillation"')
         check_text(text)
         return self._submit("text", text.strip(), k, target, where)
 
-    def submit_signal(self, x: np.ndarray, k: int = 10, target: str = "ecg", where: Sequence[str] = ()) -> Future:
+    def submit_signal(self, x: np.ndarray, k: int = 10, target: Target = "ecg", where: Sequence[str] = ()) -> Future:
         """``x``: one ECG as ``prepare_signal`` returns it."""
         return self._submit("ecg", np.asarray(x, np.float32), k, target, where)
 
-    def submit_record(self, record_id: str, k: int = 10, target: str = "ecg", where: Sequence[str] = ()) -> Future:
+    def submit_record(self, record_id: str, k: int = 10, target: Target = "ecg", where: Sequence[str] = ()) -> Future:
         return self._submit("record", str(record_id), k, target, where)
 
-    def text_hits(self, text: str, k: int = 10, target: str = "ecg", where: Sequence[str] = ()) -> tuple[list[Hit], Snapshot]:
+    def text_hits(self, text: str, k: int = 10, target: Target = "ecg", where: Sequence[str] = ()) -> tuple[list[Hit], Snapshot]:
         return self.submit_text(text, k, target, where).result()
 
-    def signal_hits(self, signal: np.ndarray, fs: float, k: int = 10, target: str = "ecg",
+    def signal_hits(self, signal: np.ndarray, fs: float, k: int = 10, target: Target = "ecg",
                     where: Sequence[str] = ()) -> tuple[list[Hit], Snapshot]:
         return self.submit_signal(self.prepare_signal(signal, fs), k, target, where).result()
 
-    def record_hits(self, record_id: str, k: int = 10, target: str = "ecg",
+    def record_hits(self, record_id: str, k: int = 10, target: Target = "ecg",
                     where: Sequence[str] = ()) -> tuple[list[Hit], Snapshot]:
         return self.submit_record(record_id, k, target, where).result()
 
-    def query_text(self, text: str, k: int = 10, target: str = "ecg", where: Sequence[str] = ()) -> list[Hit]:
+    def query_text(self, text: str, k: int = 10, target: Target = "ecg", where: Sequence[str] = ()) -> list[Hit]:
         return self.text_hits(text, k, target, where)[0]
 
-    def query_signal(self, signal: np.ndarray, fs: float, k: int = 10, target: str = "ecg",
+    def query_signal(self, signal: np.ndarray, fs: float, k: int = 10, target: Target = "ecg",
                      where: Sequence[str] = ()) -> list[Hit]:
         return self.signal_hits(signal, fs, k, target, where)[0]
 
-    def query_record(self, record_id: str, k: int = 10, target: str = "ecg", where: Sequence[str] = ()) -> list[Hit]:
+    def query_record(self, record_id: str, k: int = 10, target: Target = "ecg", where: Sequence[str] = ()) -> list[Hit]:
         return self.record_hits(record_id, k, target, where)[0]
 
     # ------------------------------------------------------------------ records
@@ -355,7 +360,7 @@ class Engine:
         return rec
 
     @staticmethod
-    def _open_reader(prov: dict) -> Any:
+    def _open_reader(prov: dict) -> Reader:
         from etp_search.readers import open_dataset
 
         data_dir = prov.get("data_dir")

@@ -1,0 +1,30 @@
+"""Approximate-nearest-neighbour indexes sized to the corpus and a memory budget.
+
+- ``indexing.ann.plan``: which layout (``plan_index``: Flat below ~200k rows, IVF-Flat up to a
+  few million, IVF-PQ with an SQ8 refine step beyond or when the budget no longer holds the full
+  vectors), its parameters and the RAM it needs; numbers only.
+- ``indexing.ann.build``: train on a sample, add rows chunk by chunk from an array-like source
+  (never all vectors in memory), inverted lists on disk (``.ivfdata``, memory-mapped by
+  ``load_index``), ``save_index`` / ``load_index`` / ``set_search_params``.
+- ``indexing.ann.recall``: exact search streamed by chunks, recall@k, the probe count for a target.
+- ``indexing.ann.for_store``: ``store_builder``, the builder ``index --factory auto`` hands to
+  ``indexing.index_files`` (plan, build, held-out recall@10 for the sidecar).
+
+Vectors are L2-normalised float32 and searched by inner product (cosine), as in the store.
+Only numpy, h5py and faiss are imported: ``indexing/`` imports nothing of ours. Every name is
+importable from ``indexing.ann`` itself.
+"""
+
+from indexing.ann.build import (DEFAULT_CHUNK_ROWS, ArrayLike, BuildReport, _stdout_to_stderr, build_index,
+                                iter_chunks, load_index, sample_rows, save_index, set_search_params)
+from indexing.ann.for_store import VectorColumn, store_builder
+from indexing.ann.plan import (FLAT_MAX_ROWS, IVF_FLAT_MAX_ROWS, KINDS, PQ_MIN_ROWS, TRAIN_MAX, TRAIN_PER_LIST,
+                               AnnError, IndexPlan, Kind, default_nlist, default_pq_m, estimate_memory,
+                               parse_bytes, plan_index)
+from indexing.ann.recall import exact_knn, held_out_recall, recall_at_k, tune_nprobe
+
+__all__ = ["DEFAULT_CHUNK_ROWS", "FLAT_MAX_ROWS", "IVF_FLAT_MAX_ROWS", "KINDS", "PQ_MIN_ROWS", "TRAIN_MAX",
+           "TRAIN_PER_LIST", "AnnError", "ArrayLike", "BuildReport", "IndexPlan", "Kind", "VectorColumn",
+           "_stdout_to_stderr", "build_index", "default_nlist", "default_pq_m", "estimate_memory", "exact_knn",
+           "held_out_recall", "iter_chunks", "load_index", "parse_bytes", "plan_index", "recall_at_k",
+           "sample_rows", "save_index", "set_search_params", "store_builder", "tune_nprobe"]
