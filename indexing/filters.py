@@ -90,7 +90,10 @@ def _column(store: Any, name: str) -> Any:
         if name == "label":
             cache[name] = _label_index(store)
         elif name == "text":
-            cache[name] = np.array(store.texts(), dtype=object)
+            cache[name] = _distinct(store.texts_bytes(slice(a, min(len(store), a + _LABEL_CHUNK)))
+                                    for a in range(0, len(store), _LABEL_CHUNK))
+        elif store.meta_schema.get(name) == "str":
+            cache[name] = _distinct([np.asarray(store.meta(name))])
         else:
             cache[name] = store.meta(name)
     return cache[name]
@@ -126,6 +129,28 @@ def _match(store: Any, w: Where) -> np.ndarray:
         return _match_ids(store, w)
     kind = "str" if w.column in ("id", "text") else store.meta_schema[w.column]
     col = _column(store, w.column)
+    if kind == "str":  # decided once per distinct value (reports and sites repeat), then mapped to rows
+        inverse, distinct = col
+        return _match_values(distinct, kind, w)[inverse]
+    return _match_values(col, kind, w)
+
+
+def _distinct(chunks: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """A string column as (row -> distinct index, the distinct values as an object array of str),
+    de-duplicated chunk by chunk in numpy (``S`` bytes or ``U`` arrays)."""
+    parts, seen = [], {}
+    for chunk in chunks:
+        if not len(chunk):
+            continue
+        uniq, inv = np.unique(chunk, return_inverse=True)
+        codes = np.array([seen.setdefault(u, len(seen)) for u in uniq.tolist()], dtype=np.int64)
+        parts.append(codes[inv.ravel()])
+    inverse = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    distinct = np.array([u.decode("utf-8") if isinstance(u, bytes) else str(u) for u in seen] or [""], dtype=object)
+    return inverse, distinct
+
+
+def _match_values(col: Any, kind: str, w: Where) -> np.ndarray:
     if w.op == "~":
         if kind != "str":
             raise FilterError(f"--where {w.expr!r}: '~' (contains) works on text columns; "

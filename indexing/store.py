@@ -321,6 +321,10 @@ class EmbeddingStore(SegmentFiles):
         """Labels as stored: one JSON object string (code -> weight) per row."""
         return self._read("labels", rows, None, object)
 
+    def texts_bytes(self, rows: Any = None) -> np.ndarray:
+        """Report texts as stored, UTF-8 in a numpy ``S`` array (no Python str per row)."""
+        return as_keys(self._read("texts", rows, None, object, decode=False))
+
     def labels_bytes(self, rows: Any = None) -> np.ndarray:
         """Labels as stored, UTF-8 JSON in a numpy ``S`` array (no Python str per row)."""
         return as_keys(self._read("labels", rows, None, object, decode=False))

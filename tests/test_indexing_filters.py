@@ -154,3 +154,31 @@ def test_label_filter_parses_each_distinct_label_set_once(seeded, monkeypatch):
     assert np.array_equal(filter_rows(store, "label not in AFIB,NORM"),
                           np.array([not ({"AFIB", "NORM"} & set(lab)) for lab in d["labels"]]))
     assert len(calls) == len(distinct)  # the second filter parses nothing
+
+
+def test_text_and_str_columns_are_matched_once_per_distinct_value(tmp_path, monkeypatch):
+    """Issue 13: ``text~`` and str-column conditions ran Python over every row; now over the
+    column's distinct values (reports repeat), mapped back to rows in numpy."""
+    from indexing import filters
+
+    rng = np.random.default_rng(3)
+    texts = ["Sinus rhythm", "Atrial FIBRILLATION", "", "sinus tachycardia", "Fibrillation é"]
+    pick = rng.integers(0, len(texts), 300)
+    store = EmbeddingStore.create(tmp_path / "t.h5", 4, {}, {"site": "str"}, has_text=False)
+    for a in range(0, 300, 100):
+        store.append([f"r{i}" for i in range(a, a + 100)], rng.normal(size=(100, 4)).astype(np.float32),
+                     texts=[texts[j] for j in pick[a:a + 100]],
+                     meta={"site": [f"s{j % 2}" for j in pick[a:a + 100]]})
+    seen = []
+    real = filters._match_values
+    monkeypatch.setattr(filters, "_match_values", lambda col, kind, w: (seen.append(len(col)), real(col, kind, w))[1])
+    rows_text = np.array([texts[j] for j in pick], dtype=object)
+    cases = {"text~fibrillation": np.array(["fibrillation" in t.lower() for t in rows_text]),
+             "text~É": np.array(["é" in t.lower() for t in rows_text]),
+             "text=Sinus rhythm": rows_text == "Sinus rhythm",
+             "text in Sinus rhythm,sinus tachycardia": np.isin(rows_text, ["Sinus rhythm", "sinus tachycardia"]),
+             "site=s1": pick % 2 == 1, "site~S0": pick % 2 == 0}
+    for expr, want in cases.items():
+        assert filter_rows(store, expr).tolist() == want.tolist(), expr
+    assert seen == [5, 5, 5, 5, 2, 2]  # distinct reports / sites, not 300 rows
+    store.close()
