@@ -146,12 +146,17 @@ class IdMap:
         start = len(self.keys)
         h = np.concatenate(new_hashes) if new_hashes is not None else hash_keys(new)
         order = np.argsort(h)  # equal hashes (a collision) may come in any order: lookups walk the run
-        h, r = h[order], order.astype(np.int64) + start
+        h = h[order]
+        order += start
+        r = order
         if start == 0:
             self.hashes, self.rows = h, r
         else:  # a merge of two sorted runs: O(total) copies, no re-sort of what was there
             at = np.searchsorted(self.hashes, h, side="right")
             self.hashes, self.rows = np.insert(self.hashes, at, h), np.insert(self.rows, at, r)
+        if start == 0:
+            self.keys = new
+            return
         width = max(self.keys.dtype.itemsize, new.dtype.itemsize)
         self.keys = np.concatenate([self.keys.astype(f"S{width}", copy=False), new.astype(f"S{width}", copy=False)])
 
