@@ -18,12 +18,13 @@ import logging
 import math
 import re
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from indexing.columns import _damaged
 from indexing.errors import FilterError
 
 logger = logging.getLogger(__name__)
@@ -86,12 +87,13 @@ def _column(store: Any, name: str) -> Any:
         cache = {"__n__": len(store)}
         _CACHE[store] = cache
     if name not in cache:
-        if name == "id":
-            cache[name] = np.array(store.ids, dtype=object)
-        elif name == "label":
-            cache[name] = store.labels_json()
+        if name == "label":
+            cache[name] = _label_index(store)
         elif name == "text":
-            cache[name] = np.array(store.texts(), dtype=object)
+            cache[name] = _distinct(store.texts_bytes(slice(a, min(len(store), a + _LABEL_CHUNK)))
+                                    for a in range(0, len(store), _LABEL_CHUNK))
+        elif store.meta_schema.get(name) == "str":
+            cache[name] = _distinct([np.asarray(store.meta(name))])
         else:
             cache[name] = store.meta(name)
     return cache[name]
@@ -123,8 +125,32 @@ def _match(store: Any, w: Where) -> np.ndarray:
                           f"columns: {', '.join(known)}")
     if w.column == "label":
         return _match_labels(_column(store, "label"), w)
+    if w.column == "id":
+        return _match_ids(store, w)
     kind = "str" if w.column in ("id", "text") else store.meta_schema[w.column]
     col = _column(store, w.column)
+    if kind == "str":  # decided once per distinct value (reports and sites repeat), then mapped to rows
+        inverse, distinct = col
+        return _match_values(distinct, kind, w)[inverse]
+    return _match_values(col, kind, w)
+
+
+def _distinct(chunks: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """A string column as (row -> distinct index, the distinct values as an object array of str),
+    de-duplicated chunk by chunk in numpy (``S`` bytes or ``U`` arrays)."""
+    parts, seen = [], {}
+    for chunk in chunks:
+        if not len(chunk):
+            continue
+        uniq, inv = np.unique(chunk, return_inverse=True)
+        codes = np.array([seen.setdefault(u, len(seen)) for u in uniq.tolist()], dtype=np.int64)
+        parts.append(codes[inv.ravel()])
+    inverse = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    distinct = np.array([u.decode("utf-8") if isinstance(u, bytes) else str(u) for u in seen] or [""], dtype=object)
+    return inverse, distinct
+
+
+def _match_values(col: Any, kind: str, w: Where) -> np.ndarray:
     if w.op == "~":
         if kind != "str":
             raise FilterError(f"--where {w.expr!r}: '~' (contains) works on text columns; "
@@ -150,6 +176,29 @@ def _match(store: Any, w: Where) -> np.ndarray:
     return known_mask & np.asarray(ops[w.op](arr, v), dtype=bool)
 
 
+_CMP = {"=": np.equal, "!=": np.not_equal, "<": np.less, "<=": np.less_equal, ">": np.greater,
+        ">=": np.greater_equal}
+
+
+def _match_ids(store: Any, w: Where) -> np.ndarray:
+    """``id`` conditions through the store's id map (``indexing.idmap``), never a Python str per row:
+    = / in / != / not in look the named ids up (O(ids asked)); < <= > >= and ~ run numpy over the
+    map's UTF-8 keys (byte order is code-point order, so comparisons match Python's)."""
+    n = len(store)
+    if w.op in ("=", "in", "!=", "not in"):
+        rows = store.find_rows(w.values)
+        hit = np.zeros(n, dtype=bool)
+        hit[rows[rows >= 0]] = True
+        return hit if w.op in ("=", "in") else ~hit
+    keys = store.id_keys()
+    if w.op == "~":
+        needle = w.values[0].lower().encode("utf-8")
+        if keys.size and (keys.view(np.uint8) >= 0x80).any():  # non-ASCII ids: str.lower per id
+            return np.array([needle.decode("utf-8") in k.decode("utf-8").lower() for k in keys.tolist()], dtype=bool)
+        return np.strings.find(np.strings.lower(keys), needle) >= 0
+    return np.asarray(_CMP[w.op](keys, w.values[0].encode("utf-8")), dtype=bool)
+
+
 def _convert(value: str, kind: str, w: Where) -> Any:
     try:
         if kind == "float":
@@ -167,15 +216,38 @@ def _convert(value: str, kind: str, w: Where) -> Any:
     return value
 
 
-def _match_labels(labels_json: Sequence[str], w: Where) -> np.ndarray:
+#: Label rows read (and de-duplicated with ``np.unique``) per call when the label index is built.
+_LABEL_CHUNK = 1 << 16
+
+
+def _label_index(store: Any) -> tuple[np.ndarray, list[frozenset[str]]]:
+    """Each row's label set as (row -> distinct index, lower-cased keys of each distinct JSON).
+
+    Stores repeat a few thousand label combinations over millions of rows: the rows are read in
+    chunks as UTF-8 bytes and de-duplicated in numpy, and only the distinct JSON strings are parsed,
+    so a label filter costs O(distinct) in Python and one ``np.isin`` over the rows."""
+    n = len(store)
+    inverse = np.empty(n, dtype=np.int32)
+    distinct: dict[bytes, int] = {}
+    for a in range(0, n, _LABEL_CHUNK):
+        b = min(n, a + _LABEL_CHUNK)
+        uniq, inv = np.unique(store.labels_bytes(slice(a, b)), return_inverse=True)
+        codes = np.array([distinct.setdefault(u, len(distinct)) for u in uniq.tolist()], dtype=np.int32)
+        inverse[a:b] = codes[inv.ravel()]
+    keys = []
+    for raw in distinct:
+        try:
+            keys.append(frozenset(k.lower() for k in json.loads(raw.decode("utf-8"))) if raw else frozenset())
+        except ValueError as e:
+            raise _damaged(store.path, "labels", e) from e
+    return inverse, keys
+
+
+def _match_labels(index: tuple[np.ndarray, list[frozenset[str]]], w: Where) -> np.ndarray:
     if w.op not in ("=", "!=", "in", "not in"):
         raise FilterError(f"--where {w.expr!r}: label supports = != in / not in (e.g. label=AFIB), not {w.op!r}")
+    inverse, keys = index
     wanted = {v.lower() for v in w.values}
-    out = np.zeros(len(labels_json), dtype=bool)
-    for i, s in enumerate(labels_json):
-        low = s.lower()
-        if not any(f'"{v}"' in low for v in wanted):
-            continue  # cheap substring pre-check; json.loads only for candidate rows
-        keys = {k.lower() for k in json.loads(s)} if s else set()
-        out[i] = bool(keys & wanted)
+    hits = np.array([j for j, k in enumerate(keys) if k & wanted], dtype=np.int32)
+    out = np.isin(inverse, hits)
     return out if w.op in ("=", "in") else ~out

@@ -28,6 +28,7 @@ from indexing.columns import (DAMAGE, DEFAULT_META_SCHEMA, FORMAT_NAME, FORMAT_V
                               RESERVED, _canon, _damaged, _decode_str, _empty_cols, _encode_meta, _read_header, _short,
                               _write_main, _write_part)
 from indexing.errors import ProvenanceMismatchError, RecordNotFoundError, StoreError
+from indexing.idmap import IdMap, as_keys
 from indexing.segments import Vanished, SegmentFiles, _Segment, atomic_h5
 
 logger = logging.getLogger(__name__)
@@ -179,21 +180,31 @@ class EmbeddingStore(SegmentFiles):
         idx = np.fromiter((int(r) for r in rows), dtype=np.int64)
         return self._read("ids", idx, None, object) if idx.size else []
 
-    def _id_rows(self) -> dict[bytes, int]:
-        """The id -> row map (UTF-8 keys), built on the first lookup in chunks of ``_ID_CHUNK``
-        rows and extended with the rows appended since; opening a store reads no ids."""
+    def _id_rows(self) -> IdMap:
+        """The id -> row map (``indexing.idmap``: numpy arrays, UTF-8 keys), built on the first
+        lookup from one chunked read of the ids (``_ID_CHUNK`` rows a call) and extended with the
+        rows appended since; opening a store reads no ids."""
         if self._row is None:
-            self._row, self._row_upto = {}, 0
-        while self._row_upto < self._n:
-            a, b = self._row_upto, min(self._n, self._row_upto + _ID_CHUNK)
-            raw = self._read_raw_ids(a, b)
-            self._row.update(zip(raw, range(a, b)))
-            self._row_upto = b
+            self._row, self._row_upto = IdMap(), 0
+        if self._row_upto < self._n:
+            self._row.add_chunks([self._read_raw_ids(a, min(self._n, a + _ID_CHUNK))
+                                  for a in range(self._row_upto, self._n, _ID_CHUNK)])
+            self._row_upto = self._n
         return self._row
 
-    def _read_raw_ids(self, a: int, b: int) -> list[bytes]:
-        out = self._read("ids", slice(a, b), None, object, decode=False).tolist()
-        return [v if isinstance(v, bytes) else str(v).encode("utf-8") for v in out]
+    def _read_raw_ids(self, a: int, b: int) -> np.ndarray:
+        """Ids of rows a..b as UTF-8 ``S`` bytes (no Python str per row)."""
+        return as_keys(self._read("ids", slice(a, b), None, object, decode=False))
+
+    def find_rows(self, ids: Iterable[str]) -> np.ndarray:
+        """Row of each record id (int64), -1 for ids not stored; one vectorised lookup."""
+        keys = [str(rid).encode("utf-8") for rid in ids]
+        return self._id_rows().lookup(keys) if keys else np.zeros(0, np.int64)
+
+    def id_keys(self) -> np.ndarray:
+        """Every record id as UTF-8 bytes (numpy ``S``), row order, shared with the id map: the
+        O(rows) column an id filter compares against without a Python string per row."""
+        return self._id_rows().keys_in_row_order()
 
     @property
     def meta_columns(self) -> list[str]:
@@ -201,19 +212,18 @@ class EmbeddingStore(SegmentFiles):
 
     def contains(self, ids: Iterable[str]) -> np.ndarray:
         """Boolean mask: which of ``ids`` are already stored (for resuming an interrupted run)."""
-        rows = self._id_rows()
-        return np.array([str(rid).encode("utf-8") in rows for rid in ids], dtype=bool)
+        return self.find_rows(ids) >= 0
 
     def row_of(self, record_id: str) -> int:
         """Row of one record id; RecordNotFoundError if it is not stored."""
-        try:
-            return self._id_rows()[str(record_id).encode("utf-8")]
-        except KeyError:
+        row = int(self.find_rows([record_id])[0])
+        if row < 0:
             examples = ", ".join(repr(i) for i in self.ids_at(range(min(3, self._n))))
             raise RecordNotFoundError(
                 f"record {record_id!r} is not in store {self.path} ({self._n} records); "
                 + (f"ids are the dataset's record ids, e.g. {examples}" if self._n
-                   else "the store is empty; index a dataset into it first")) from None
+                   else "the store is empty; index a dataset into it first"))
+        return row
 
     def check_not_empty(self) -> None:
         """StoreError when the store holds no rows yet (call before a query, not to get odd k errors)."""
@@ -223,7 +233,12 @@ class EmbeddingStore(SegmentFiles):
 
     def rows_of(self, ids: Iterable[str]) -> np.ndarray:
         """Rows of several record ids (int64); RecordNotFoundError names the first missing one."""
-        return np.array([self.row_of(r) for r in ids], dtype=np.int64)
+        ids = [str(r) for r in ids]
+        rows = self.find_rows(ids)
+        missing = np.flatnonzero(rows < 0)
+        if missing.size:
+            self.row_of(ids[int(missing[0])])  # raises RecordNotFoundError naming it
+        return rows
 
     # ---------------------------------------------------------------- reads
 
@@ -306,6 +321,14 @@ class EmbeddingStore(SegmentFiles):
         """Labels as stored: one JSON object string (code -> weight) per row."""
         return self._read("labels", rows, None, object)
 
+    def texts_bytes(self, rows: Any = None) -> np.ndarray:
+        """Report texts as stored, UTF-8 in a numpy ``S`` array (no Python str per row)."""
+        return as_keys(self._read("texts", rows, None, object, decode=False))
+
+    def labels_bytes(self, rows: Any = None) -> np.ndarray:
+        """Labels as stored, UTF-8 JSON in a numpy ``S`` array (no Python str per row)."""
+        return as_keys(self._read("labels", rows, None, object, decode=False))
+
     def labels(self, rows: Any = None) -> list[dict[str, float]]:
         """Labels decoded: one dict (dataset-native code -> weight) per row."""
         try:
@@ -384,7 +407,7 @@ class EmbeddingStore(SegmentFiles):
         crash_point("after-part")
         self._segments.append(_Segment(final, self._n, n, seq, seq, 0))
         if self._row is not None and self._row_upto == self._n:
-            self._row.update(zip((r.encode("utf-8") for r in ids), range(self._n, self._n + n)))
+            self._row.add([r.encode("utf-8") for r in ids])
             self._row_upto = self._n + n
         self._n += n
         self._next_seq = seq + 1
@@ -396,8 +419,7 @@ class EmbeddingStore(SegmentFiles):
         if len(set(ids)) != n:
             dup = sorted({i for i in ids if ids.count(i) > 1})[:3]
             raise StoreError(f"record ids repeat within the batch ({', '.join(dup)}); record ids must be unique")
-        known = self._id_rows()
-        present = [i for i in ids if i.encode("utf-8") in known]
+        present = [ids[j] for j in np.flatnonzero(self.find_rows(ids) >= 0).tolist()]
         if present:
             raise StoreError(f"{len(present)} record(s) already stored (e.g. {present[0]!r}); "
                              "skip them with store.contains(ids) to resume")

@@ -102,3 +102,83 @@ def test_filtered_search_equals_brute_force_on_subset(seeded):
     s[:, ~mask] = -np.inf
     ref = np.argsort(-s, axis=1, kind="stable")[:, :min(10, int(mask.sum()))]
     assert mask[rows].all() and np.array_equal(rows, ref)
+
+
+def test_id_filters_use_the_id_map_not_every_id(tmp_path, monkeypatch):
+    """Issue 13: an id filter read ``store.ids`` in full (5M Python strings) on first use; now it
+    looks ids up in the store's numpy id map and compares against its byte keys. Ids of different
+    widths and a non-ASCII one: the answers equal Python's own comparisons."""
+    ids = ["b7", "A10", "a1", "zz-long-record-0003", "é9", "b70", "B7", "c"]
+    rng = np.random.default_rng(1)
+    store = EmbeddingStore.create(tmp_path / "s.h5", 4, {}, has_text=False)
+    store.append(ids[:5], rng.normal(size=(5, 4)).astype(np.float32))
+    store.compact()
+    store.append(ids[5:], rng.normal(size=(3, 4)).astype(np.float32))  # a part after the main file
+    reader = EmbeddingStore.open(store.path)
+    monkeypatch.setattr(EmbeddingStore, "ids", property(lambda s: pytest.fail("an id filter read every id")))
+    arr = np.array(ids, dtype=object)
+    cases = {
+        "id=b7": arr == "b7",
+        "id in b7,c,nope,B": np.isin(arr, ["b7", "c"]),
+        "id!=b7": arr != "b7",
+        "id not in a1,é9": ~np.isin(arr, ["a1", "é9"]),
+        "id<b7": np.array([i < "b7" for i in ids]),
+        "id>=b": np.array([i >= "b" for i in ids]),
+        "id>zz": np.array([i > "zz" for i in ids]),
+        "id~B7": np.array(["b7" in i.lower() for i in ids]),
+        "id~LONG": np.array(["long" in i.lower() for i in ids]),
+        "id~É": np.array(["é" in i.lower() for i in ids]),
+    }
+    for expr, want in cases.items():
+        assert filter_rows(reader, expr).tolist() == want.tolist(), expr
+    ascii_only = EmbeddingStore.create(tmp_path / "a.h5", 4, {}, has_text=False)
+    ascii_only.append(["Ab1", "ab2", "x"], rng.normal(size=(3, 4)).astype(np.float32))
+    assert filter_rows(ascii_only, "id~AB").tolist() == [True, True, False]  # numpy path
+    reader.close(), store.close(), ascii_only.close()
+
+
+def test_label_filter_parses_each_distinct_label_set_once(seeded, monkeypatch):
+    """Issue 13: a label filter lowered and scanned every row's JSON in Python, then parsed every
+    candidate row; now rows are de-duplicated in numpy and only distinct label sets are parsed."""
+    from indexing import filters
+
+    store, d = seeded
+    filters._CACHE.pop(store, None)
+    calls = []
+    real = filters.json.loads
+    monkeypatch.setattr(filters.json, "loads", lambda s, *a, **k: (calls.append(s), real(s, *a, **k))[1])
+    want = np.array(["AFIB" in lab for lab in d["labels"]])
+    assert np.array_equal(filter_rows(store, "label=afib"), want)
+    distinct = {tuple(sorted(lab)) for lab in d["labels"]}
+    assert len(calls) == len(distinct) < 20  # 400 rows, a dozen label sets (~100 AFIB rows)
+    assert np.array_equal(filter_rows(store, "label not in AFIB,NORM"),
+                          np.array([not ({"AFIB", "NORM"} & set(lab)) for lab in d["labels"]]))
+    assert len(calls) == len(distinct)  # the second filter parses nothing
+
+
+def test_text_and_str_columns_are_matched_once_per_distinct_value(tmp_path, monkeypatch):
+    """Issue 13: ``text~`` and str-column conditions ran Python over every row; now over the
+    column's distinct values (reports repeat), mapped back to rows in numpy."""
+    from indexing import filters
+
+    rng = np.random.default_rng(3)
+    texts = ["Sinus rhythm", "Atrial FIBRILLATION", "", "sinus tachycardia", "Fibrillation é"]
+    pick = rng.integers(0, len(texts), 300)
+    store = EmbeddingStore.create(tmp_path / "t.h5", 4, {}, {"site": "str"}, has_text=False)
+    for a in range(0, 300, 100):
+        store.append([f"r{i}" for i in range(a, a + 100)], rng.normal(size=(100, 4)).astype(np.float32),
+                     texts=[texts[j] for j in pick[a:a + 100]],
+                     meta={"site": [f"s{j % 2}" for j in pick[a:a + 100]]})
+    seen = []
+    real = filters._match_values
+    monkeypatch.setattr(filters, "_match_values", lambda col, kind, w: (seen.append(len(col)), real(col, kind, w))[1])
+    rows_text = np.array([texts[j] for j in pick], dtype=object)
+    cases = {"text~fibrillation": np.array(["fibrillation" in t.lower() for t in rows_text]),
+             "text~É": np.array(["é" in t.lower() for t in rows_text]),
+             "text=Sinus rhythm": rows_text == "Sinus rhythm",
+             "text in Sinus rhythm,sinus tachycardia": np.isin(rows_text, ["Sinus rhythm", "sinus tachycardia"]),
+             "site=s1": pick % 2 == 1, "site~S0": pick % 2 == 0}
+    for expr, want in cases.items():
+        assert filter_rows(store, expr).tolist() == want.tolist(), expr
+    assert seen == [5, 5, 5, 5, 2, 2]  # distinct reports / sites, not 300 rows
+    store.close()

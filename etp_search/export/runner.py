@@ -171,14 +171,14 @@ def index_data(
             # A killed torchrun `index`: keep what its ranks embedded, embed the rest into a shard of
             # this process's own, then merge every shard in source order, so the store is the one an
             # uninterrupted run writes (merging first and appending the rest would reorder rows).
-            done = set(writer.done_ids)
+            in_left = np.zeros(source.total, dtype=bool)
             for p in left:
                 with EmbeddingStore.open(p) as s:
-                    done.update(s.ids)
+                    in_left |= s.contains(source.ids)
             rest = shards.shard_path(store, 0, 1)
             shard = StoreWriter(rest, cfg.embed_dim, prov)
             try:
-                todo = source.todo(done | set(shard.done_ids))
+                todo = [i for i in source.todo(writer.done_ids, shard.done_ids) if not in_left[i]]
                 logger.info("%s; %d to embed, %d in the shards of an interrupted torchrun run or in %s",
                             source.summary_line, len(todo), source.total - len(todo), store)
                 skipped, seconds = _embed(source, todo, shard, mapper, progress)
@@ -310,16 +310,18 @@ def _index_sharded(source: Any, store: Path, ckpt: Path, dim: int, prov: dict[st
                     shards.remove_store_files(p)
         dist.barrier()  # the main store exists (and stale shards are gone) before the others read it
         _check_same_records(source.ids, rank)
+        # Which source records each store holds: one lookup in its id map, no copy of its ids.
         if main is not None:
-            main_done = main.done_ids
+            in_main, main_rows = main.stored(source.ids), len(main.store)
         else:
             with EmbeddingStore.open(store) as s:
-                main_done = set(s.ids)
-        already = source.total - len(source.todo(main_done))
+                in_main, main_rows = s.contains(source.ids), len(s)
+        already = int(in_main.sum())
         shard = StoreWriter(shards.shard_path(store, rank, world_size), dim, prov)
         try:
+            in_shard = shard.stored(source.ids)
             mine = [i for i in shards.shard_positions(source.total, rank, world_size)
-                    if source.ids[i] not in main_done and source.ids[i] not in shard.done_ids]
+                    if not (in_main[i] or in_shard[i])]
             logger.info("rank %d/%d: %s; %d to embed in shard %s", rank, world_size, source.summary_line,
                         len(mine), shard.path.name)
             skipped, seconds = _embed(source, mine, shard, mapper, progress and rank == 0,
@@ -335,7 +337,7 @@ def _index_sharded(source: Any, store: Path, ckpt: Path, dim: int, prov: dict[st
         dist.barrier()  # every shard is complete
         if main is None:
             return _summary(store, ckpt, device, source, shard.written, already, skipped, seconds,
-                            len(main_done) + shard.written)
+                            main_rows + shard.written)
         t0 = time.perf_counter()
         found = shards.existing_shards(store)
         merged = shards.merge_shards(main, found, source.ids)

@@ -85,9 +85,9 @@ def merge_shards(main: StoreWriter, shards: Iterable[Path], order: list[str]) ->
             opened[-1].check_provenance(expected)
         where: dict[str, tuple[int, int]] = {}
         for k, s in enumerate(opened):
-            for row, rid in enumerate(s.ids):
-                if rid not in main.done_ids:
-                    where.setdefault(rid, (k, row))
+            ids = s.ids
+            for row in np.flatnonzero(~main.stored(ids)).tolist():
+                where.setdefault(ids[row], (k, row))
         rank_of = {rid: i for i, rid in enumerate(order)}
         todo = sorted(where, key=lambda rid: (rank_of.get(rid, len(order)), rid))
         written = 0

@@ -74,9 +74,16 @@ class Source:
     def total(self) -> int:
         return len(self.ids)
 
-    def todo(self, done_ids: set[str]) -> list[int]:
-        """Positions of the records not yet in ``done_ids`` (what a resumed run still has to do)."""
-        return [i for i, rid in enumerate(self.ids) if rid not in done_ids]
+    def todo(self, *done: Any) -> list[int]:
+        """Positions of the records in none of ``done`` (what a resumed run still has to do). Each
+        is a set of ids, or has ``mask(ids)`` (``writer.StoredIds``: one lookup in a store's id map)."""
+        left = np.ones(len(self.ids), dtype=bool)
+        for d in done:
+            if hasattr(d, "mask"):
+                left &= ~np.asarray(d.mask(self.ids), dtype=bool)
+            else:
+                left &= np.array([rid not in d for rid in self.ids], dtype=bool)
+        return np.flatnonzero(left).tolist()
 
     def batches(self, todo: list[int]) -> Iterator[Batch]:
         return self._iter(todo) if todo else iter(())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from collections.abc import Iterator, Sequence, Set
 from typing import Any, Mapping
 
 import numpy as np
@@ -44,22 +45,28 @@ class StoreWriter:
         except BaseException:
             self.store.close()
             raise
-        self.done_ids: set[str] = set(self.store.ids)
+        # Which ids are stored is asked of the store's id map (built once, from one chunked read of
+        # the ids, on the first ask, under the lock; extended by our own appends), not of a set of
+        # our own: that read every id a second time and held 5M Python strings.
+        self.done_ids = StoredIds(self.store)
         self.written = 0
+
+    def stored(self, ids: Sequence[str]) -> np.ndarray:
+        """Boolean mask: which of ``ids`` the store holds already (one vectorised lookup)."""
+        return self.store.contains(ids)
 
     def write(self, batch: Batch, ecg: np.ndarray, text: np.ndarray) -> int:
         """Append the rows of ``batch`` not yet stored; returns how many were written."""
-        keep = [i for i, rid in enumerate(batch.ids) if rid not in self.done_ids]
+        have = self.stored(batch.ids)
         # Ids repeated inside one batch keep their first occurrence.
         seen: set[str] = set()
-        keep = [i for i in keep if not (batch.ids[i] in seen or seen.add(batch.ids[i]))]
+        keep = [i for i, rid in enumerate(batch.ids) if not (have[i] or rid in seen or seen.add(rid))]
         if not keep:
             return 0
         ids = [batch.ids[i] for i in keep]
         meta = {col: [batch.meta[i][col] for i in keep] for col in batch.meta[0]}
         self.store.append(ids, ecg[keep], text[keep], texts=[batch.texts[i] for i in keep],
                           labels=[batch.labels[i] for i in keep], meta=meta)
-        self.done_ids.update(ids)
         self.written += len(ids)
         return len(ids)
 
@@ -90,6 +97,27 @@ class StoreWriter:
 
     def close(self) -> None:
         self.store.close()
+
+
+class StoredIds(Set):
+    """The record ids of a store, as a read-only set that asks the store's id map (``in``, ``len``,
+    ``todo``) instead of holding a copy; iterating reads every id (avoid it on big stores)."""
+
+    def __init__(self, store: EmbeddingStore) -> None:
+        self.store = store
+
+    def __contains__(self, rid: object) -> bool:
+        return self.store.find_rows([str(rid)])[0] >= 0
+
+    def mask(self, ids: Sequence[str]) -> np.ndarray:
+        """``[rid in self for rid in ids]`` in one vectorised lookup."""
+        return self.store.contains(ids)
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.store.ids)
 
 
 def _ann_builder(max_index_memory: int | None, ondisk: bool = False) -> IndexBuilder:
