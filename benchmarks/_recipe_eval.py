@@ -7,10 +7,13 @@
 - text->ECG average precision of the statement descriptions of AFIB, LVH, IMI, CLBBB (their mean);
 - a linear probe for rhythm on the ECG vectors (fit on ``probe_fit`` rows, strength chosen on
   ``probe_select`` rows, scored on the evaluated rows).
+
+``add_run_options`` is the command-line block bench_recipes and bench_ceiling share.
 """
 
 from __future__ import annotations
 
+import argparse
 from typing import Sequence
 
 import numpy as np
@@ -19,6 +22,21 @@ import torch
 QUERY = "atrial fibrillation"
 RETRIEVAL_CODES = ("AFIB", "LVH", "IMI", "CLBBB")
 ZS_TASKS = ("superdiagnostic", "subdiagnostic", "rhythm", "form")
+
+
+def fold_list(text: str) -> list[int]:
+    """``"1,2,3"`` -> ``[1, 2, 3]`` (the --train-folds / --val-folds type)."""
+    return [int(x) for x in text.split(",")]
+
+
+def add_run_options(ap: argparse.ArgumentParser) -> None:
+    """--encoder, --epochs, --seed, --threads and the inner split (train folds 1-6, validation folds 7-8)."""
+    ap.add_argument("--encoder", default="resnet1d_small")
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--train-folds", type=fold_list, default=[1, 2, 3, 4, 5, 6])
+    ap.add_argument("--val-folds", type=fold_list, default=[7, 8])
 
 
 def average_precision(y: np.ndarray, s: np.ndarray) -> float:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _recipe_eval import RETRIEVAL_CODES, average_precision, bootstrap  # noqa: E402
+from _recipe_eval import RETRIEVAL_CODES, add_run_options, average_precision, bootstrap  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -129,12 +129,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", type=Path, required=True)
-    ap.add_argument("--encoder", default="resnet1d_small")
-    ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--train-folds", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 3, 4, 5, 6])
-    ap.add_argument("--val-folds", type=lambda s: [int(x) for x in s.split(",")], default=[7, 8])
+    add_run_options(ap)
     ap.add_argument("--ci", action="store_true", help="bootstrap intervals for the AFIB figures")
     ap.add_argument("--out", type=Path, default=RESULTS / "ceiling")
     args = ap.parse_args()

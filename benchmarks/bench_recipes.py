@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _recipe_eval import embed, evaluate_embeddings, figures_row  # noqa: E402
+from _recipe_eval import add_run_options, embed, evaluate_embeddings, figures_row  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -165,13 +165,8 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, required=True)
     ap.add_argument("--recipes", nargs="+", default=["R0", "R4", "R9"], choices=sorted(RECIPES))
     ap.add_argument("--random-init", action=argparse.BooleanOptionalAction, default=True)
-    ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--encoder", default="resnet1d_small")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
+    add_run_options(ap)
     ap.add_argument("--train-fraction", type=float, default=1.0)
-    ap.add_argument("--train-folds", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 3, 4, 5, 6])
-    ap.add_argument("--val-folds", type=lambda s: [int(x) for x in s.split(",")], default=[7, 8])
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "recipes")
     ap.add_argument("--out", type=Path, default=RESULTS / "recipes")
     args = ap.parse_args()

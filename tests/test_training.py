@@ -117,7 +117,7 @@ def test_killed_run_resumes_to_the_same_result(example_cache, tmp_path):
     state = json.loads((tmp_path / "crash" / "resume" / "latest.json").read_text())
     assert state["step"] == 2  # the step-3 work was lost and is redone
     resumed = Trainer(_tiny_cfg(example_cache, tmp_path / "crash"), resume=True, progress=False).run()
-    assert resumed["step"] == clean["step"] == 12
+    assert resumed.step == clean.step == 12
     a = load_file(str(tmp_path / "clean" / "last" / "model.safetensors"))
     b = load_file(str(tmp_path / "crash" / "last" / "model.safetensors"))
     for k in a:
@@ -322,7 +322,7 @@ def test_statement_sampling_uses_cached_statement_vectors(example_cache, tmp_pat
     again = tr._batch(idx, step=5)  # seeded by step: a resumed run draws the same statements
     assert torch.equal(again["text_sets"], batch["text_sets"])
     res = tr.run()
-    assert res["history"] and np.isfinite(res["history"][-1]["train_loss"])
+    assert res.history and np.isfinite(res.history[-1]["train_loss"])
 
 
 @pytest.mark.parametrize("extra, expect", [
@@ -336,3 +336,16 @@ def test_cli_refuses_bad_recipe_options(example_cache, tmp_path, extra, expect):
                                       "--train-folds", "10", "--val-folds", "9", *extra])
     _one_error(res, expect)
     assert not (tmp_path / "r").exists()
+
+
+def test_progress_record_keeps_the_resume_json_keys():
+    """TrainProgress is saved as the same JSON object the untyped dict was, and reads it back."""
+    from training.state import TrainProgress
+
+    legacy = {"epoch": 2, "batch": 0, "step": 12, "history": [{"epoch": 1, "step": 6, "train_loss": 1.5, "best_epoch": 1},
+                                                             {"epoch": 2, "step": 12, "train_loss": 1.2, "best_epoch": 1}],
+              "best": 0.7, "best_epoch": 1, "epoch_loss_sum": 0.0, "epoch_loss_n": 0, "train_seconds": 3.5}
+    p = TrainProgress.from_dict(json.loads(json.dumps(legacy)))
+    assert p.step == 12 and p.best == 0.7 and p.best_record()["train_loss"] == 1.5
+    assert json.loads(json.dumps(p.to_dict())) == legacy
+    assert TrainProgress().best_record() == {}

@@ -7,9 +7,11 @@ any moment leaves either the previous complete state or the new one, never half 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,41 @@ from etp_search.errors import ModelError
 from etp_search.models.checkpoint import atomic_save_tensors, atomic_write_bytes
 
 log = logging.getLogger(__name__)
+
+EpochRecord = dict[str, Any]
+"""One line of metrics.jsonl: epoch, step, train_loss, lr, logit_scale, the validation figures,
+train_samples_per_s and best_epoch (a plain dict: the validation keys depend on the task)."""
+
+
+@dataclass
+class TrainProgress:
+    """Where a run stands: position, best-so-far and the per-epoch history.
+
+    Saved in the resume state as the JSON object ``to_dict()`` gives (the same keys as ever), and
+    returned by ``Trainer.run()``; ``history`` is what metrics.jsonl holds, a record a line.
+    """
+
+    epoch: int = 0  # epochs finished
+    batch: int = 0  # batches done in the current epoch
+    step: int = 0  # optimizer steps done in all
+    history: list[EpochRecord] = field(default_factory=list)
+    best: float | None = None  # best value of cfg.select so far
+    best_epoch: int | None = None  # 1-based epoch that best/ holds
+    epoch_loss_sum: float = 0.0
+    epoch_loss_n: int = 0
+    train_seconds: float = 0.0  # time in optimizer steps, for train_samples_per_s
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> TrainProgress:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in doc.items() if k in names})
+
+    def best_record(self) -> EpochRecord:
+        """The history record of best_epoch (the last one if none is marked; {} before any epoch)."""
+        return next((h for h in self.history if h["epoch"] == self.best_epoch), self.history[-1] if self.history else {})
 
 
 def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -77,13 +114,13 @@ def save_state(
     run_dir: Path,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    progress: dict[str, Any],
+    progress: TrainProgress,
     scaler: torch.amp.GradScaler | None = None,
     keep: int = 1,
 ) -> Path:
-    """Write the complete training state for step ``progress['step']`` and point latest.json at it."""
+    """Write the complete training state for step ``progress.step`` and point latest.json at it."""
     d = Path(run_dir) / "resume"
-    step = int(progress["step"])
+    step = int(progress.step)
     name = f"state-{step:08d}"
     model = getattr(model, "module", model)
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
@@ -93,7 +130,7 @@ def save_state(
     tensors.update(rng_t)
     atomic_save_tensors(tensors, d / f"{name}.safetensors")
     doc = {
-        "progress": progress,
+        "progress": progress.to_dict(),
         "optimizer": opt_doc,
         "rng": rng_doc,
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
@@ -118,8 +155,8 @@ def load_state(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler | None = None,
     restore_rng: bool = True,
-) -> dict[str, Any]:
-    """Restore what ``save_state`` wrote; returns the saved progress dict."""
+) -> TrainProgress:
+    """Restore what ``save_state`` wrote; returns the saved progress."""
     d = Path(run_dir) / "resume"
     try:
         name = json.loads((d / "latest.json").read_text())["name"]
@@ -138,4 +175,4 @@ def load_state(
         scaler.load_state_dict(doc["scaler"])
     if restore_rng:
         _set_rng_state(tensors, doc["rng"])
-    return doc["progress"]
+    return TrainProgress.from_dict(doc["progress"])

@@ -31,7 +31,7 @@ from training.config import CONFIG_FILE, TEXT_SAMPLING, TrainConfig, check_confi
 from training.data import EpochBatches, PairSplit, StatementTable, split_indices, subsample_rows
 from training.distributed import DistEnv, all_reduce_mean, barrier, init_distributed
 from training.loss import ClipLoss
-from training.state import has_state, load_state, save_state
+from training.state import EpochRecord, TrainProgress, has_state, load_state, save_state
 from training.task import ClipTask
 from training.text_cache import TextFeatureCache
 from training.validate import check_select, resolve_val_task, validate
@@ -87,7 +87,7 @@ def _better(select: str, value: float, best: float | None) -> bool:
 
 
 class Trainer:
-    """One training run (fresh or resumed). ``run()`` returns the final progress dict.
+    """One training run (fresh or resumed). ``run()`` returns the final ``TrainProgress``.
 
     Args:
         cfg: The run's config.
@@ -180,7 +180,7 @@ class Trainer:
     def _write_config(self) -> None:
         atomic_write_bytes(self.run_dir / CONFIG_FILE, (json.dumps(self.cfg.to_dict(), indent=2) + "\n").encode())
 
-    def _write_metrics(self, history: list[dict[str, Any]]) -> None:
+    def _write_metrics(self, history: list[EpochRecord]) -> None:
         # Rewritten whole from the saved history, so a resumed run never duplicates or loses lines.
         body = "".join(json.dumps(h) + "\n" for h in history)
         atomic_write_bytes(self.run_dir / METRICS_FILE, body.encode())
@@ -270,14 +270,13 @@ class Trainer:
                 feats = torch.cat([self.model.text_features(self.val.texts[i : i + 128]) for i in range(0, len(self.val), 128)])
         return validate(self.model, self.val.batch, self.val.texts, feats, self.val_labels, self.val_task, device=self.device)
 
-    def run(self) -> dict[str, Any]:
-        """Train to the end (or resume and train to the end); returns the last progress dict."""
+    def run(self) -> TrainProgress:
+        """Train to the end (or resume and train to the end); returns the last progress."""
         from tqdm.auto import tqdm
 
         self._setup()
         cfg, env = self.cfg, self.env
-        progress: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "history": [], "best": None,
-                                    "best_epoch": None, "epoch_loss_sum": 0.0, "epoch_loss_n": 0, "train_seconds": 0.0}
+        progress = TrainProgress()
         if self.resume:
             if env.is_main:
                 for name in ("best", "last"):
@@ -285,29 +284,29 @@ class Trainer:
             if has_state(self.run_dir):
                 progress = load_state(self.run_dir, self.model, self.optimizer, self.scaler)
                 if env.is_main:
-                    log.info("resuming %s at epoch %d, batch %d (step %d)", self.run_dir, progress["epoch"] + 1, progress["batch"], progress["step"])
+                    log.info("resuming %s at epoch %d, batch %d (step %d)", self.run_dir, progress.epoch + 1, progress.batch, progress.step)
             elif env.is_main:
                 log.info("no resume state in %s yet; starting from the beginning", self.run_dir)
         if env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._write_config()
-        for epoch in range(progress["epoch"], cfg.epochs):
-            bar = tqdm(total=len(self.batches) * cfg.batch_size, initial=progress["batch"] * cfg.batch_size,
+        for epoch in range(progress.epoch, cfg.epochs):
+            bar = tqdm(total=len(self.batches) * cfg.batch_size, initial=progress.batch * cfg.batch_size,
                        unit="ecg", unit_scale=False, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        disable=not (self.show_progress and env.is_main), dynamic_ncols=True)
             t_epoch = time.perf_counter()
-            for idx in self.batches.epoch(epoch, skip=progress["batch"]):
+            for idx in self.batches.epoch(epoch, skip=progress.batch):
                 t0 = time.perf_counter()
-                stats = self._optimizer_step(self._batch(idx, progress["step"]), progress["step"])
-                progress["train_seconds"] += time.perf_counter() - t0
-                progress["step"] += 1
-                progress["batch"] += 1
-                progress["epoch_loss_sum"] += stats["loss"]
-                progress["epoch_loss_n"] += 1
+                stats = self._optimizer_step(self._batch(idx, progress.step), progress.step)
+                progress.train_seconds += time.perf_counter() - t0
+                progress.step += 1
+                progress.batch += 1
+                progress.epoch_loss_sum += stats["loss"]
+                progress.epoch_loss_n += 1
                 bar.update(cfg.batch_size)
                 bar.set_postfix(loss=f"{stats['loss']:.3f}", scale=f"{stats['logit_scale']:.1f}")
                 crash_point("after-step")
-                if cfg.save_every_steps and progress["step"] % cfg.save_every_steps == 0 and progress["batch"] < len(self.batches):
+                if cfg.save_every_steps and progress.step % cfg.save_every_steps == 0 and progress.batch < len(self.batches):
                     if env.is_main:
                         save_state(self.run_dir, self.model, self.optimizer, progress, self.scaler)
                     barrier()
@@ -317,33 +316,33 @@ class Trainer:
                 log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float)))
         return progress
 
-    def _end_epoch(self, epoch: int, progress: dict[str, Any], seconds: float) -> dict[str, Any]:
+    def _end_epoch(self, epoch: int, progress: TrainProgress, seconds: float) -> EpochRecord:
         cfg, env = self.cfg, self.env
-        train_loss = all_reduce_mean(progress["epoch_loss_sum"] / max(1, progress["epoch_loss_n"]), "cpu")
-        record: dict[str, Any] = {"epoch": epoch + 1, "step": progress["step"], "train_loss": train_loss,
-                                  "lr": self.optimizer.param_groups[0]["lr"], "logit_scale": float(self.model.scale().detach())}
+        train_loss = all_reduce_mean(progress.epoch_loss_sum / max(1, progress.epoch_loss_n), "cpu")
+        record: EpochRecord = {"epoch": epoch + 1, "step": progress.step, "train_loss": train_loss,
+                               "lr": self.optimizer.param_groups[0]["lr"], "logit_scale": float(self.model.scale().detach())}
         if env.is_main:
             record.update(self._validate())
-            record["train_samples_per_s"] = (progress["step"] * cfg.batch_size) / max(1e-9, progress["train_seconds"])
+            record["train_samples_per_s"] = (progress.step * cfg.batch_size) / max(1e-9, progress.train_seconds)
             value = record.get(cfg.select)
-            improved = _better(cfg.select, value, progress["best"])
+            improved = _better(cfg.select, value, progress.best)
             if improved:
-                progress["best"], progress["best_epoch"] = value, epoch + 1
-            elif progress["best"] is None:
+                progress.best, progress.best_epoch = value, epoch + 1
+            elif progress.best is None:
                 # No finite figure yet (e.g. too few labelled validation records for an AUC): best/
                 # follows the latest model until one appears, so a finished run always has best/.
                 log.warning("epoch %d: %s is %s; best/ keeps the latest model until it has a value", epoch + 1, cfg.select, value)
-                improved, progress["best_epoch"] = True, epoch + 1
-            record["best_epoch"] = progress["best_epoch"]
-            progress["history"].append(record)
-            extra = {"epoch": epoch + 1, "step": progress["step"], "metrics": record, "select": cfg.select,
+                improved, progress.best_epoch = True, epoch + 1
+            record["best_epoch"] = progress.best_epoch
+            progress.history.append(record)
+            extra = {"epoch": epoch + 1, "step": progress.step, "metrics": record, "select": cfg.select,
                      "train_config": cfg.to_dict()}
             if improved:
                 self._save_model("best", extra)
             self._save_model("last", extra)
-        progress.update(epoch=epoch + 1, batch=0, epoch_loss_sum=0.0, epoch_loss_n=0)
+        progress.epoch, progress.batch, progress.epoch_loss_sum, progress.epoch_loss_n = epoch + 1, 0, 0.0, 0
         if env.is_main:
             save_state(self.run_dir, self.model, self.optimizer, progress, self.scaler)
-            self._write_metrics(progress["history"])
+            self._write_metrics(progress.history)
         barrier()
         return record

@@ -182,12 +182,12 @@ def train(
         cleanup()
     if not env.is_main:
         return
-    hist = result["history"]
-    best = next((h for h in hist if h["epoch"] == result["best_epoch"]), hist[-1] if hist else {})
+    hist = result.history
+    best = result.best_record()
     rows = [{"metric": k, "best": v, "last": hist[-1].get(k)} for k, v in best.items() if k not in {"best_epoch"}]
     if as_json:
         from etp_search.cli.common import emit_json
 
-        emit_json({"run_dir": cfg.out, "best_epoch": result["best_epoch"], "best": best, "last": hist[-1] if hist else {}})
+        emit_json({"run_dir": cfg.out, "best_epoch": result.best_epoch, "best": best, "last": hist[-1] if hist else {}})
         return
-    emit(rows, as_json=False, title=f"run {cfg.out}: best epoch {result['best_epoch']} by {cfg.select} (validation folds {cfg.val_folds})")
+    emit(rows, as_json=False, title=f"run {cfg.out}: best epoch {result.best_epoch} by {cfg.select} (validation folds {cfg.val_folds})")

@@ -11,9 +11,10 @@ vectors live in that checkpoint's space.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Generic, Literal, Optional, Sequence, TypeVar
 
 import numpy as np
 
@@ -124,15 +125,36 @@ class PromptModels:
         return self._models[key]
 
 
-def _with_baseline(head: dict[str, Any], result: ZeroShotResult | ProbeComparison | RetrievalResult) -> dict[str, Any]:
-    """A result's ``to_dict``: its own fields, then baseline_store, main and baseline (when there is one)."""
-    out = dict(head)
-    if result.baseline is not None:
-        out["baseline_store"] = result.baseline_store
-    out["main"] = result.main.to_dict()
-    if result.baseline is not None:
-        out["baseline"] = result.baseline.to_dict()
-    return out
+R = TypeVar("R")  # one store's run: ZeroShotRun, ProbeResult or RetrievalRun
+
+_COMPARED = ("main", "baseline", "baseline_store")
+
+
+@dataclass
+class _Compared(Generic[R]):
+    """A result's main run and, optionally, the same evaluation on a baseline store.
+
+    The subclass's own fields (those with ``metadata={"json": False}`` aside) head ``to_dict()``, in
+    their order; baseline_store, main and baseline (when there is one) follow. The three fields here
+    are keyword-only, so they come after a subclass's own fields in ``__init__``.
+    """
+
+    main: R = field(kw_only=True)
+    baseline: Optional[R] = field(default=None, kw_only=True)
+    baseline_store: Optional[str] = field(default=None, kw_only=True)
+
+    def add_baseline(self, store: EmbeddingStore, run: R) -> None:
+        self.baseline, self.baseline_store = run, str(store.path)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name not in _COMPARED and f.metadata.get("json", True)}
+        if self.baseline is not None:
+            out["baseline_store"] = self.baseline_store
+        out["main"] = self.main.to_dict()  # type: ignore[attr-defined]
+        if self.baseline is not None:
+            out["baseline"] = self.baseline.to_dict()  # type: ignore[attr-defined]
+        return out
 
 
 # ---------------------------------------------------------------------------- zero-shot
@@ -149,7 +171,7 @@ class ZeroShotRun:
 
 
 @dataclass
-class ZeroShotResult:
+class ZeroShotResult(_Compared[ZeroShotRun]):
     task: Optional[str]
     prompts: str
     split: Split
@@ -157,15 +179,7 @@ class ZeroShotResult:
     n_records: int
     store: str
     no_ground_truth: list[str]
-    main: ZeroShotRun
-    baseline: Optional[ZeroShotRun] = None
-    baseline_store: Optional[str] = None
-    title: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return _with_baseline({"task": self.task, "prompts": self.prompts, "split": self.split,
-                               "split_note": self.split_note, "n_records": self.n_records, "store": self.store,
-                               "no_ground_truth": self.no_ground_truth}, self)
+    title: str = field(default="", metadata={"json": False})
 
 
 def _zeroshot_run(store: EmbeddingStore, rows: np.ndarray, class_map: dict[str, list[str]], scored: Optional[list[str]],
@@ -235,29 +249,22 @@ def zeroshot_on_store(
         Y, unmatched = free_class_labels(main, rows, list(class_map))
         scored = [c for c in class_map if c not in unmatched]
         title = f"zero-shot free labels, {split_note}"
-    result = ZeroShotResult(task, prompts, split, split_note, len(rows), str(main.path), unmatched,
-                            _zeroshot_run(main, rows, class_map, scored, Y, models.for_store(main, checkpoint),
-                                          n_boot, seed), title=title)
+    result = ZeroShotResult(task, prompts, split, split_note, len(rows), str(main.path), unmatched, title=title,
+                            main=_zeroshot_run(main, rows, class_map, scored, Y, models.for_store(main, checkpoint),
+                                               n_boot, seed))
     if baseline is not None:
-        result.baseline = _zeroshot_run(baseline, aligned_rows(baseline, main, rows), class_map, scored, Y,
-                                        models.for_store(baseline), n_boot, seed)
-        result.baseline_store = str(baseline.path)
+        result.add_baseline(baseline, _zeroshot_run(baseline, aligned_rows(baseline, main, rows), class_map, scored, Y,
+                                                    models.for_store(baseline), n_boot, seed))
     return result
 
 
 # ---------------------------------------------------------------------------- probe
 
 @dataclass
-class ProbeComparison:
+class ProbeComparison(_Compared[ProbeResult]):
     task: str
     store: str
     n_records: int
-    main: ProbeResult
-    baseline: Optional[ProbeResult] = None
-    baseline_store: Optional[str] = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return _with_baseline({"task": self.task, "store": self.store, "n_records": self.n_records}, self)
 
 
 def probe_on_store(main: EmbeddingStore, task: str, fractions: Sequence[float] = (1, 10, 100), seeds: int = 3,
@@ -277,11 +284,10 @@ def probe_on_store(main: EmbeddingStore, task: str, fractions: Sequence[float] =
     rows, Y = task_rows(main, t, np.arange(len(main)))
     folds = folds_of(main)[rows]
     result = ProbeComparison(task, str(main.path), len(rows),
-                             run_probe(main.ecg(rows), Y, folds, fractions, seeds, t.classes, progress=progress))
+                             main=run_probe(main.ecg(rows), Y, folds, fractions, seeds, t.classes, progress=progress))
     if baseline is not None:
-        result.baseline = run_probe(baseline.ecg(aligned_rows(baseline, main, rows)), Y, folds, fractions, seeds,
-                                    t.classes, progress=progress)
-        result.baseline_store = str(baseline.path)
+        result.add_baseline(baseline, run_probe(baseline.ecg(aligned_rows(baseline, main, rows)), Y, folds, fractions,
+                                                seeds, t.classes, progress=progress))
     return result
 
 
@@ -303,16 +309,10 @@ class RetrievalRun:
 
 
 @dataclass
-class RetrievalResult:
+class RetrievalResult(_Compared[RetrievalRun]):
     split: Split
     split_note: str
     store: str
-    main: RetrievalRun
-    baseline: Optional[RetrievalRun] = None
-    baseline_store: Optional[str] = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return _with_baseline({"split": self.split, "split_note": self.split_note, "store": self.store}, self)
 
 
 def retrieval_on_store(main: EmbeddingStore, split: Split = "test", baseline: Optional[EmbeddingStore] = None) -> RetrievalResult:
@@ -325,10 +325,9 @@ def retrieval_on_store(main: EmbeddingStore, split: Split = "test", baseline: Op
     def run(store: EmbeddingStore, r: np.ndarray) -> RetrievalRun:
         return RetrievalRun(**evaluate_retrieval(store.ecg(r), store.text(r), texts))
 
-    result = RetrievalResult(split, split_note, str(main.path), run(main, rows))
+    result = RetrievalResult(split, split_note, str(main.path), main=run(main, rows))
     if baseline is not None:
-        result.baseline = run(baseline, aligned_rows(baseline, main, rows))
-        result.baseline_store = str(baseline.path)
+        result.add_baseline(baseline, run(baseline, aligned_rows(baseline, main, rows)))
     return result
 
 

@@ -6,6 +6,8 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from etp_search.search import Target
+
 #: Bounds on what one request may ask for.
 MAX_K = 100
 MAX_TEXT = 1000
@@ -14,7 +16,6 @@ MAX_WHERE_LEN = 200
 MAX_LABELS = 50
 MAX_LABEL_LEN = 200
 
-Target = Literal["ecg", "report"]
 PromptSet = Literal["default", "ensemble"]
 WhereList = list[str]
 

@@ -5,7 +5,7 @@
   vectors), its parameters and the RAM it needs; numbers only.
 - ``indexing.ann.build``: train on a sample, add rows chunk by chunk from an array-like source
   (never all vectors in memory), inverted lists on disk (``.ivfdata``, memory-mapped by
-  ``load_index``), ``save_index`` / ``load_index`` / ``set_search_params``.
+  ``load_index``), ``write_faiss_file`` / ``load_index`` / ``set_search_params``.
 - ``indexing.ann.recall``: exact search streamed by chunks, recall@k, the probe count for a target.
 - ``indexing.ann.for_store``: ``store_builder``, the builder ``index --factory auto`` hands to
   ``indexing.index_files`` (plan, build, held-out recall@10 for the sidecar).
@@ -16,7 +16,7 @@ importable from ``indexing.ann`` itself.
 """
 
 from indexing.ann.build import (DEFAULT_CHUNK_ROWS, ArrayLike, BuildReport, _stdout_to_stderr, build_index,
-                                iter_chunks, load_index, sample_rows, save_index, set_search_params)
+                                iter_chunks, load_index, sample_rows, set_search_params, write_faiss_file)
 from indexing.ann.for_store import VectorColumn, store_builder
 from indexing.ann.plan import (FLAT_MAX_ROWS, IVF_FLAT_MAX_ROWS, KINDS, PQ_MIN_ROWS, TRAIN_MAX, TRAIN_PER_LIST,
                                AnnError, IndexPlan, Kind, default_nlist, default_pq_m, estimate_memory,
@@ -27,4 +27,4 @@ __all__ = ["DEFAULT_CHUNK_ROWS", "FLAT_MAX_ROWS", "IVF_FLAT_MAX_ROWS", "KINDS", 
            "TRAIN_PER_LIST", "AnnError", "ArrayLike", "BuildReport", "IndexPlan", "Kind", "VectorColumn",
            "_stdout_to_stderr", "build_index", "default_nlist", "default_pq_m", "estimate_memory", "exact_knn",
            "held_out_recall", "iter_chunks", "load_index", "parse_bytes", "plan_index", "recall_at_k",
-           "sample_rows", "save_index", "set_search_params", "store_builder", "tune_nprobe"]
+           "sample_rows", "set_search_params", "store_builder", "tune_nprobe", "write_faiss_file"]

@@ -4,7 +4,8 @@
 array-like source (an ``h5py.Dataset``, a ``np.memmap`` or anything with ``shape`` and slice
 indexing), so all vectors are never in memory at once. With ``ondisk`` the inverted lists are
 written through shards and ``faiss.contrib.ondisk.merge_ondisk`` into one ``.ivfdata`` file that
-``load_index`` memory-maps at query time. ``save_index`` writes through ``indexing._io``.
+``load_index`` memory-maps at query time. ``write_faiss_file`` writes through ``indexing._io``
+(``indexing.index_files.save_index`` is the store's: it adds the sidecar and the digests).
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ def build_index(data: ArrayLike, plan: IndexPlan, *, chunk_rows: int = DEFAULT_C
             shard_dir.rmdir()
         if refine is not None:
             index = _refined(index, refine)
-        save_index(index, out_path)
+        write_faiss_file(index, out_path)
         files = [str(out_path), str(ivfdata)]
         index = load_index(out_path)
     else:
@@ -161,7 +162,7 @@ def build_index(data: ArrayLike, plan: IndexPlan, *, chunk_rows: int = DEFAULT_C
         if refine is not None:
             index = _refined(index, refine)
         if out is not None:
-            save_index(index, Path(out))
+            write_faiss_file(index, Path(out))
             files = [str(out)]
     t2 = time.perf_counter()
     set_search_params(index, nprobe=16, k_factor=8)
@@ -204,7 +205,7 @@ def _refined(base: faiss.Index, refine: faiss.Index) -> faiss.Index:
     return out
 
 
-def save_index(index: faiss.Index, path: str | os.PathLike) -> None:
+def write_faiss_file(index: faiss.Index, path: str | os.PathLike) -> None:
     """``faiss.write_index`` through ``indexing._io.atomic_write`` (an on-disk index keeps its .ivfdata)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
