@@ -7,4 +7,5 @@
 - ``indexing.view.SearchView``: read-only search, saved index + exact search over the store's tail.
 - ``indexing.gpu``: GPU detection and CPU <-> GPU copies.
 - ``indexing.filters``: ``--where`` expressions -> row masks.
+- ``indexing.idmap.IdMap``: record id -> row in numpy arrays (sorted 64-bit hashes, checked keys).
 """

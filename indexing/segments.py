@@ -31,7 +31,7 @@ import re
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
@@ -40,6 +40,9 @@ from indexing._io import atomic_h5, crash_point  # atomic_h5 re-exported for ind
 from indexing.columns import (DAMAGE, NUM_CHUNK_ROWS, REBUILD_HINT, STR_CHUNK_ROWS, _STR, Vanished, _chunk_rows,
                               _damaged, _header_of, _open_h5, _write_header)
 from indexing.errors import StoreError
+
+if TYPE_CHECKING:
+    from indexing.idmap import IdMap
 
 logger = logging.getLogger("indexing.store")
 
@@ -148,8 +151,8 @@ class SegmentFiles:
     _lock_fd: int | None
     _files: dict[Path, h5py.File]
     _segments: list[_Segment]
-    #: id (UTF-8 bytes) -> row, built on the first id lookup (``_id_rows``), not at open.
-    _row: dict[bytes, int] | None
+    #: id -> row (``indexing.idmap.IdMap``), built on the first id lookup (``_id_rows``), not at open.
+    _row: IdMap | None
     _row_upto: int
     _n: int
     _next_seq: int
