@@ -20,7 +20,11 @@ cli = CliRunner()
     (OSError(errno.ENOSPC, "No space left on device", "/full/store.h5.parts/p1.h5"), "the disk is full"),
     (OSError(errno.EROFS, "Read-only file system", "/mnt/x.h5"), "read-only"),
     (OSError("Unable to synchronously create file (unable to open file: name = 'x', errno = 13, error message = "
-             "'Permission denied', flags = 13)"), "Permission denied"),
+             "'Permission denied', flags = 13)"), "cannot write x (Permission denied)"),
+    # what h5py raised for `prepare --out` into a folder a non-root user cannot write: errno set, no filename
+    (PermissionError(errno.EACCES, "Unable to synchronously create file (unable to open file: name = "
+                     "'out/c.h5.partial', errno = 13, error message = 'Permission denied', flags = 13, o_flags = 242)"),
+     "cannot write out/c.h5.partial (Permission denied)"),
 ])
 def test_os_errors_a_user_can_fix_are_one_line(exc, words, capsys):
     @user_errors

@@ -50,6 +50,7 @@ _OS_FIXES = {errno.EACCES: "choose a folder you can write to (or fix its permiss
              errno.ENOSPC: "the disk is full: free space, then run the same command again (finished work is kept)",
              errno.EDQUOT: "the disk quota is exceeded: free space, then run the same command again"}
 _H5_ERRNO = re.compile(r"errno = (\d+)")
+_H5_NAME = re.compile(r"name = '([^']*)'")  # h5py names the file only inside its message
 
 
 def os_error_line(exc: OSError) -> str | None:
@@ -63,7 +64,11 @@ def os_error_line(exc: OSError) -> str | None:
     fix = _OS_FIXES.get(code) if code is not None else None
     if fix is None:
         return None
-    where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+    name = getattr(exc, "filename", None)
+    if not name:
+        m = _H5_NAME.search(str(exc))
+        name = m.group(1) if m else None
+    where = f" {name}" if name else ""
     return f"cannot write{where} ({os.strerror(code)}); {fix}"
 
 
