@@ -75,9 +75,11 @@ def atomic_write(final: Path, write: Callable[[Path], None], tmp_dir: Path | Non
     try:
         write(tmp)
         publish(tmp, final, before_replace)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(exc, OSError) and (exc.filename == str(tmp) or (exc.filename is None and str(tmp) in str(exc))):
+            exc.filename = str(final)  # the user asked for FINAL; the temporary name means nothing to them
         raise
 
 

@@ -94,3 +94,20 @@ def test_a_store_whose_random_init_folder_was_deleted_names_the_missing_folder(e
     index_data(example_ptbxl, store, "random", workers=0, progress=False)  # the same command makes it again
     res = cli.invoke(app, ["query", "--store", str(store), "--ecg", str(rec), "-k", "3", "--json"])
     assert res.exit_code == 0, res.output
+
+
+def test_a_failed_atomic_write_names_the_file_the_user_asked_for(tmp_path):
+    """`query --plot` into an unwritable folder named `.tmp-<uuid>-p.png`, the temporary name."""
+    from indexing._io import atomic_write
+
+    final = tmp_path / "missing" / "p.png"
+    with pytest.raises(FileNotFoundError) as exc:  # the folder is absent: the temporary file cannot be opened
+        atomic_write(final, lambda tmp: tmp.write_bytes(b"x"))
+    assert exc.value.filename == str(final)
+
+    def h5py_like(tmp):  # h5py names the file only inside its message
+        raise PermissionError(errno.EACCES, f"Unable to create file (unable to open file: name = '{tmp}', errno = 13)")
+
+    with pytest.raises(PermissionError) as exc:
+        atomic_write(final, h5py_like)
+    assert os_error_line(exc.value).startswith(f"cannot write {final} (Permission denied)")
