@@ -5,7 +5,8 @@ what it is: the store's uuid, which vectors (ecg / text), the row count it cover
 and SHA-256, and the build facts (factory, nlist, nprobe, recall@10). A load checks all of them, so
 a truncated, bit-flipped or swapped file is never searched: it raises IndexStaleError, and the
 read-only view (``indexing.view``) searches the store exactly instead, with one line naming
-``--rebuild-index``.
+``--rebuild-index``. A file this user has verified before and that is still the same file (inode,
+size, mtime, ctime) is not re-hashed (``indexing.verified``; ``ETP_VERIFY=full`` always hashes).
 
 How an index is made is pluggable: ``build_or_update(..., builder=)`` takes any ``IndexBuilder``
 (store, which, factory) -> (index, info); the default reads the vectors and calls
@@ -23,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+from indexing import verified
 from indexing._io import atomic_write, check_file_path
 from indexing.errors import IndexingError, IndexStaleError
 from indexing.faiss_index import (DEFAULT_IVF_THRESHOLD, build_index, check_factory, faiss, update_index)
@@ -144,6 +146,19 @@ def _digest_path(path: Path) -> tuple[str, int]:
         os.close(fd)
 
 
+def _checked_digest(path: Path, fd: int, expected: str) -> tuple[str, int]:
+    """(SHA-256, size) of the open file ``fd``: hashed, unless this user verified the very same
+    file (same inode, size, mtime, ctime) to have ``expected`` before (``indexing.verified``).
+    A digest that matches is remembered for the next load."""
+    st = os.fstat(fd)
+    if verified.is_verified(path, st, expected):
+        return expected, int(st.st_size)
+    digest, size = _digest_fd(fd)
+    if digest == expected and size == st.st_size:
+        verified.remember(path, st, digest)
+    return digest, size
+
+
 class _Torn(IndexStaleError):
     """Index file and sidecar disagree: damaged, or caught mid-replace by the writer (retried)."""
 
@@ -211,7 +226,7 @@ def _load_checked(path: Path, store_uuid: str, n_rows: int, which: str | None,
         raise _Torn(f"index {path} disappeared while loading; {REBUILD_HINT}") from e
     try:
         # Hash and read the same open file: a writer replacing it meanwhile cannot slip another in.
-        digest, size = _digest_fd(fd)
+        digest, size = _checked_digest(path, fd, info["sha256"])
         if size != expected_bytes or digest != info["sha256"]:
             raise _Torn(f"index {path} is damaged or from an interrupted write (its "
                         f"{'size' if size != expected_bytes else 'SHA-256'} differs from its sidecar); {REBUILD_HINT}")
@@ -242,9 +257,13 @@ def _read_ondisk(path: Path, lists: Any, sidecar_name: str) -> Any:
     except (KeyError, TypeError, ValueError) as e:
         raise IndexStaleError(f"index sidecar {sidecar_name} is unreadable ({e}); {REBUILD_HINT}") from e
     try:
-        digest, size = _digest_path(lists_file)
+        fd = os.open(lists_file, os.O_RDONLY)
     except FileNotFoundError as e:
         raise _Torn(f"index lists file {lists_file} is missing; {REBUILD_HINT}") from e
+    try:
+        digest, size = _checked_digest(lists_file, fd, expected)
+    finally:
+        os.close(fd)
     if size != expected_bytes or digest != expected:
         raise _Torn(f"index lists file {lists_file} is damaged or from an interrupted write (its "
                     f"{'size' if size != expected_bytes else 'SHA-256'} differs from {sidecar_name}); {REBUILD_HINT}")

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The record of verified index files (indexing.verified) goes to a folder of this run, not to
+    # the user's ~/.cache; CLI subprocesses inherit it. A test that studies the record sets its own.
+    os.environ.setdefault("ETP_SEARCH_CACHE", tempfile.mkdtemp(prefix="etp-test-cache-"))
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
