@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -120,3 +121,23 @@ def test_cli_ondisk_lists_need_factory_auto(tmp_path: Path, example_ptbxl: Path)
                            "--ondisk-lists", "--factory", "Flat"])
     assert res.exit_code != 0 and "Traceback" not in res.output and "--ondisk-lists" in res.output
     assert not (tmp_path / "s.h5").exists()
+
+
+def test_an_ondisk_build_removes_the_lists_file_a_killed_build_left(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    dim, n = 16, 12_000
+    store = EmbeddingStore.create(tmp_path / "s.h5", dim, {"test": 1}, has_text=False)
+    store.append([f"r{i}" for i in range(n)], _clustered(n, dim, seed=3))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead = tmp_path / f".s.h5.ecg.{gone.stdout.strip()}.build.faiss.ivfdata"  # a build killed with -9
+    live = tmp_path / f".s.h5.ecg.{os.getppid()}.build.faiss.ivfdata"  # a process still running
+    other = tmp_path / f".s.h5.text.{gone.stdout.strip()}.build.faiss.ivfdata"  # the other index's
+    for p in (dead, live, other):
+        p.write_bytes(b"\0" * 4096)
+    build_or_update(store, "ecg", builder=ann.store_builder(n * dim * 2, ondisk=True, chunk_rows=3000), ondisk=True)
+    assert not dead.exists() and live.exists() and other.exists()
+    assert Path(f"{store.path}.ecg.faiss.ivfdata").exists()
+    store.close()

@@ -39,6 +39,31 @@ class VectorColumn:
         return self.store.vectors(self.which, slice(a, b))
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_build_leftovers(store_path: Path, which: str) -> list[Path]:
+    """Remove the temporary lists files (``.STORE.<which>.<pid>.build.faiss.ivfdata``) of on-disk
+    builds whose process is gone (killed mid-build: its ``finally`` never ran); returns them."""
+    removed = []
+    for p in store_path.parent.glob(f".{store_path.name}.{which}.*.build.faiss*"):
+        pid = p.name[len(f".{store_path.name}.{which}."):].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    if removed:
+        logger.warning("removed %d leftover file(s) of an interrupted index build: %s", len(removed),
+                       ", ".join(p.name for p in removed))
+    return removed
+
+
 def store_builder(max_memory: int | None = None, *, ondisk: bool = False, seed: int = 0,
                   chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Callable[[Any, str, str], tuple[faiss.Index, dict]]:
     """An ``indexing.index_files.IndexBuilder`` for ``--factory auto``: plan by rows and budget,
@@ -56,6 +81,7 @@ def store_builder(max_memory: int | None = None, *, ondisk: bool = False, seed: 
         tmp = None
         if plan.ondisk:
             where = Path(store.path)
+            remove_build_leftovers(where, which)
             tmp = where.with_name(f".{where.name}.{which}.{os.getpid()}.build.faiss")
         try:
             index, rep = build_index(column, plan, chunk_rows=chunk_rows, seed=seed, out=tmp)
