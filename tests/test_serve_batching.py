@@ -81,7 +81,7 @@ def test_concurrent_jobs_share_one_batch_and_fail_alone(engine: Engine, plain: S
             raise ValueError("the encoder rejects this text")
         return engine.encode_text(texts)
 
-    batcher = Batcher(encode_text, engine.encode_preprocessed)
+    batcher = Batcher(encode_text, engine.encode_preprocessed, text_cache=0)
     snap = engine.snapshot
     try:
         first = batcher.submit(Job("text", TEXTS[0], 5, "ecg", (), snap))
@@ -113,6 +113,38 @@ def test_concurrent_jobs_share_one_batch_and_fail_alone(engine: Engine, plain: S
         batcher.close()
     with pytest.raises(RuntimeError, match="shutting down"):
         batcher.submit(Job("text", "x", 1, "ecg", (), snap))
+
+
+def test_remembered_text_vectors_give_the_same_hits_and_skip_the_tower(engine: Engine, plain: Searcher) -> None:
+    """A text asked again (or twice in one batch) is encoded once; its hits are those of a fresh
+    encoding; a failed text is not remembered; the cache keeps at most ``text_cache`` texts."""
+    seen: list[list[str]] = []
+
+    def encode_text(texts: list[str]) -> np.ndarray:
+        seen.append(list(texts))
+        if "boom" in texts:
+            raise ValueError("the encoder rejects this text")
+        return engine.encode_text(texts)
+
+    batcher = Batcher(encode_text, engine.encode_preprocessed, text_cache=3)
+    snap = engine.snapshot
+    try:
+        for rnd in range(2):
+            futures = [batcher.submit(Job("text", t, 4, "ecg", (), snap)) for t in TEXTS[:3]]
+            for t, f in zip(TEXTS[:3], futures):
+                assert _pairs(f.result(30)[0]) == _pairs(plain.query_text(t, 4)), rnd
+        assert sorted(t for batch in seen for t in batch) == sorted(TEXTS[:3])  # each encoded once
+        assert batcher.stats["text_cache_hits"] == 3 and batcher.stats["texts_encoded"] == 3
+        for _ in range(2):
+            with pytest.raises(ValueError, match="rejects"):
+                batcher.submit(Job("text", "boom", 4, "ecg", (), snap)).result(30)
+        assert sum(b.count("boom") for b in seen) >= 2  # asked again: encoded again, never remembered
+        batcher.submit(Job("text", TEXTS[3], 4, "ecg", (), snap)).result(30)  # a 4th text pushes out the oldest
+        n = len(seen)
+        batcher.submit(Job("text", TEXTS[0], 4, "ecg", (), snap)).result(30)
+        assert len(seen) == n + 1 and seen[-1] == [TEXTS[0]]
+    finally:
+        batcher.close()
 
 
 def test_engine_reports_its_batches(engine: Engine) -> None:

@@ -15,6 +15,11 @@ at a time (bench_serve.py times one text-tower forward of 1, 4 and 16 texts: 16 
 for searches, with one torch and one OpenMP thread, so nothing oversubscribes the cores; the
 event loop and the worker pool (upload parsing, plots) use the other.
 
+Text vectors are remembered (an LRU of ``text_cache`` texts, on the compute thread only): the same
+query text (the page re-asks it when k or a filter changes; "atrial fibrillation" is asked by
+everyone) is encoded once. The model is fixed for the server's life, so a remembered vector is the
+vector the tower would give again.
+
 A job that fails (unknown id, bad filter) fails alone: a batch whose encoding raises is retried
 one job at a time, and a search group's error goes to the jobs of that group only.
 """
@@ -24,6 +29,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -34,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 #: Most queries computed in one batch (bounds one forward pass's memory and a batch's latency).
 MAX_BATCH = 32
+#: Query texts whose vectors the compute thread remembers (a vector is 1 KB at 256-d).
+TEXT_CACHE = 1024
 
 
 @dataclass
@@ -58,13 +66,19 @@ class Batcher:
         encode_text: list of texts -> (B, D) vectors.
         encode_ecg: (B, C, L) preprocessed ECGs -> (B, D) vectors.
         max_batch: most jobs in one batch.
+        text_cache: most query texts whose vectors are remembered (0: encode every text query).
     """
 
     def __init__(self, encode_text: Callable[[list[str]], np.ndarray],
-                 encode_ecg: Callable[[np.ndarray], np.ndarray], max_batch: int = MAX_BATCH):
+                 encode_ecg: Callable[[np.ndarray], np.ndarray], max_batch: int = MAX_BATCH,
+                 text_cache: int = TEXT_CACHE):
         self._encode_text = encode_text
         self._encode_ecg = encode_ecg
         self.max_batch = max(1, max_batch)
+        self.text_cache = max(0, text_cache)
+        self._text_vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.text_hits = 0
+        self.texts_encoded = 0
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._stats_lock = threading.Lock()
         self.batches = 0
@@ -87,7 +101,9 @@ class Batcher:
     def stats(self) -> dict[str, Any]:
         with self._stats_lock:
             return {"batches": self.batches, "queries": self.jobs, "largest_batch": self.largest,
-                    "mean_batch": round(self.jobs / self.batches, 2) if self.batches else 0.0}
+                    "mean_batch": round(self.jobs / self.batches, 2) if self.batches else 0.0,
+                    "text_cache": self.text_cache, "text_cache_hits": self.text_hits,
+                    "texts_encoded": self.texts_encoded}
 
     # ------------------------------------------------------------------ the compute thread
 
@@ -131,7 +147,7 @@ class Batcher:
     def _run(self, jobs: list[Job]) -> None:
         texts = [j for j in jobs if j.kind == "text"]
         if texts:
-            self._vectors(texts, lambda js: self._encode_text([j.payload for j in js]))
+            self._text_jobs(texts)
         by_shape: dict[tuple, list[Job]] = {}
         for j in jobs:
             if j.kind == "ecg":
@@ -170,6 +186,42 @@ class Batcher:
             for j, hits in zip(group, results):
                 if not j.future.done():
                     j.future.set_result((hits, snap))
+
+    def _text_jobs(self, jobs: list[Job]) -> None:
+        """Vectors of text jobs: remembered ones looked up, each new distinct text encoded once
+        (with ``text_cache`` 0, every job's text is encoded, in one forward)."""
+        if not self.text_cache:
+            self._vectors(jobs, lambda js: self._encode_text([j.payload for j in js]))
+            with self._stats_lock:
+                self.texts_encoded += len(jobs)
+            return
+        todo: dict[str, list[Job]] = {}
+        for j in jobs:
+            vec = self._text_vectors.get(j.payload)
+            if vec is not None:
+                self._text_vectors.move_to_end(j.payload)
+                j.vec = vec
+                with self._stats_lock:
+                    self.text_hits += 1
+            else:
+                todo.setdefault(j.payload, []).append(j)
+        if not todo:
+            return
+        firsts = [group[0] for group in todo.values()]
+        self._vectors(firsts, lambda js: self._encode_text([j.payload for j in js]))
+        with self._stats_lock:
+            self.texts_encoded += len(firsts)
+        for text, group in todo.items():
+            vec = group[0].vec
+            for j in group[1:]:
+                if vec is not None:
+                    j.vec = vec
+                else:
+                    _fail(j, group[0].future.exception() or RuntimeError("encoding failed"))
+            if vec is not None:
+                self._text_vectors[text] = vec
+                while len(self._text_vectors) > self.text_cache:
+                    self._text_vectors.popitem(last=False)
 
     @staticmethod
     def _vectors(jobs: list[Job], encode: Callable[[list[Job]], np.ndarray]) -> None:

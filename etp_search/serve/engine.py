@@ -32,7 +32,7 @@ import numpy as np
 from etp_search.errors import DataError, EtpError
 from etp_search.records import EcgRecord
 from etp_search.search import Hit, Searcher, Target, check_text
-from etp_search.serve.batching import MAX_BATCH, Batcher, Job
+from etp_search.serve.batching import MAX_BATCH, TEXT_CACHE, Batcher, Job
 
 if TYPE_CHECKING:
     from etp_search.preprocess import Preset
@@ -97,11 +97,12 @@ class Engine:
         threads: Torch intra-op threads (1 is fastest under concurrent load).
         refresh_s: Seconds between checks for rows appended by another process; 0 disables.
         max_batch: Most concurrent searches the compute thread encodes and searches at once (1: none).
+        text_cache: Most query texts whose vectors are remembered (0: every text query is encoded).
     """
 
     def __init__(self, store_path: str | Path, checkpoint: str | Path | None = None, device: str | None = None,
                  factory: str = "auto", workers: int | None = None, threads: int = 1, refresh_s: float = 2.0,
-                 max_batch: int = MAX_BATCH):
+                 max_batch: int = MAX_BATCH, text_cache: int = TEXT_CACHE):
         import faiss
         import torch
 
@@ -131,7 +132,8 @@ class Engine:
         self._refresh_lock = threading.Lock()
         self.snapshot = self._build_snapshot(first, self._signature())
         self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="etp-serve")
-        self.batcher = Batcher(self.encode_text, self.encode_preprocessed, max_batch=max_batch)
+        self.batcher = Batcher(self.encode_text, self.encode_preprocessed, max_batch=max_batch,
+                               text_cache=text_cache)
         self._stop = threading.Event()
         self._refresher: threading.Thread | None = None
         if refresh_s > 0:
