@@ -14,7 +14,7 @@ STAMP := $(VENV)/.etp-installed-$(FAISS)
 DEMO_DIR ?= etp-data/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast typecheck bench clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# mypy over etp_search, indexing and training (settings: pyproject.toml [tool.mypy]); fails on any error.
+typecheck: $(STAMP)
+	$(PY) -m mypy
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_results.py

@@ -153,7 +153,7 @@ def _ptbxl_task(name: str) -> Task:
 
 
 def _cpsc_task() -> Task:
-    mapping = {c: (c,) for c in CPSC2018_CLASSES}
+    mapping: dict[str, tuple[str, ...]] = {c: (c,) for c in CPSC2018_CLASSES}
     mapping.update({alias: (cls,) for alias, cls in CPSC2018_ALIASES.items()})
     return Task(name="cpsc2018", classes=list(CPSC2018_CLASSES), description=dict(CPSC2018_DESCRIPTIONS),
                 mapping=mapping)
@@ -177,7 +177,7 @@ def task_labels(task: Task, labels: Iterable[Mapping[str, float]]) -> tuple[np.n
     """(N, C) multi-hot matrix and (N,) bool mask of records that belong to the task."""
     labels = list(labels)
     y = task.matrix(labels)
-    return y, y.any(axis=1)
+    return y, np.asarray(y.any(axis=1))  # an ndarray (numpy's stubs say bool | ndarray for any(axis=...))
 
 
 def record_statements(labels: Mapping[str, float], hierarchy: bool = False) -> list[str]:

@@ -156,7 +156,8 @@ def _draw_paper(ax: Axes, geom: PanelGeometry) -> None:
     ys = np.arange(math.ceil(round(y0 / MINOR_MV, 6)), math.floor(round(y1 / MINOR_MV, 6)) + 1)
     for major, color, width_mm, gid in ((False, MINOR_COLOR, 0.1, "ecg-grid-minor"),
                                         (True, MAJOR_COLOR, 0.2, "ecg-grid-major")):
-        segs = [((k * MINOR_S, y0), (k * MINOR_S, y1)) for k in xs if (k % 5 == 0) == major]
+        segs: list[tuple[tuple[float, float], tuple[float, float]]] = [
+            ((k * MINOR_S, y0), (k * MINOR_S, y1)) for k in xs if (k % 5 == 0) == major]
         segs += [((x0, k * MINOR_MV), (x1, k * MINOR_MV)) for k in ys if (k % 5 == 0) == major]
         ax.add_collection(LineCollection(segs, colors=color, linewidths=width_mm * PT_PER_MM,
                                          gid=gid, zorder=0 if not major else 0.5))
@@ -412,9 +413,9 @@ def plot_query_results(
         def write_pdf(tmp: Path) -> None:
             with PdfPages(tmp) as pdf:
                 # A text query with no hits still gets its header page.
-                for item in items or [None]:
+                for page in [[item] for item in items] or [[]]:
                     # The text-query header repeats on every page so each says what was searched.
-                    fig = _stack([item] if item else [], leads=leads, layout=layout, header=header)
+                    fig = _stack(page, leads=leads, layout=layout, header=header)
                     pdf.savefig(fig)
 
         atomic_write(out, write_pdf)

@@ -191,7 +191,7 @@ def _repair(x: np.ndarray, preset: Preset, leads: Sequence[str], flags: dict[str
         n = x.shape[1]
         idx = np.arange(n)
         frac = nan[bad_rows].mean(axis=1)
-        for row, f in zip(bad_rows, frac):
+        for row, f in zip(bad_rows.tolist(), frac):
             if f > preset.max_nan_fraction:
                 x[row] = 0.0
                 flags["nan_leads"].append(leads[row])
@@ -202,7 +202,7 @@ def _repair(x: np.ndarray, preset: Preset, leads: Sequence[str], flags: dict[str
     with np.errstate(over="ignore", invalid="ignore"):  # absurd amplitudes fail later, with a reason
         std = x.std(axis=1)
     flat = np.flatnonzero(std < preset.flat_std_mv)
-    for row in flat:
+    for row in flat.tolist():
         if leads[row] not in flags["nan_leads"]:
             flags["flat_leads"].append(leads[row])
     x[flat] = 0.0

@@ -39,6 +39,14 @@ VECTOR_CACHE_BYTES = 512 * 2**20
 FILTER_CACHE = 32
 
 
+def check_target(target: str) -> Target:
+    """``target`` as a ``Target`` (what the CLI passes on), or the EtpError for an unknown one."""
+    for name in TARGETS:
+        if target == name:
+            return name
+    raise EtpError(f"unknown target {target!r}; use one of: {', '.join(TARGETS)}")
+
+
 @dataclass
 class Hit:
     """One search result: a store row with its id, cosine score, labels, report and metadata."""
@@ -333,11 +341,10 @@ class Searcher:
                       exclude_row: int | None = None) -> list[Hit]:
         """Nearest ECGs ("ecg") or reports ("report") to one (1, dim) vector, among the rows ``where``
         keeps and without ``exclude_row``; k is capped at the rows that can match."""
-        if target not in TARGETS:
-            raise EtpError(f"unknown target {target!r}; use one of: {', '.join(TARGETS)}")
+        target = check_target(target)
         if k < 1:
             raise EtpError(f"k must be at least 1 (got {k}); pass e.g. -k 10")
-        which = "ecg" if target == "ecg" else "text"
+        which: Which = "ecg" if target == "ecg" else "text"
         if which == "text" and not self.store.has_text:
             raise EtpError(f"store {self.store.path.name} holds no report vectors; search with target 'ecg'")
         view = self.view(which)
@@ -364,11 +371,10 @@ class Searcher:
         Each query gets what ``search_vector`` would give it: top max(k)+1 of the shared filter,
         less the excluded row, cut to its own k, is the top k of the filter without that row.
         """
-        if target not in TARGETS:
-            raise EtpError(f"unknown target {target!r}; use one of: {', '.join(TARGETS)}")
+        target = check_target(target)
         if any(k < 1 for k in ks):
             raise EtpError(f"k must be at least 1 (got {min(ks)}); pass e.g. -k 10")
-        which = "ecg" if target == "ecg" else "text"
+        which: Which = "ecg" if target == "ecg" else "text"
         if which == "text" and not self.store.has_text:
             raise EtpError(f"store {self.store.path.name} holds no report vectors; search with target 'ecg'")
         excl = list(exclude_rows) if exclude_rows is not None else [None] * len(ks)
@@ -397,7 +403,7 @@ class Searcher:
         if rows.size == 0:
             return []
         if self.columns is not None:
-            return self._cached_hits(rows, scores)
+            return self._cached_hits(self.columns, rows, scores)
         ids = self.store.ids_at(rows)
         texts = self.store.texts(rows)
         labels = self.store.labels(rows)
@@ -405,15 +411,14 @@ class Searcher:
         meta = {c: self.store.meta(c, rows) for c in cols}
         out = []
         for i, (r, s) in enumerate(zip(rows.tolist(), scores.tolist())):
-            m = {c: _scalar(meta[c][i]) for c in cols}
+            m: dict[str, Any] = {c: _scalar(meta[c][i]) for c in cols}
             out.append(Hit(i + 1, r, ids[i], float(s), labels[i], texts[i], m))
         return out
 
 
-    def _cached_hits(self, rows: np.ndarray, scores: np.ndarray) -> list[Hit]:
+    def _cached_hits(self, c: ColumnCache, rows: np.ndarray, scores: np.ndarray) -> list[Hit]:
         import json
 
-        c = self.columns
         ids = self.store.ids_at(rows)
         out = []
         for i, (r, s) in enumerate(zip(rows.tolist(), scores.tolist())):

@@ -61,7 +61,7 @@ def publish(tmp: Path, final: Path, before_replace: Callable[[], None] | None = 
         fsync_path(final.parent)
 
 
-def atomic_write(final: Path, write: Callable[[Path], None], tmp_dir: Path | None = None,
+def atomic_write(final: Path, write: Callable[[Path], object], tmp_dir: Path | None = None,
                  before_replace: Callable[[], None] | None = None) -> None:
     """Call ``write(tmp)`` on a temporary name, then ``publish`` it onto ``final``.
 

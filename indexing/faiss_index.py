@@ -148,7 +148,7 @@ def check_factory(factory: str, dim: int, n_rows: int | None = None) -> None:
     for cand in (ivf, index):
         if pq is None and cand is not None:
             with contextlib.suppress(Exception):
-                pq = faiss.downcast_index(cand).pq
+                pq = faiss.downcast_index(cand).pq  # type: ignore[attr-defined]  # faiss stub types the downcast as the base Index
     if pq is not None and int(pq.ksub) > n:
         raise IndexingError(f"{factory!r} uses PQ codes that need at least {int(pq.ksub)} rows to train "
                             f"(the store has {n}); use --factory auto or an IVF...,Flat factory")
@@ -239,7 +239,7 @@ def _tune_and_measure(index: faiss.Index, x: np.ndarray, info: dict, *, nprobe: 
     gt = _drop_self(gt, q_rows, k)
     nlist = _ivf_attr(index, "nlist")
     candidates = [nprobe] if nprobe else _nprobe_ladder(nlist or 1)
-    best = (None, -1.0)
+    best: tuple[int | None, float] = (None, -1.0)  # (nprobe, recall)
     for p in candidates:
         _, got = _search_once(index, xq, k + 1, None, p)  # raw: -1 padding counts as a miss
         got = _drop_self(got, q_rows, k)
@@ -328,8 +328,11 @@ def _selector(allowed_rows: ArrayLike, ntotal: int) -> tuple[faiss.IDSelector, n
 
 def _params(index: faiss.Index, sel: faiss.IDSelector | None, nprobe: int | None) -> faiss.SearchParameters:
     if isinstance(index, faiss.IndexRefine):  # IVF-PQ + refine (indexing.ann): filter and probe the base
-        return faiss.IndexRefineSearchParameters(k_factor=float(index.k_factor),
+        # faiss's stub omits the keyword __init__ its class_wrappers install (which also keeps the base's
+        # parameters alive on faiss 1.8), hence the ignore
+        return faiss.IndexRefineSearchParameters(k_factor=float(index.k_factor),  # type: ignore[call-arg]
                                                  base_index_params=_params(index.base_index, sel, nprobe))
+    p: faiss.SearchParameters
     if _ivf_attr(index, "nlist") is not None:
         p = faiss.SearchParametersIVF()
         p.nprobe = int(nprobe or _ivf_attr(index, "nprobe") or 1)
@@ -395,6 +398,7 @@ def _search_once(index: faiss.Index, q: np.ndarray, k: int, sel: faiss.IDSelecto
             return index.search(q, k, params=_params(index, sel, nprobe))
         except Exception as e:  # GPU indexes of many faiss builds reject IDSelectors
             cpu = cpu_twin(index, make=True)
+            assert cpu is not None  # a GPU index always gets its twin with make=True
             logger.debug("GPU index cannot filter (%s); searching its CPU copy", e)
             return cpu.search(q, k, params=_params(cpu, sel, nprobe))
     return index.search(q, k, params=_params(index, sel, nprobe))

@@ -138,7 +138,8 @@ def _match(store: Any, w: Where) -> np.ndarray:
 def _distinct(chunks: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """A string column as (row -> distinct index, the distinct values as an object array of str),
     de-duplicated chunk by chunk in numpy (``S`` bytes or ``U`` arrays)."""
-    parts, seen = [], {}
+    parts: list[np.ndarray] = []
+    seen: dict[bytes | str, int] = {}
     for chunk in chunks:
         if not len(chunk):
             continue

@@ -397,8 +397,12 @@ class SegmentFiles:
         header["n_rows"] = self._n
         t0 = time.perf_counter()
         crash_point("before-compact")
-        atomic_h5(self.path, lambda f: (_write_header(f, header),
-                                         _copy_segments(f, self._segments, self, None)))
+
+        def write(f: h5py.File) -> None:
+            _write_header(f, header)
+            _copy_segments(f, self._segments, self, None)
+
+        atomic_h5(self.path, write)
         crash_point("after-compact")
         for s in self._segments[1:]:
             with contextlib.suppress(OSError):

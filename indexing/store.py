@@ -2,7 +2,8 @@
 
 ``EmbeddingStore`` is the schema and the column reads (this module) on top of the segment
 machinery (``indexing.segments``: part files, tier merges, compaction, the writer lock, re-scans)
-and the file format (``indexing.columns``: header, column encodings, damage -> one line).
+and the file format (``indexing.columns``: header, column encodings, damage -> one line); an
+append's inputs are checked and encoded by ``indexing.batch``.
 Row ``i`` is the i-th record ever appended; FAISS ids are these rows.
 """
 
@@ -24,8 +25,9 @@ import numpy as np
 from indexing import _crash
 from indexing import segments as _seg
 from indexing._io import check_file_path, crash_point
+from indexing.batch import NORM_TOL, batch_columns, check_unique_ids
 from indexing.columns import (DAMAGE, DEFAULT_META_SCHEMA, FORMAT_NAME, FORMAT_VERSION, META_TYPES, REBUILD_HINT,
-                              RESERVED, _canon, _damaged, _decode_str, _empty_cols, _encode_meta, _read_header, _short,
+                              RESERVED, _canon, _damaged, _decode_str, _empty_cols, _read_header, _short,
                               _write_main, _write_part)
 from indexing.errors import ProvenanceMismatchError, RecordNotFoundError, StoreError
 from indexing.idmap import IdMap, as_keys
@@ -34,10 +36,6 @@ from indexing.segments import Vanished, SegmentFiles, _Segment, atomic_h5
 logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_META_SCHEMA", "FORMAT_NAME", "FORMAT_VERSION", "META_TYPES", "EmbeddingStore"]
-
-#: |norm - 1| above this on a unit-norm store means damaged bytes (float32 normalisation errs ~1e-7).
-_NORM_TOL = 1e-3
-_REBUILD_HINT = REBUILD_HINT
 
 
 def __getattr__(name: str) -> Any:  # ``indexing.store.crash_hook`` reads the one hook in indexing._crash
@@ -141,12 +139,10 @@ class EmbeddingStore(SegmentFiles):
         header = _read_header(path)
         return cls(path, header)
 
-
     def close(self) -> None:
         """Close read handles and release the writer lock, if held."""
         self._close_files()
         self._release_lock()
-
 
     def __enter__(self) -> EmbeddingStore:
         return self
@@ -165,7 +161,6 @@ class EmbeddingStore(SegmentFiles):
         return f"EmbeddingStore({str(self.path)!r}, rows={self._n}, dim={self.dim}, parts={len(self._segments) - 1})"
 
     # ---------------------------------------------------------------- row bookkeeping
-
 
     @property
     def ids(self) -> list[str]:
@@ -280,7 +275,6 @@ class EmbeddingStore(SegmentFiles):
                 raise _damaged(self.path, f"reading {name}", e) from e
         raise AssertionError("unreachable")
 
-
     def ecg(self, rows: Any = None) -> np.ndarray:
         """ECG vectors (n, dim) float32 for ``rows`` (None = all, slice, int array or bool mask)."""
         return self.vectors("ecg", rows)
@@ -303,7 +297,7 @@ class EmbeddingStore(SegmentFiles):
 
     def _check_norms(self, which: str, x: np.ndarray, rows: Any) -> None:
         norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
-        bad = np.flatnonzero(~(np.abs(norms - 1.0) < _NORM_TOL))  # also catches nan
+        bad = np.flatnonzero(~(np.abs(norms - 1.0) < NORM_TOL))  # also catches nan
         if not bad.size:
             return
         sel = self._rows_index(rows)
@@ -311,7 +305,7 @@ class EmbeddingStore(SegmentFiles):
         shown = ", ".join(f"{int(r)} ({rid!r}, norm {norms[b]:.4g})"
                           for r, rid, b in zip(at[:3], self.ids_at(at[:3]), bad[:3]))
         raise StoreError(f"store {self.path} has damaged {which} vectors in {len(bad)} row(s): {shown}"
-                         f"{', ...' if len(bad) > 3 else ''} (stored vectors have norm 1); {_REBUILD_HINT}")
+                         f"{', ...' if len(bad) > 3 else ''} (stored vectors have norm 1); {REBUILD_HINT}")
 
     def texts(self, rows: Any = None) -> list[str]:
         """Report texts for ``rows``."""
@@ -378,7 +372,6 @@ class EmbeddingStore(SegmentFiles):
 
     # ---------------------------------------------------------------- writes
 
-
     def append(self, ids: Sequence[str], ecg: np.ndarray, text: np.ndarray | None = None,
                texts: Sequence[str] | None = None, labels: Sequence[Mapping[str, float] | str] | None = None,
                meta: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]] | None = None) -> None:
@@ -415,70 +408,12 @@ class EmbeddingStore(SegmentFiles):
 
     def _batch_columns(self, ids: list[str], ecg: Any, text: Any, texts: Any, labels: Any,
                        meta: Any) -> dict[str, np.ndarray]:
-        n = len(ids)
-        if len(set(ids)) != n:
-            dup = sorted({i for i in ids if ids.count(i) > 1})[:3]
-            raise StoreError(f"record ids repeat within the batch ({', '.join(dup)}); record ids must be unique")
+        """Check and encode one batch (``indexing.batch``), after the one check only the store can
+        make: no id of it is stored already."""
+        check_unique_ids(ids)
         present = [ids[j] for j in np.flatnonzero(self.find_rows(ids) >= 0).tolist()]
         if present:
             raise StoreError(f"{len(present)} record(s) already stored (e.g. {present[0]!r}); "
                              "skip them with store.contains(ids) to resume")
-        cols: dict[str, np.ndarray] = {"ids": np.array(ids, dtype=object)}
-        cols["ecg"] = self._check_vectors("ecg", ecg, n)
-        if self.has_text:
-            if text is None:
-                raise StoreError("this store holds report vectors: pass text= with the batch")
-            cols["text"] = self._check_vectors("text", text, n)
-        elif text is not None:
-            raise StoreError("this store was created without report vectors (has_text=False); drop text=")
-        cols["texts"] = np.array(["" if t is None else str(t) for t in (texts or [""] * n)], dtype=object)
-        if labels is None:
-            labels = ["{}"] * n
-        cols["labels"] = np.array([lab if isinstance(lab, str)
-                                   else json.dumps({str(k): float(v) for k, v in lab.items()}, sort_keys=True)
-                                   for lab in labels], dtype=object)
-        for name in ("texts", "labels"):
-            if len(cols[name]) != n:
-                raise StoreError(f"{name} has {len(cols[name])} entries for {n} ids")
-        by_col: dict[str, Sequence[Any]] = {}
-        if meta is None:
-            pass
-        elif isinstance(meta, Mapping):
-            unknown = set(meta) - set(self.meta_schema)
-            if unknown:
-                raise StoreError(f"unknown metadata column(s) {', '.join(sorted(unknown))}; the store has: "
-                                 f"{', '.join(self.meta_schema)} (add columns with meta_schema at create)")
-            by_col = dict(meta)
-        else:
-            if len(meta) != n:
-                raise StoreError(f"meta has {len(meta)} records for {n} ids")
-            by_col = {c: [m.get(c) for m in meta] for c in self.meta_schema}
-        for col, kind in self.meta_schema.items():
-            values = by_col.get(col)
-            if values is None:
-                values = [None] * n
-            if len(values) != n:
-                raise StoreError(f"metadata column {col!r} has {len(values)} values for {n} ids")
-            try:
-                cols[f"meta/{col}"] = _encode_meta(kind, values, n)
-            except (TypeError, ValueError) as e:
-                raise StoreError(f"metadata column {col!r} ({kind}) got a bad value: {e}") from e
-        return cols
-
-    def _check_vectors(self, name: str, x: Any, n: int) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if x.shape != (n, self.dim):
-            raise StoreError(f"{name} vectors have shape {x.shape}; this store expects ({n}, {self.dim})")
-        if not np.isfinite(x).all():
-            raise StoreError(f"{name} vectors contain NaN/inf (bad input record?); drop those records")
-        if self.unit_norm and n:
-            norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
-            if not (np.abs(norms - 1.0) < _NORM_TOL).all():
-                raise StoreError(f"{name} vectors must be L2-normalised for this store (norms "
-                                 f"{norms.min():.4g}..{norms.max():.4g}); normalise them before appending")
-        return x
-
-
-# ----------------------------------------------------------------------------- file formats
-
-
+        return batch_columns(ids, ecg, text, texts, labels, meta, dim=self.dim, has_text=self.has_text,
+                             unit_norm=self.unit_norm, meta_schema=self.meta_schema)

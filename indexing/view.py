@@ -126,7 +126,7 @@ class SearchView:
         q = normalized(np.atleast_2d(queries))
         mask = self._mask(allowed_rows)
         parts_s, parts_r = [], []
-        if self.n_indexed:
+        if self.index is not None and self.n_indexed:  # n_indexed > 0 only with an index
             head = None if mask is None else mask[:self.n_indexed]
             if head is None or head.any():
                 s, r = search(self.index, q, k, head)

@@ -96,7 +96,7 @@ def suggest_folds(present: Sequence[int]) -> str:
     return f"--train-folds {','.join(map(str, train))} --val-folds {val}"
 
 
-class _Sized(torch.utils.data.Dataset):
+class _Sized(torch.utils.data.Dataset[int]):
     def __init__(self, n: int) -> None:
         self.n = n
 
@@ -128,10 +128,10 @@ class PairSplit:
 
     def batch(self, idx: Sequence[int]) -> torch.Tensor:
         """(b, 12, L) float32 for split positions ``idx``."""
-        idx = np.asarray(idx, dtype=np.int64)
+        pos = np.asarray(idx, dtype=np.int64)
         if self.signals is not None:
-            return torch.from_numpy(self.signals[idx])
-        return torch.from_numpy(self.cache.signals(self.rows[idx]))
+            return torch.from_numpy(self.signals[pos])
+        return torch.from_numpy(self.cache.signals(self.rows[pos]))
 
 
 class EpochBatches:
@@ -145,7 +145,7 @@ class EpochBatches:
         if batch_size % world_size:
             raise DataError(f"--batch-size {batch_size} must be a multiple of the {world_size} processes")
         self.local_batch = batch_size // world_size
-        self.sampler = DistributedSampler(_Sized(n), num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.sampler: DistributedSampler[int] = DistributedSampler(_Sized(n), num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
         if len(self.sampler) < self.local_batch:
             raise DataError(f"{n} training records are fewer than one batch of {batch_size}; lower --batch-size to at most {n - n % world_size}")
 

@@ -53,7 +53,8 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """No decay for biases, norm weights (1-D) and the logit scale (open_clip's exclusion rule)."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -78,7 +79,7 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _better(select: str, value: float, best: float | None) -> bool:
+def _better(select: str, value: float | None, best: float | None) -> bool:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return False
     if best is None:
@@ -220,10 +221,12 @@ class Trainer:
             feats = self.train_feats[torch.as_tensor(idx)].clone()
             for k, sid in enumerate(chosen):
                 if sid >= 0:
+                    assert self.statement_feats is not None  # a statement is drawn only from a non-empty vocabulary
                     feats[k] = self.statement_feats[sid]
             batch["text_feats"] = feats.to(self.device)
         else:
-            batch["texts"] = [self.train.texts[i] if sid < 0 else self.statements.vocab[sid] for i, sid in zip(idx, chosen)]
+            vocab = self.statements.vocab if self.statements is not None else []  # no table: every sid is -1
+            batch["texts"] = [self.train.texts[i] if sid < 0 else vocab[sid] for i, sid in zip(idx, chosen)]
         if self.statements is not None and self.cfg.targets != "hard":
             ecg_sets = self.statements.report_sets[torch.as_tensor(idx)]
             text_sets = ecg_sets.clone()

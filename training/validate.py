@@ -123,8 +123,8 @@ def validate(
     out: dict[str, float] = {"val_loss": float(np.average(losses, weights=weights)) if losses else float("nan")}
     # ECG -> report over the gallery of unique validation reports (a hit = identical report text).
     uniq: dict[str, int] = {}
-    for i, t in enumerate(texts):
-        uniq.setdefault(t, i)
+    for i, report in enumerate(texts):
+        uniq.setdefault(report, i)
     gallery = txt[list(uniq.values())].numpy()
     rec = recall_at_k(ecg.numpy(), gallery, list(texts), list(uniq), ks=RECALL_KS)
     out.update({f"val_recall@{k}": v for k, v in rec.items()})

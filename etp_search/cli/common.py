@@ -62,7 +62,7 @@ def os_error_line(exc: OSError) -> str | None:
         if code is None and "No space left" in str(exc):
             code = errno.ENOSPC
     fix = _OS_FIXES.get(code) if code is not None else None
-    if fix is None:
+    if code is None or fix is None:
         return None
     name = getattr(exc, "filename", None)
     if not name:

@@ -79,11 +79,11 @@ def zeroshot(
 ) -> None:
     """Zero-shot labelling: cosine(ECG, class prompt embedding); macro ROC-AUC with a bootstrap 95% CI."""
     setup_logging(verbose)
-    from etp_search.evaluation.on_store import check_zeroshot_options, zeroshot_on_store
+    from etp_search.evaluation.on_store import check_split, check_zeroshot_options, zeroshot_on_store
 
     check_zeroshot_options(task, labels, prompts)
     with _stores(store, baseline_store) as (main, base):
-        res = zeroshot_on_store(main, task=task, labels=labels, prompts=prompts, split=split, baseline=base,
+        res = zeroshot_on_store(main, task=task, labels=labels, prompts=prompts, split=check_split(split), baseline=base,
                                 checkpoint=checkpoint, n_boot=n_boot, seed=seed)
     result = _as_given(res.to_dict(), store, baseline_store)
     if json_out:
@@ -177,10 +177,10 @@ def retrieval(
 ) -> None:
     """ECG -> report and report -> ECG recall@1/5/10; any record with the query's exact report text is a hit."""
     setup_logging(verbose)
-    from etp_search.evaluation.on_store import retrieval_on_store
+    from etp_search.evaluation.on_store import check_split, retrieval_on_store
 
     with _stores(store, baseline_store) as (main, base):
-        res = retrieval_on_store(main, split, baseline=base)
+        res = retrieval_on_store(main, check_split(split), baseline=base)
     result = _as_given(res.to_dict(), store, baseline_store)
     if json_out:
         emit_json(result)

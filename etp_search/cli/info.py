@@ -161,8 +161,9 @@ def info(
 
     reader = open_dataset(data_dir[0] if len(data_dir) == 1 else data_dir, fmt=fmt, sampling_rate=sampling_rate)
     result = dataset_info(reader, sample=sample, workers=workers, progress=progress)
-    if getattr(reader, "duplicates", 0):
-        result["duplicate_ids"] = reader.duplicates
+    duplicates = getattr(reader, "duplicates", 0)  # a MultiReader over several folders counts ids met twice
+    if duplicates:
+        result["duplicate_ids"] = duplicates
     if as_json:
         emit_json(result)
     else:

@@ -91,8 +91,9 @@ def prepare(
     reader = open_reader(data_dir, p, sampling_rate=sampling_rate, text_source=text_source, fmt=fmt)
     target = out if out is not None else default_cache_path(reader.format_name, p.name)
     summary = build_cache(reader, target, p, workers=workers, batch_size=batch_size, progress=progress, force=force)
-    if getattr(reader, "duplicates", 0):
-        summary["duplicate_ids"] = reader.duplicates
+    duplicates = getattr(reader, "duplicates", 0)  # a MultiReader over several folders counts ids met twice
+    if duplicates:
+        summary["duplicate_ids"] = duplicates
     if as_json:
         emit_json(summary)
         return

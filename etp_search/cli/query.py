@@ -41,20 +41,21 @@ def query(
         raise fail("give exactly one of --text, --ecg or --record" + (f" (got {', '.join(given)})" if given else ""))
     if plot is not None and (plot.is_dir() or plot.suffix.lower() not in PLOT_SUFFIXES):
         raise fail(f"--plot {plot}: give a file name ending in {', '.join(PLOT_SUFFIXES)}, e.g. --plot hits.png")
-    from etp_search.search import Searcher, read_ecg_file
+    from etp_search.search import Searcher, check_target, read_ecg_file
 
     with Searcher.open(store, checkpoint=checkpoint, device=device) as s:
         query_signal = None
+        to = check_target(target)
         if text is not None:
-            hits = s.query_text(text, k, target, where or ())
+            hits = s.query_text(text, k, to, where or ())
             title = f'text: "{text}"'
         elif ecg is not None:
             rec = read_ecg_file(ecg)
             query_signal = (rec.signal, rec.fs)
-            hits = s.query_signal(rec.signal, rec.fs, k, target, where or ())
+            hits = s.query_signal(rec.signal, rec.fs, k, to, where or ())
             title = f"ECG file: {ecg}"
         else:
-            hits = s.query_record(str(record), k, target, where or ())
+            hits = s.query_record(str(record), k, to, where or ())
             title = f"record {record}"
         if plot is not None:
             _plot(s, hits, title, query_signal, plot, record)

@@ -171,6 +171,7 @@ def train(
     check_config(cfg)
     env = init_distributed(cfg.device)
     if resume is None:
+        assert data_dir  # a new run was refused above without DATA_DIR
         cfg.cache = str(_ensure_cache(data_dir, preset, cache, text_source, env.is_main, progress))
     try:
         result = Trainer(cfg, resume=resume is not None, progress=progress).run()

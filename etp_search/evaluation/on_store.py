@@ -31,6 +31,15 @@ if TYPE_CHECKING:  # imported lazily at run time: indexing/ loads h5py, models/ 
 #: Which records an evaluation reads: fold 10, fold 9 or every record.
 Split = Literal["test", "val", "all"]
 SPLITS = {"test": 10, "val": 9}
+SPLIT_NAMES: tuple[Split, ...] = ("test", "val", "all")
+
+
+def check_split(split: str) -> Split:
+    """``split`` as a ``Split`` (what the CLI passes on), or the DataError for an unknown name."""
+    for name in SPLIT_NAMES:
+        if split == name:
+            return name
+    raise DataError(f"unknown split '{split}'; use test, val or all")
 
 
 def folds_of(store: EmbeddingStore) -> np.ndarray:
@@ -39,8 +48,7 @@ def folds_of(store: EmbeddingStore) -> np.ndarray:
 
 def split_rows(store: EmbeddingStore, split: Split) -> tuple[np.ndarray, str]:
     """Rows of ``split`` ("test" = fold 10, "val" = fold 9, "all"); all rows when the store has no folds."""
-    if split not in (*SPLITS, "all"):
-        raise DataError(f"unknown split '{split}'; use test, val or all")
+    split = check_split(split)
     n = len(store)
     if n == 0:
         raise DataError(f"store {store.path} is empty; index a dataset into it first")
@@ -239,6 +247,7 @@ def zeroshot_on_store(
     rows, split_note = split_rows(main, split)
     unmatched: list[str] = []
     scored: Optional[list[str]] = None
+    Y: Optional[np.ndarray]  # None: no free class matched a label key (no AUC)
     if task is not None:
         t = get_task(task)
         rows, Y = task_rows(main, t, rows)

@@ -277,8 +277,8 @@ def run_probe(
     train = np.flatnonzero(np.isin(folds, config.train_folds))
     val = np.flatnonzero(folds == config.val_fold)
     test = np.flatnonzero(folds == config.test_fold)
-    for name, rows in (("training", train), ("validation", val), ("test", test)):
-        if not len(rows):
+    for name, fold_rows in (("training", train), ("validation", val), ("test", test)):
+        if not len(fold_rows):
             raise DataError(f"the linear probe needs strat_fold {config.train_folds[0]}-{config.test_fold} "
                             f"but the {name} fold has no records; index a dataset with folds (e.g. PTB-XL)")
     Y_train, Y_val = np.asarray(Y)[train], np.asarray(Y)[val]  # test rows stay untouched here
@@ -287,7 +287,8 @@ def run_probe(
     with _torch_threads(config.threads):
         _fit_all(probes, X, Y_train, train, X[val], Y_val, fractions, seeds, config, progress)
     scores = score_probes(probes, X[test], np.asarray(Y)[test])
-    rows, per_class = [], {}
+    rows: list[dict[str, Any]] = []
+    per_class: dict[float, dict[str, float]] = {}
     skipped = sorted({classes[i] for v in scores.values() for i in v[2]}, key=classes.index)
     for fraction in fractions:
         aucs = np.array([scores[(fraction, s)][0] for s in range(seeds)])

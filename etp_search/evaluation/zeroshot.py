@@ -29,11 +29,11 @@ def encode_prompts(model: Any, prompts: Mapping[str, Sequence[str]], batch_size:
 
     flat = [(c, p) for c, ps in prompts.items() for p in ps]
     texts = [p for _, p in flat]
-    vecs = []
+    vecs: list[np.ndarray] = []
     with torch.no_grad():
         for start in range(0, len(texts), batch_size):
-            out = model.encode_text(texts[start:start + batch_size], normalize=True)
-            vecs.append(out.detach().cpu().float().numpy() if hasattr(out, "detach") else np.asarray(out, np.float32))
+            enc = model.encode_text(texts[start:start + batch_size], normalize=True)
+            vecs.append(enc.detach().cpu().float().numpy() if hasattr(enc, "detach") else np.asarray(enc, np.float32))
     allv = np.concatenate(vecs) if vecs else np.zeros((0, 0), np.float32)
     out: dict[str, np.ndarray] = {}
     i = 0

@@ -7,7 +7,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -89,7 +89,7 @@ class IndexSummary:
 
 
 def index_data(
-    data: str | Path | list[str | Path],
+    data: str | Path | Sequence[str | Path],
     store: str | Path,
     checkpoint: str | Path | None = None,
     *,
@@ -127,7 +127,7 @@ def index_data(
     Returns:
         IndexSummary: records found, written now, skipped by reason, total rows, seconds, rec/s, indexes.
     """
-    data = Path(data) if isinstance(data, (str, Path)) else [Path(d) for d in data]  # several folders: one source
+    paths = Path(data) if isinstance(data, (str, Path)) else [Path(d) for d in data]  # several folders: one source
     store = Path(store)
     device = pick_device(device)
     if store.is_dir():
@@ -139,10 +139,10 @@ def index_data(
     if sampling_rate is None:
         sampling_rate = int(preset.fs) if int(preset.fs) in (100, 500) else None
     # Opened once, before the store, so a wrong folder fails without touching any store.
-    source = open_source(data, preset, text_source=text_source, sampling_rate=sampling_rate,
+    source = open_source(paths, preset, text_source=text_source, sampling_rate=sampling_rate,
                          batch_size=batch_size, workers=workers)
     if source.total == 0:
-        raise DataError(f"{data} holds no readable {source.format_name} records; check the folder (`etp-search info {data}`)")
+        raise DataError(f"{paths} holds no readable {source.format_name} records; check the folder (`etp-search info {paths}`)")
     if ondisk_lists and factory != "auto":
         raise EtpError("--ondisk-lists applies to --factory auto; drop one of the two")
     if factory != "auto":
@@ -152,7 +152,7 @@ def index_data(
     ckpt = resolve_checkpoint(checkpoint, store_path=store)
     model = load_checkpoint(ckpt, device=device, load_text=True)
     cfg = model.cfg
-    prov = provenance_for(ckpt, cfg, data, source.format_name, text_source)
+    prov = provenance_for(ckpt, cfg, paths, source.format_name, text_source)
     mapper = EtpMapper(model, device)
     if world_size > 1:
         return _index_sharded(source, store, ckpt, cfg.embed_dim, prov, mapper, device, rank=rank,

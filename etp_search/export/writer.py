@@ -60,7 +60,11 @@ class StoreWriter:
         have = self.stored(batch.ids)
         # Ids repeated inside one batch keep their first occurrence.
         seen: set[str] = set()
-        keep = [i for i, rid in enumerate(batch.ids) if not (have[i] or rid in seen or seen.add(rid))]
+        keep: list[int] = []
+        for i, rid in enumerate(batch.ids):
+            if not have[i] and rid not in seen:
+                seen.add(rid)
+                keep.append(i)
         if not keep:
             return 0
         ids = [batch.ids[i] for i in keep]

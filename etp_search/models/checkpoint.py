@@ -6,7 +6,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from safetensors import safe_open
@@ -42,7 +42,8 @@ def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: 
 
 
 def _unwrap(model: torch.nn.Module) -> EtpModel:
-    return getattr(model, "module", model)  # DDP wraps the model in .module
+    # DDP wraps the model in .module (typed as any Module); what is wrapped is always an EtpModel
+    return cast(EtpModel, getattr(model, "module", model))
 
 
 def save_checkpoint(

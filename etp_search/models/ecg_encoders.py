@@ -9,10 +9,17 @@ from torch import nn
 
 from etp_search.errors import ModelError
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+class EcgEncoder(nn.Module):
+    """What a registered builder returns: a module (B, leads, L) -> (B, out_dim) that sets ``out_dim``."""
+
+    out_dim: int  # pooled feature width; EtpModel sizes its projection head from it
 
 
-def register_ecg_encoder(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+_REGISTRY: dict[str, Callable[..., EcgEncoder]] = {}
+
+
+def register_ecg_encoder(fn: Callable[..., EcgEncoder]) -> Callable[..., EcgEncoder]:
     """Register a builder under its function name."""
     _REGISTRY[fn.__name__] = fn
     return fn
@@ -22,7 +29,7 @@ def list_ecg_encoders() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_ecg_encoder(name: str, **kwargs) -> nn.Module:
+def create_ecg_encoder(name: str, **kwargs: object) -> EcgEncoder:
     """Build a registered ECG encoder; the module has ``.out_dim`` (pooled feature width).
 
     Raises:
@@ -57,7 +64,7 @@ class BasicBlock1d(nn.Module):
         return self.act(x + shortcut)
 
 
-class ResNet1d(nn.Module):
+class ResNet1d(EcgEncoder):
     """1-D ResNet over (B, leads, L); global average pooling makes it length-agnostic (100 or 500 Hz).
 
     Args:

@@ -172,7 +172,7 @@ def check_finite(signal: np.ndarray, names: Sequence[str] = STANDARD_LEADS) -> i
     bad = ~np.isfinite(signal)
     if not bad.any():
         return 0
-    for row in np.flatnonzero(bad.all(axis=1)):
+    for row in np.flatnonzero(bad.all(axis=1)).tolist():
         raise SkipRecord("all-NaN lead", f"lead {names[row] if row < len(names) else row} has no finite value")
     signal[bad] = 0.0
     return int(bad.sum())
@@ -289,7 +289,7 @@ class Reader:
         super().__init_subclass__(**kwargs)
         read = cls.__dict__.get("read")
         if read is not None and not getattr(read, "__etp_guarded__", False):
-            cls.read = _guarded(read)  # type: ignore[method-assign]
+            setattr(cls, "read", _guarded(read))  # replaces the subclass's own method at class creation
 
     def __init__(self, root: str | Path, text_source: str = SCP_EN) -> None:
         self.root = Path(root)

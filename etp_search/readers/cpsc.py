@@ -21,6 +21,7 @@ import logging
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -168,7 +169,8 @@ def _field(struct: object, name: str):
     return value
 
 
-def _scalar(value: object) -> object:
+def _scalar(value: object) -> Any:
+    """The first element of a MATLAB field (a numpy scalar of the file's dtype, even a string), or None."""
     arr = np.asarray(value)
     if arr.size == 0:
         return None

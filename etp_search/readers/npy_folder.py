@@ -41,7 +41,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -49,6 +49,9 @@ from etp_search.errors import DataError
 from etp_search.readers.base import (COLUMN_PREFIX, REPORT, SCP_EN, Reader, SkipRecord, arrange_leads, check_finite,
                                      native_text_source, sex_code)
 from etp_search.records import STANDARD_LEADS, EcgRecord
+
+if TYPE_CHECKING:  # imported where used: a PTB-XL table is optional
+    from etp_search.readers.ptbxl import PtbxlReader
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +161,7 @@ class NpyFolderReader(Reader):
     """
 
     format_name = "npy"
+    fs: float  # always declared by the sidecar (the base allows None for readers that learn it per record)
 
     def __init__(self, root: str | Path, text_source: str = SCP_EN) -> None:
         given = Path(root)
@@ -194,7 +198,7 @@ class NpyFolderReader(Reader):
             raise _fail(sidecar, f'"table_convention" must be "ptbxl" or "generic", got {self.convention!r}')
         if self.convention == "ptbxl":
             self.format_name = "npy-ptbxl"
-        self._table = None
+        self._table: PtbxlReader | None = None
         self._rows: dict[str, dict[str, str]] | None = None
         self._files: dict[str, str] = {}
         table = doc.get("table")

@@ -107,6 +107,7 @@ class PtbxlReader(Reader):
     """
 
     format_name = "ptbxl"
+    fs: float  # fixed by sampling_rate
 
     def __init__(self, root: str | Path, sampling_rate: int | None = None, text_source: str = SCP_EN) -> None:
         super().__init__(root, text_source)

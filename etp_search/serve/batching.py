@@ -138,11 +138,11 @@ class Batcher:
                     _fail(j, exc)
         while True:  # refuse what is still queued
             try:
-                j = self._queue.get_nowait()
+                left = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if j is not None:
-                _fail(j, RuntimeError("the server is shutting down"))
+            if left is not None:
+                _fail(left, RuntimeError("the server is shutting down"))
 
     def _run(self, jobs: list[Job]) -> None:
         texts = [j for j in jobs if j.kind == "text"]

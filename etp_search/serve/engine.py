@@ -37,6 +37,7 @@ from etp_search.serve.batching import MAX_BATCH, TEXT_CACHE, Batcher, Job
 if TYPE_CHECKING:
     from etp_search.preprocess import Preset
     from etp_search.readers import Reader
+    from indexing.index_files import Which
     from indexing.store import EmbeddingStore
 
 logger = logging.getLogger(__name__)
@@ -195,7 +196,8 @@ class Engine:
 
     def _build_snapshot(self, searcher: Searcher, signature: tuple) -> Snapshot:
         store = searcher.store
-        for which in ["ecg"] + (["text"] if store.has_text else []):
+        kinds: list[Which] = ["ecg", "text"] if store.has_text else ["ecg"]
+        for which in kinds:
             searcher.view(which)  # load (never build) the saved indexes now, not on the first request
         return Snapshot(searcher, len(store), signature)
 

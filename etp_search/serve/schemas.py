@@ -111,4 +111,5 @@ class Health(BaseModel):
     rows: int
 
 
-ERRORS = {code: {"model": ErrorOut} for code in (400, 401, 404, 413, 422)}
+# Typed as FastAPI's ``responses=`` parameter (status code -> OpenAPI response description).
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (400, 401, 404, 413, 422)}

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Generator, Iterator, Sequence
 
 import h5py
 import numpy as np
@@ -176,7 +176,8 @@ class _Writer:
         self.f.flush()
 
 
-def _iter_results(reader: Reader, preset: Preset, refs: Sequence[str], workers: int) -> Iterator[tuple[str, str | None, Any]]:
+def _iter_results(reader: Reader, preset: Preset, refs: Sequence[str],
+                  workers: int) -> Generator[tuple[str, str | None, Any], None, None]:
     """(ref, skip reason or None, row) for every ref, in order, through the shared pipeline."""
     from functools import partial
 

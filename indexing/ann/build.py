@@ -35,7 +35,8 @@ DEFAULT_CHUNK_ROWS = 65_536
 class ArrayLike(Protocol):
     """What ``build_index`` reads: ``shape`` and ``x[a:b]`` returning an (b-a, dim) array."""
 
-    shape: tuple[int, ...]
+    @property
+    def shape(self) -> tuple[int, ...]: ...  # read-only, so a (rows, dim) tuple satisfies it
 
     def __getitem__(self, key: Any) -> Any: ...
 
@@ -118,7 +119,9 @@ def build_index(data: ArrayLike, plan: IndexPlan, *, chunk_rows: int = DEFAULT_C
         ivf = faiss.extract_index_ivf(index)
         ivf.cp.niter = 10  # 10 k-means iterations: recall within noise of the default 25 at 2.5x less time
         if plan.kind == "ivf_pq_refine":
-            index.do_polysemous_training = False  # the refine step re-ranks; polysemous codes cost minutes
+            # the refine step re-ranks; polysemous codes cost minutes (index_factory returns the concrete
+            # IndexIVFPQ, which faiss's stub types as the base Index)
+            index.do_polysemous_training = False  # type: ignore[attr-defined]
         index.train(sample)
         if plan.kind == "ivf_pq_refine":
             refine = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
@@ -200,8 +203,8 @@ def _refined(base: faiss.Index, refine: faiss.Index) -> faiss.Index:
     """IndexRefine owning both parts (the Python wrappers hand their ownership over)."""
     out = faiss.IndexRefine(base, refine)
     out.own_fields = True
-    base.this.disown()
-    refine.this.disown()
+    base.this.disown()  # type: ignore[attr-defined]  # SWIG's ownership handle, absent from faiss's stub
+    refine.this.disown()  # type: ignore[attr-defined]
     return out
 
 
