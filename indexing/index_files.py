@@ -28,7 +28,7 @@ from indexing import verified
 from indexing._io import atomic_write, check_file_path
 from indexing.errors import IndexingError, IndexStaleError
 from indexing.faiss_index import (DEFAULT_IVF_THRESHOLD, build_index, check_factory, faiss, update_index)
-from indexing.gpu import is_gpu_index, resolve_use_gpu, to_cpu, to_gpu
+from indexing.gpu import UseGpu, is_gpu_index, resolve_use_gpu, to_cpu, to_gpu
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +79,8 @@ def ondisk_lists(index: Any) -> Any | None:
     try:
         ivf = faiss.extract_index_ivf(index)
     except RuntimeError:
+        return None
+    if ivf.invlists is None:
         return None
     lists = faiss.downcast_InvertedLists(ivf.invlists)
     return lists if isinstance(lists, faiss.OnDiskInvertedLists) else None
@@ -168,7 +170,7 @@ class IndexAheadError(IndexStaleError):
 
 
 def load_index(path: str | os.PathLike, store_uuid: str, n_rows: int, *, which: str | None = None,
-               allow_behind: bool = False, use_gpu: bool | str = False) -> tuple[Any, dict]:
+               allow_behind: bool = False, use_gpu: UseGpu = False) -> tuple[Any, dict]:
     """Load an index and check it against its store and its sidecar.
 
     Raises IndexStaleError (the message names ``--rebuild-index``) when the file or sidecar is
@@ -280,7 +282,7 @@ def _read_ondisk(path: Path, lists: Any, sidecar_name: str) -> Any:
 
 
 def default_builder(*, ivf_threshold: int = DEFAULT_IVF_THRESHOLD, nprobe: int | None = None,
-                    use_gpu: bool | str = "auto", seed: int = 0) -> IndexBuilder:
+                    use_gpu: UseGpu = "auto", seed: int = 0) -> IndexBuilder:
     """An IndexBuilder that reads all the store's vectors and calls ``build_index``."""
 
     def build(store: Any, which: str, factory: str) -> tuple[Any, dict]:
@@ -292,7 +294,7 @@ def default_builder(*, ivf_threshold: int = DEFAULT_IVF_THRESHOLD, nprobe: int |
 
 
 def build_or_update(store: Any, which: str = "ecg", index_path: str | os.PathLike | None = None,
-                    factory: str = "auto", *, use_gpu: bool | str = "auto", rebuild: bool = False,
+                    factory: str = "auto", *, use_gpu: UseGpu = "auto", rebuild: bool = False,
                     ivf_threshold: int = DEFAULT_IVF_THRESHOLD, nprobe: int | None = None, seed: int = 0,
                     builder: IndexBuilder | None = None, add_chunk: int = 65536,
                     ondisk: bool | None = None) -> tuple[Any, dict]:

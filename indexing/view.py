@@ -21,6 +21,7 @@ import numpy as np
 
 from indexing.errors import IndexingError, IndexStaleError
 from indexing.faiss_index import normalized, search
+from indexing.gpu import UseGpu
 from indexing.index_files import IndexAheadError, default_index_path, load_index
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class SearchView:
 
     @classmethod
     def open(cls, store: Any, which: str = "ecg", index_path: str | os.PathLike | None = None, *,
-             use_gpu: bool | str = False) -> SearchView:
+             use_gpu: UseGpu = False) -> SearchView:
         """The view over ``store`` as it is now; never writes a file."""
         if which not in ("ecg", "text"):
             raise IndexingError(f"unknown vector kind {which!r}; use 'ecg' or 'text'")

@@ -10,6 +10,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from etp_search.export.source import META_SCHEMA, Batch
+from indexing.gpu import UseGpu
 from indexing.index_files import IndexBuilder, build_or_update
 from indexing.store import EmbeddingStore
 
@@ -75,7 +76,7 @@ class StoreWriter:
         return len(ids)
 
     def finish(self, *, build_index: bool = True, factory: str = "auto", rebuild_index: bool = False,
-               use_gpu: bool | str = "auto", builder: IndexBuilder | None = None,
+               use_gpu: UseGpu = "auto", builder: IndexBuilder | None = None,
                max_index_memory: int | None = None, ondisk_lists: bool = False) -> dict[str, Any]:
         """Fold appended parts into the main file and build or extend, then save, the ECG and report
         indexes (queries only read them). ``builder`` replaces how a new index is made; for
