@@ -277,9 +277,9 @@ def test_text_query_ranks_records_with_the_label_above_the_rest(shipped_store, t
 
 def test_atrial_fibrillation_query_ranks_af_records_near_the_top(shipped_store):
     """4 of the 50 records are AFIB: one is in the top 3 and their average precision is far above
-    chance (~0.1). The shipped 16-epoch issue-9 checkpoint ranks them 2, 3, 4, 5 (AP 0.68; an atrial
-    flutter record is first); the 8-epoch one 2, 4, 6, 11 (AP 0.47); the one before issue 9 had an
-    AFIB record first."""
+    chance (~0.1). The shipped ResNet-18 checkpoint ranks them 1, 3, 4, 5 (AP 0.80); the small
+    encoder at 16 epochs 2, 3, 4, 5 (AP 0.68; an atrial flutter record first), at 8 epochs 2, 4, 6,
+    11 (AP 0.47); the one before issue 9 had an AFIB record first."""
     res = cli.invoke(app, ["query", "--store", str(shipped_store), "--text", "atrial fibrillation", "-k", "50", "--json"])
     assert res.exit_code == 0
     hits = json.loads(res.stdout)["hits"]

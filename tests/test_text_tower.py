@@ -116,7 +116,9 @@ def test_resaving_the_shipped_checkpoint_keeps_its_keys_and_size(shipped: EtpMod
     out = save_checkpoint(shipped, tmp_path / "ck", dtype=json.loads((default_checkpoint() / "config.json").read_text())["weights_dtype"])
     with safe_open(str(src), "pt") as a, safe_open(str(out / "model.safetensors"), "pt") as b:
         assert set(a.keys()) == set(b.keys())
-    assert (out / "model.safetensors").stat().st_size <= 20 * 2**20
+    # No text tower in the file (it alone would be ~90 MB): the same bytes as the shipped file, give
+    # or take the header.
+    assert abs((out / "model.safetensors").stat().st_size - src.stat().st_size) < 64 * 1024
     again = load_checkpoint(out)
     with torch.no_grad():
         torch.testing.assert_close(again.encode_text(TEXTS), shipped.encode_text(TEXTS))
