@@ -69,6 +69,9 @@ def test_two_gloo_ranks_give_the_store_of_one_process(tmp_path, ckpt, example_pt
     assert run.returncode == 0, run.stderr[-3000:]
     _same_store(store, single)
     assert existing_shards(store) == []  # merged shard stores are removed
+    # Rank 1 leaves the process group only after rank 0 has merged (destroying the group is
+    # collective; a rank leaving early can make gloo abort the one still working).
+    assert run.stderr.index("rank 1/2: leaving the process group") > run.stderr.index("merged 50 rows"), run.stderr[-2000:]
     summary = json.loads(run.stdout)  # rank 0 alone prints the job's summary
     assert summary["written"] == 50 and summary["rows"] == 50 and summary["records_found"] == 50
     assert summary["ecg_index"]["n_rows"] == 50 and summary["text_index"]["n_rows"] == 50

@@ -37,12 +37,13 @@ class DistEnv:
         return self.world_size > 1
 
 
-def init_distributed(device: str | None = None) -> DistEnv:
+def init_distributed(device: str | None = None, timeout_s: float | None = None) -> DistEnv:
     """Join the process group torchrun set up (RANK/WORLD_SIZE/LOCAL_RANK), or run alone.
 
     Args:
         device: "auto"/None (CUDA when available), "cpu", "cuda" or "cuda:N" (N is honoured by a
             single process; under torchrun each process takes the GPU of its LOCAL_RANK).
+        timeout_s: how long a collective may wait for the slowest rank (torch's default when None).
 
     Raises:
         ModelError: an unknown device string or a GPU this machine does not have.
@@ -62,7 +63,12 @@ def init_distributed(device: str | None = None) -> DistEnv:
         device = f"cuda:{index}"
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.startswith("cuda") else "gloo"
-        dist.init_process_group(backend=backend)
+        if timeout_s is None:
+            dist.init_process_group(backend=backend)
+        else:
+            from datetime import timedelta
+
+            dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
         log.info("rank %d/%d joined the %s process group", rank, world, backend)
     if dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()

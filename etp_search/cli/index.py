@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Annotated, Optional
@@ -9,6 +10,9 @@ from typing import Annotated, Optional
 import typer
 
 from etp_search.cli.common import DEFAULT_STORE, ProgressOpt, emit_json, fail, format_table, setup_logging, user_errors
+
+#: Under torchrun: how long a rank may wait in a collective for the others (6 h).
+INDEX_GROUP_TIMEOUT_S = 6 * 3600.0
 
 
 @user_errors
@@ -53,7 +57,9 @@ def index(
         # cuda:N); each rank embeds its shard, rank 0 merges and indexes (etp_search.export.shards).
         from training.distributed import cleanup, init_distributed
 
-        env = init_distributed(device)
+        # Every rank waits at the end for rank 0's merge and FAISS build (so none tears the group
+        # down under it), which at millions of rows takes longer than torch's default 30 minutes.
+        env = init_distributed(device, timeout_s=INDEX_GROUP_TIMEOUT_S)
         rank, world, device = env.rank, env.world_size, env.device
     try:
         summary = index_data(data_dir[0] if len(data_dir) == 1 else data_dir, store, checkpoint, batch_size=batch_size, workers=workers, device=device,
@@ -62,6 +68,7 @@ def index(
                              progress=progress and rank == 0, rank=rank, world_size=world).as_dict()
     finally:
         if world > 1:
+            logging.getLogger(__name__).info("rank %d/%d: leaving the process group", rank, world)
             cleanup()
     if rank != 0:
         return  # rank 0 prints the job's summary

@@ -336,8 +336,12 @@ def _index_sharded(source: Any, store: Path, ckpt: Path, dim: int, prov: dict[st
         all_skipped = _gather_skips(skipped)
         dist.barrier()  # every shard is complete
         if main is None:
-            return _summary(store, ckpt, device, source, shard.written, already, skipped, seconds,
-                            main_rows + shard.written)
+            out = _summary(store, ckpt, device, source, shard.written, already, skipped, seconds,
+                           main_rows + shard.written)
+            # Wait for rank 0's merge: a rank that leaves and tears down the group while rank 0 still
+            # works can make gloo abort rank 0 ("connection closed by peer"; destroy is collective).
+            dist.barrier()
+            return out
         t0 = time.perf_counter()
         found = shards.existing_shards(store)
         merged = shards.merge_shards(main, found, source.ids)
@@ -346,6 +350,7 @@ def _index_sharded(source: Any, store: Path, ckpt: Path, dim: int, prov: dict[st
         for p in found:  # only once their rows are safely in the compacted main file
             shards.remove_store_files(p)
         seconds = time.perf_counter() - t0 + float(slowest.item())
+        dist.barrier()  # the job is done: every rank may now leave the group
     finally:
         if main is not None:
             main.close()
