@@ -311,7 +311,8 @@ def markdown(res: dict) -> str:
     a = res["append"]
     per_run = "; ".join(f"{r['clients']} clients: {r['rows_before']} -> {r['rows_after']} rows in {r['index_seconds']} s "
                         f"(model load included), load for {r['level_seconds']} s of it" for r in a["runs"])
-    lines += ["", f"While appending: one `etp-search index` run per level over a new share of the records, "
+    lines += ["", f"While appending: one `etp-search index --batch-size 16 --append-every 16` run per level (each batch "
+              "is appended as soon as it is embedded) over a new share of the records, "
               f"{a['rows_added']} rows in all ({a['rows_before']} -> {a['rows_after']}); each level starts when its "
               f"run's first batch lands and stops when the run ends (or after {res['seconds']} s): {per_run}. "
               f"Responses saw {a['distinct_rows_seen']} different row counts, "
@@ -423,7 +424,7 @@ def main() -> None:
         rest = files[first:]
         shares = [rest[i * len(rest) // len(args.clients):(i + 1) * len(rest) // len(args.clients)]
                   for i in range(len(args.clients))]
-        proc, url = start_server(store2, "--refresh", "0.5")
+        proc, url = start_server(store2, "--refresh", "0.5", "--text-cache", "0")
         runs, appending, idx_rcs = [], [], []
         try:
             with EmbeddingStore.open(store2) as st:
@@ -433,7 +434,7 @@ def main() -> None:
                 copy_records(args.data, data2, share)
                 rows0 = httpx.get(url + "/api/v1/health").json()["rows"]
                 t_idx = time.perf_counter()
-                idx = subprocess.Popen([str(exe), "index", str(data2), "--store", str(store2), "--batch-size", "16"],
+                idx = subprocess.Popen([str(exe), "index", str(data2), "--store", str(store2), "--batch-size", "16", "--append-every", "16"],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 done = threading.Event()
                 threading.Thread(target=lambda p=idx, e=done: (p.wait(), e.set()), daemon=True).start()

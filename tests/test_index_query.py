@@ -358,3 +358,30 @@ def test_reports_of_a_run_go_to_the_tower_in_one_call_and_the_store_is_the_batch
     index_data(example_ptbxl, tmp_path / "per_batch.h5", ckpts[0], batch_size=8, workers=0, progress=False,
                build_index=False)
     assert len(calls) > 1 and sum(calls) == distinct  # a call per batch with new reports; the rest memoised
+
+
+def test_append_every_lands_rows_batch_by_batch_from_the_cli(tmp_path, ckpts, example_ptbxl, monkeypatch):
+    """`index --append-every 8` appends each batch of 8 as soon as it is embedded (a served store sees
+    rows sooner); the default lets up to 2,048 rows wait for one report-tower call."""
+    from etp_search.export.writer import StoreWriter
+
+    sizes: list[int] = []
+    real = StoreWriter.write
+
+    def recording(self, batch, *a, **kw):
+        n = real(self, batch, *a, **kw)
+        sizes.append(len(self.store))
+        return n
+
+    monkeypatch.setattr(StoreWriter, "write", recording)
+    args = ["index", str(example_ptbxl), "--checkpoint", str(ckpts[0]), "--batch-size", "8", "--workers", "0",
+            "--no-progress", "--factory", "Flat"]
+    res = cli.invoke(app, args + ["--store", str(tmp_path / "a.h5"), "--append-every", "8"])
+    assert res.exit_code == 0, res.output
+    assert sizes == [8, 16, 24, 32, 40, 48, 50]
+    sizes.clear()
+    res = cli.invoke(app, args + ["--store", str(tmp_path / "b.h5")])
+    assert res.exit_code == 0, res.output
+    assert sizes[-1] == 50 and len(sizes) == 7  # the same batches, all appended after the last was embedded
+    bad = cli.invoke(app, args + ["--store", str(tmp_path / "c.h5"), "--append-every", "0"])
+    assert bad.exit_code != 0 and "--append-every" in bad.output and not (tmp_path / "c.h5").exists()

@@ -28,6 +28,7 @@ def index(
     factory: Annotated[str, typer.Option(help="FAISS index: 'auto' (Flat below 200k rows, IVF-Flat to 3M, IVF-PQ+refine beyond or when --max-index-memory says so) or a factory string like 'IVF1024,Flat'.")] = "auto",
     max_index_memory: Annotated[Optional[str], typer.Option(help="RAM budget of each index for --factory auto, e.g. 4G or 512M (default: no limit).")] = None,
     ondisk_lists: Annotated[bool, typer.Option("--ondisk-lists", help="For --factory auto: keep IVF inverted lists in STORE.<ecg|text>.faiss.ivfdata, memory-mapped by queries (outside the RAM budget; rebuilt, not extended, when rows are added).")] = False,
+    append_every: Annotated[int, typer.Option(min=1, help="Rows embedded before they are appended together (their new reports go through the text tower in one call); 1: append each batch at once, so a served store sees rows sooner.")] = 2048,
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Start the store afresh (e.g. after changing checkpoint).")] = False,
     rebuild_index: Annotated[bool, typer.Option("--rebuild-index", help="Rebuild the FAISS indexes from the store.")] = False,
     progress: ProgressOpt = True,
@@ -65,7 +66,8 @@ def index(
         summary = index_data(data_dir[0] if len(data_dir) == 1 else data_dir, store, checkpoint, batch_size=batch_size, workers=workers, device=device,
                              rebuild=rebuild, rebuild_index=rebuild_index, sampling_rate=sampling_rate,
                              text_source=text_source, factory=factory, max_index_memory=budget, ondisk_lists=ondisk_lists,
-                             progress=progress and rank == 0, rank=rank, world_size=world).as_dict()
+                             progress=progress and rank == 0, rank=rank, world_size=world,
+                             append_every=append_every).as_dict()
     finally:
         if world > 1:
             logging.getLogger(__name__).info("rank %d/%d: leaving the process group", rank, world)

@@ -108,6 +108,7 @@ def index_data(
     progress: bool = True,
     rank: int = 0,
     world_size: int = 1,
+    append_every: int | None = None,
 ) -> IndexSummary:
     """Embed every record of ``data`` (dataset folder or signal cache) into ``store`` and index it.
 
@@ -123,6 +124,10 @@ def index_data(
     the records at positions ``rank`` mod ``world_size`` into its own shard store, then rank 0
     merges the shards into ``store`` in source order (the same store as one process) and indexes
     it. Needs the process group initialised (``training.distributed.init_distributed``).
+
+    ``append_every`` (default ``TEXT_DEFER_ROWS``): rows whose report vectors wait to be encoded
+    together before they are appended; 1 appends each batch as soon as it is embedded (rows reach a
+    served store sooner, the report tower runs in smaller calls).
 
     Returns:
         IndexSummary: records found, written now, skipped by reason, total rows, seconds, rec/s, indexes.
@@ -141,6 +146,8 @@ def index_data(
     # Opened once, before the store, so a wrong folder fails without touching any store.
     source = open_source(paths, preset, text_source=text_source, sampling_rate=sampling_rate,
                          batch_size=batch_size, workers=workers)
+    if append_every is not None and append_every < 1:
+        raise EtpError(f"--append-every must be at least 1 row (got {append_every})")
     if source.total == 0:
         raise DataError(f"{paths} holds no readable {source.format_name} records; check the folder (`etp-search info {paths}`)")
     if ondisk_lists and factory != "auto":
@@ -156,7 +163,7 @@ def index_data(
     mapper = EtpMapper(model, device)
     if world_size > 1:
         return _index_sharded(source, store, ckpt, cfg.embed_dim, prov, mapper, device, rank=rank,
-                              world_size=world_size, rebuild=rebuild, progress=progress,
+                              world_size=world_size, rebuild=rebuild, progress=progress, append_every=append_every,
                               finish_kw=dict(build_index=build_index, factory=factory, rebuild_index=rebuild_index,
                                              builder=builder, max_index_memory=max_index_memory,
                                              ondisk_lists=ondisk_lists))
@@ -181,7 +188,7 @@ def index_data(
                 todo = [i for i in source.todo(writer.done_ids, shard.done_ids) if not in_left[i]]
                 logger.info("%s; %d to embed, %d in the shards of an interrupted torchrun run or in %s",
                             source.summary_line, len(todo), source.total - len(todo), store)
-                skipped, seconds = _embed(source, todo, shard, mapper, progress)
+                skipped, seconds = _embed(source, todo, shard, mapper, progress, defer_rows=append_every)
                 if shard.written:
                     shard.store.compact()
             finally:
@@ -194,7 +201,7 @@ def index_data(
             todo = source.todo(writer.done_ids)
             logger.info("%s; %d to embed, %d already in %s", source.summary_line, len(todo),
                         source.total - len(todo), store)
-            skipped, seconds = _embed(source, todo, writer, mapper, progress)
+            skipped, seconds = _embed(source, todo, writer, mapper, progress, defer_rows=append_every)
         index_info = writer.finish(build_index=build_index, factory=factory, rebuild_index=rebuild_index,
                                    builder=builder, max_index_memory=max_index_memory, ondisk_lists=ondisk_lists)
         for p in left:
@@ -293,7 +300,7 @@ def _embed(source: Any, todo: list[int], writer: StoreWriter, mapper: EtpMapper,
 
 def _index_sharded(source: Any, store: Path, ckpt: Path, dim: int, prov: dict[str, Any], mapper: EtpMapper,
                    device: str, *, rank: int, world_size: int, rebuild: bool, progress: bool,
-                   finish_kw: dict[str, Any]) -> IndexSummary:
+                   finish_kw: dict[str, Any], append_every: int | None = None) -> IndexSummary:
     """One rank's part of a torchrun ``index`` (see ``etp_search.export.shards``)."""
     import torch.distributed as dist
 
@@ -325,7 +332,7 @@ def _index_sharded(source: Any, store: Path, ckpt: Path, dim: int, prov: dict[st
             logger.info("rank %d/%d: %s; %d to embed in shard %s", rank, world_size, source.summary_line,
                         len(mine), shard.path.name)
             skipped, seconds = _embed(source, mine, shard, mapper, progress and rank == 0,
-                                      shards.die_hook(rank))
+                                      shards.die_hook(rank), defer_rows=append_every)
             if shard.written:
                 shard.store.compact()
         finally:
