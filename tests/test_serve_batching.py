@@ -147,6 +147,50 @@ def test_remembered_text_vectors_give_the_same_hits_and_skip_the_tower(engine: E
         batcher.close()
 
 
+def test_a_text_query_batched_with_uploads_does_not_wait_for_the_ecg_tower(engine: Engine, plain: Searcher) -> None:
+    """Within one batch, text and stored-record queries are answered before the uploads' ECG forward
+    (the slow part of a batch), and the uploads still get their own hits."""
+    held, release, in_ecg, ecg_go = threading.Event(), threading.Event(), threading.Event(), threading.Event()
+    texts_seen: list[int] = []
+
+    def encode_text(texts: list[str]) -> np.ndarray:
+        texts_seen.append(len(texts))
+        if len(texts_seen) == 1:
+            held.set()
+            release.wait(30)  # hold the thread so the next jobs form one batch
+        return engine.encode_text(texts)
+
+    def encode_ecg(x: np.ndarray) -> np.ndarray:
+        in_ecg.set()
+        ecg_go.wait(30)
+        return engine.encode_preprocessed(x)
+
+    batcher = Batcher(encode_text, encode_ecg, text_cache=0)
+    snap = engine.snapshot
+    rec17 = engine.record_signal("17")  # a real record, read again from the example folder
+    x = np.asarray(engine.prepare_signal(rec17.signal, rec17.fs), np.float32)
+    try:
+        first = batcher.submit(Job("text", TEXTS[0], 3, "ecg", (), snap))
+        assert held.wait(30)
+        up = batcher.submit(Job("ecg", x, 4, "ecg", (), snap))
+        text = batcher.submit(Job("text", TEXTS[1], 4, "ecg", (), snap))
+        rec = batcher.submit(Job("record", "17", 4, "ecg", (), snap))
+        release.set()
+        assert in_ecg.wait(30)  # the compute thread is now inside the ECG tower ...
+        assert _pairs(text.result(30)[0]) == _pairs(plain.query_text(TEXTS[1], 4))  # ... and these are answered
+        assert _pairs(rec.result(30)[0]) == _pairs(plain.query_record("17", 4))
+        assert not up.done()
+        ecg_go.set()
+        hits, _ = up.result(30)
+        want = plain.search_vector(np.asarray(engine.encode_preprocessed(x[None]), np.float32), 4, "ecg")
+        assert _pairs(hits) == _pairs(want)
+        assert _pairs(first.result(30)[0]) == _pairs(plain.query_text(TEXTS[0], 3))
+    finally:
+        release.set()
+        ecg_go.set()
+        batcher.close()
+
+
 def test_engine_reports_its_batches(engine: Engine) -> None:
     before = engine.info()["batching"]
     engine.query_text("sinus rhythm", 3)
