@@ -223,13 +223,25 @@ def job_store(work: Path, n: int, batch: int = 10_000) -> dict:
         store.ecg(np.array([r]))
         one.append(time.perf_counter() - t)
     size = path.stat().st_size + sum(p.stat().st_size for p in Path(str(path) + ".parts").glob("*.h5"))
+    parts = len(list(Path(str(path) + ".parts").glob("*.h5")))
+    # Compaction: fold every tier part into one main file (what `index` does at the end of a run).
+    t = time.perf_counter()
+    store.compact()
+    compact_s = time.perf_counter() - t
+    t = time.perf_counter()
+    total_c = 0
+    for a in range(0, n, 65_536):
+        total_c += len(store.ecg(slice(a, min(n, a + 65_536))))
+    seq_c_s = time.perf_counter() - t
     store.close()
     quarter = max(1, len(per_batch) // 4)
     return {"rows": n, "append_rows_per_s": n / append_s, "append_s": append_s,
             "first_quarter_batch_ms": 1e3 * float(np.median(per_batch[:quarter])),
             "last_quarter_batch_ms": 1e3 * float(np.median(per_batch[-quarter:])),
             "open_s": open_s, "seq_read_rows_per_s": total / seq_s, "random_1000_rows_ms": rand_s * 1e3,
-            "one_row_p50_ms": 1e3 * float(np.median(one)), "bytes_on_disk": size, "peak_rss_mb": _rss_mb()}
+            "one_row_p50_ms": 1e3 * float(np.median(one)), "bytes_on_disk": size, "parts_before_compact": parts,
+            "compact_s": compact_s, "compact_rows_per_s": n / compact_s if compact_s > 0 else None,
+            "seq_read_rows_per_s_compacted": total_c / seq_c_s, "peak_rss_mb": _rss_mb()}
 
 
 def job_ids(work: Path, n: int) -> dict:
@@ -439,6 +451,16 @@ def _write(doc: dict, out: Path) -> None:
             continue
         lines.append(f"| {int(n):,} | {s['append_rows_per_s']:,.0f} | {s['first_quarter_batch_ms']:.0f} / {s['last_quarter_batch_ms']:.0f} | "
                      f"{s['seq_read_rows_per_s']:,.0f} | {s['random_1000_rows_ms']:.1f} | {s['one_row_p50_ms']:.2f} | {s['bytes_on_disk'] / 2**20:.0f} |")
+    comp = [(n, res["store"]) for n, res in sorted(doc["sizes"].items(), key=lambda kv: int(kv[0]))
+            if "compact_s" in res.get("store", {})]
+    if comp:
+        lines += ["", "Compaction (`EmbeddingStore.compact`: every tier part folded into one new main file, written "
+                  "aside and renamed; `index` does it at the end of a run), right after the appends above:", "",
+                  "| rows | parts before | compact s | rows/s | seq read after compaction rows/s |",
+                  "|---:|---:|---:|---:|---:|"]
+        for n, s in comp:
+            lines.append(f"| {int(n):,} | {s['parts_before_compact']} | {s['compact_s']:.1f} | "
+                         f"{s['compact_rows_per_s']:,.0f} | {s['seq_read_rows_per_s_compacted']:,.0f} |")
     ids = [(n, res["ids"]) for n, res in sorted(doc["sizes"].items(), key=lambda kv: int(kv[0]))
            if "ids_at_10_p50_ms" in res.get("ids", {})]
     if ids:
