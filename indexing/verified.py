@@ -31,7 +31,7 @@ from indexing._io import atomic_write
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["cache_file", "forget", "identity", "is_verified", "full_verify_requested", "remember"]
+__all__ = ["cache_file", "full_verify_requested", "identity", "is_verified", "remember"]
 
 RECORD_NAME = "verified-files.json"
 _SETTLE_NS = 2_000_000_000
@@ -86,13 +86,6 @@ def remember(path: str | os.PathLike, st: os.stat_result, sha256: str) -> bool:
         for k in keep[:len(data) - _MAX_ENTRIES]:
             del data[k]
     return _write(data)
-
-
-def forget(path: str | os.PathLike) -> None:
-    """Drop the record of ``path`` (the writer replaced it; the next load hashes it)."""
-    data = _read()
-    if data.pop(os.path.realpath(path), None) is not None:
-        _write(data)
 
 
 def _write(data: dict) -> bool:
