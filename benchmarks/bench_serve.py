@@ -269,7 +269,7 @@ def screenshots(store: Path, out: Path, upload: tuple[Path, Path]) -> list[str]:
 
 
 def _cached_ratio(cached: list[dict]) -> dict:
-    """16-client p99 over the single-client median, both with the text cache on (same server)."""
+    """16-client p99 over the single-client median, both on the same (ablation) server."""
     one = next((r for r in cached if r["clients"] == 1), None)
     many = next((r for r in cached if r["clients"] == 16), None)
     if one is None or many is None:
@@ -282,8 +282,8 @@ def markdown(res: dict) -> str:
     base, hp, t = res["in_process"], res["http_paired"], res["targets"]
     lines = ["# `etp-search serve` under load", "",
              f"{res['machine']}; store: {res['rows']} PTB-XL records ({res['index']}); server: `etp-search serve` "
-             f"(one compute thread batches the encodings and FAISS searches of concurrent requests, up to "
-             f"{res['max_batch']} at once, on 1 torch + 1 FAISS thread; {res['server_workers']} pool threads parse "
+             f"(two compute threads, one for texts and stored records and one for uploads, each batch the encodings and "
+             f"FAISS searches of concurrent requests, up to {res['max_batch']} at once, on 1 torch + 1 FAISS thread each; {res['server_workers']} pool threads parse "
              "uploads; `--text-cache 0` unless a line says otherwise, so every text query runs the text tower, as in "
              "process); clients: Python threads with keep-alive httpx connections on the same machine; query mix "
              f"per 10 requests: 5 text, 3 stored record, 2 WFDB upload; k={K}; {res['seconds']} s per level; load avg "
@@ -299,7 +299,8 @@ def markdown(res: dict) -> str:
              f"| HTTP, paired with the line above | 1 | {hp['rps']} | {hp['p50_ms']} | {hp['p99_ms']} | 0 | "
              f"{hp['by_kind']['text']['p50_ms']} | {hp['by_kind']['record']['p50_ms']} | {hp['by_kind']['upload']['p50_ms']} "
              f"| | | | {hp['load_avg_1min']} |"]
-    for phase, title in (("idle", "HTTP"), ("unbatched", "HTTP, `--max-batch 1` (each search alone on the compute thread), same run"),
+    for phase, title in (("idle", "HTTP"), ("unbatched", "HTTP, `--max-batch 1` (each search alone on its compute thread), same run"),
+                         ("one_lane", "HTTP, `--lanes 1` (uploads' ECG forward on the same compute thread as texts), same run"),
                          ("cached", "HTTP, text vectors remembered (the default `--text-cache 1024`; the mix's texts repeat)"),
                          ("appending", "HTTP while `index` appends")):
         for r in res.get(phase, []):
@@ -332,6 +333,9 @@ def markdown(res: dict) -> str:
                  f"the tower after their first): 16 clients p99 {t['cached']['p99_16']} ms = {t['cached']['ratio']}x "
                  f"that server's single-client median {t['cached']['p50_1']} ms ({t['cached']['rps_16']} requests/s "
                  "at 16). This shows what repeated queries cost, not what new ones do."] if t.get("cached") else []),
+              *([f"- With one compute thread (`--lanes 1`, the server before this option): 16 clients p99 "
+                 f"{t['one_lane']['p99_16']} ms = {t['one_lane']['ratio']}x that server's single-client median "
+                 f"{t['one_lane']['p50_1']} ms ({t['one_lane']['rps_16']} requests/s at 16)."] if t.get("one_lane") else []),
               f"- CPU: at 16 clients the server used {t['server_cpu_16']} ms and the clients {t['client_cpu_16']} ms of "
               f"CPU per request, so {os.cpu_count()} cores fully ours would allow at most "
               f"{t['rps_cpu_bound_16']} requests/s (measured {t['rps_16']}, load avg {t['load_16']}).",
@@ -401,6 +405,16 @@ def main() -> None:
                             {k: v for k, v in unbatched[-1].items() if k != "by_kind"})
             finally:
                 stop_server(proc)
+        # --- ablation, same run: one compute thread for every search (uploads' ECG forward in line)
+        one_lane = []
+        if args.clients and not args.no_ablation:
+            proc, url = start_server(store, "--lanes", "1", "--text-cache", "0")
+            try:
+                for n in sorted({min(args.clients), max(args.clients)}):
+                    one_lane.append(load(url, queries, n, args.seconds, proc.pid))
+                    logger.info("%d clients, --lanes 1: %s", n, {k: v for k, v in one_lane[-1].items() if k != "by_kind"})
+            finally:
+                stop_server(proc)
         # --- the server's default: text vectors remembered (the mix asks its texts again and again)
         cached = []
         if args.clients and not args.no_ablation:
@@ -464,13 +478,13 @@ def main() -> None:
     p99_16 = next((r["p99_ms"] for r in idle if r["clients"] == 16), float("nan"))
     level16 = next((r for r in idle if r["clients"] == 16), {})
     by_kind = overhead_pairs["median_diff_by_kind_ms"]
-    errors = sum(r["errors"] for r in idle + unbatched + cached + appending)
+    errors = sum(r["errors"] for r in idle + unbatched + one_lane + cached + appending)
     overhead = round(max(by_kind.values()), 2)  # the worst kind, not the mix
     res = {"benchmark": "serve", "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "rows": rows,
            "index": f"{info['indexes']['ecg']['factory']} index", "server_workers": info["workers"],
            "max_batch": info["batching"]["max_batch"],
            "seconds": args.seconds, "in_process": baseline, "http_paired": http_paired,
-           "encode_ms": encode, "overhead_pairs": overhead_pairs, "idle": idle, "unbatched": unbatched, "cached": cached, "appending": appending,
+           "encode_ms": encode, "overhead_pairs": overhead_pairs, "idle": idle, "unbatched": unbatched, "one_lane": one_lane, "cached": cached, "appending": appending,
            "append": {"rows_before": before, "rows_after": after, "rows_added": after - before, "runs": runs,
                       "rows_seen_min": min(min(r["rows_seen"]) for r in appending),
                       "rows_seen_max": max(max(r["rows_seen"]) for r in appending),
@@ -490,7 +504,7 @@ def main() -> None:
                                                                         + level16.get("client_cpu_ms_per_request", 0)), 1)
                        if level16.get("server_cpu_ms_per_request") else float("nan"),
                        "load_16": level16.get("load_avg_1min"),
-                       "cached": _cached_ratio(cached)},
+                       "cached": _cached_ratio(cached), "one_lane": _cached_ratio(one_lane)},
            "screenshots": shots, "command": "python benchmarks/bench_serve.py " + " ".join(sys.argv[1:])}
     args.out.mkdir(parents=True, exist_ok=True)
     name = f"serve_{args.tag}" if args.tag else "serve"

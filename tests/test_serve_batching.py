@@ -165,7 +165,7 @@ def test_a_text_query_batched_with_uploads_does_not_wait_for_the_ecg_tower(engin
         ecg_go.wait(30)
         return engine.encode_preprocessed(x)
 
-    batcher = Batcher(encode_text, encode_ecg, text_cache=0)
+    batcher = Batcher(encode_text, encode_ecg, text_cache=0, lanes=1)  # one thread: the batch's order
     snap = engine.snapshot
     rec17 = engine.record_signal("17")  # a real record, read again from the example folder
     x = np.asarray(engine.prepare_signal(rec17.signal, rec17.fs), np.float32)
@@ -191,8 +191,48 @@ def test_a_text_query_batched_with_uploads_does_not_wait_for_the_ecg_tower(engin
         batcher.close()
 
 
+def test_with_two_lanes_texts_arriving_during_an_ecg_forward_are_not_queued_behind_it(
+        engine: Engine, plain: Searcher) -> None:
+    """Two compute threads: while one upload's ECG forward runs, text and record queries that come
+    after it are encoded, searched and answered on the other thread (with one thread they wait)."""
+    in_ecg, ecg_go = threading.Event(), threading.Event()
+    lanes_seen: set[str] = set()
+
+    def encode_text(texts: list[str]) -> np.ndarray:
+        lanes_seen.add(threading.current_thread().name)
+        return engine.encode_text(texts)
+
+    def encode_ecg(x: np.ndarray) -> np.ndarray:
+        lanes_seen.add(threading.current_thread().name)
+        in_ecg.set()
+        ecg_go.wait(30)
+        return engine.encode_preprocessed(x)
+
+    batcher = Batcher(encode_text, encode_ecg, text_cache=0, lanes=2)
+    snap = engine.snapshot
+    rec17 = engine.record_signal("17")
+    x = np.asarray(engine.prepare_signal(rec17.signal, rec17.fs), np.float32)
+    try:
+        up = batcher.submit(Job("ecg", x, 4, "ecg", (), snap))
+        assert in_ecg.wait(30)  # the upload's forward is running and held ...
+        for t in TEXTS[:3]:  # ... and texts asked after it are answered, one batch each
+            assert _pairs(batcher.submit(Job("text", t, 4, "ecg", (), snap)).result(30)[0]) == _pairs(plain.query_text(t, 4))
+        assert _pairs(batcher.submit(Job("record", "17", 4, "ecg", (), snap)).result(30)[0]) == _pairs(plain.query_record("17", 4))
+        assert not up.done()
+        ecg_go.set()
+        want = plain.search_vector(np.asarray(engine.encode_preprocessed(x[None]), np.float32), 4, "ecg")
+        assert _pairs(up.result(30)[0]) == _pairs(want)
+        assert lanes_seen == {"etp-serve-compute", "etp-serve-ecg"}
+    finally:
+        ecg_go.set()
+        batcher.close()
+    with pytest.raises(ValueError, match="lanes must be 1 or 2"):
+        Batcher(encode_text, encode_ecg, lanes=3)
+
+
 def test_engine_reports_its_batches(engine: Engine) -> None:
     before = engine.info()["batching"]
     engine.query_text("sinus rhythm", 3)
     after = engine.info()["batching"]
     assert after["queries"] == before["queries"] + 1 and after["max_batch"] >= 8
+    assert after["lanes"] == 2  # the default: uploads on their own compute thread

@@ -23,6 +23,7 @@ def serve(
     threads: Annotated[int, typer.Option(min=1, help="Torch threads (1 is fastest under concurrent load).")] = 1,
     max_batch: Annotated[int, typer.Option(min=1, max=256, help="Most concurrent searches encoded and searched in one batch (1: no batching).")] = 32,
     text_cache: Annotated[int, typer.Option(min=0, max=1_000_000, help="Query texts whose vectors are remembered (0: encode every text query).")] = 1024,
+    lanes: Annotated[int, typer.Option(min=1, max=2, help="Compute threads: 2 runs uploads' ECG forward beside text and record searches; 1 runs every search on one.")] = 2,
     refresh: Annotated[float, typer.Option(min=0, help="Seconds between checks for rows `index` appended (0: never).")] = 2.0,
     max_upload_mb: Annotated[float, typer.Option(min=0.1, help="Largest request body (an upload) in MB.")] = 20.0,
     cors_origin: Annotated[Optional[list[str]], typer.Option(help="Origin allowed to call the API from another page (repeatable; default: none).")] = None,
@@ -45,7 +46,7 @@ def serve(
 
     _check_port_free(host, port)  # before the model loads, so a taken port fails in a second, not ten
     engine = Engine(store, checkpoint=checkpoint, device=device, workers=workers, threads=threads, refresh_s=refresh,
-                    max_batch=max_batch, text_cache=text_cache)
+                    max_batch=max_batch, text_cache=text_cache, lanes=lanes)
     # Open on loopback: only loopback Host names, so another site's page cannot reach it by DNS rebinding.
     hosts = LOOPBACK_NAMES if is_loopback(host) and not token else None
     app = create_app(engine, token=token, max_upload=int(max_upload_mb * 1024 * 1024), allowed_hosts=hosts,

@@ -1,4 +1,4 @@
-"""Dynamic micro-batching: one compute thread encodes and searches the queries of concurrent requests.
+"""Dynamic micro-batching: compute threads encode and search the queries of concurrent requests.
 
 Each search request becomes a ``Job`` on a queue. The compute thread takes the first job waiting
 and every other job that arrived meanwhile (up to ``MAX_BATCH``), so a lone client never waits for
@@ -22,6 +22,13 @@ query text (the page re-asks it when k or a filter changes; "atrial fibrillation
 everyone) is encoded once. The model is fixed for the server's life, so a remembered vector is the
 vector the tower would give again.
 
+Two lanes (the default, ``lanes=2``): texts and stored records go to one compute thread, uploads to
+a second one, each batching its own queue the same way, each on one torch and one OpenMP thread.
+An upload's ECG forward (ResNet-18: ~18 ms alone, ~150 ms for 16) then no longer holds up the text
+and record queries that arrive while it runs, and the two forwards use both cores; bench_serve.py
+measures both settings in one run (``--lanes 1``: every search on one thread, in the order above).
+Text vectors are only ever touched by the text lane.
+
 A job that fails (unknown id, bad filter) fails alone: a batch whose encoding raises is retried
 one job at a time, and a search group's error goes to the jobs of that group only.
 """
@@ -44,6 +51,8 @@ logger = logging.getLogger(__name__)
 MAX_BATCH = 32
 #: Query texts whose vectors the compute thread remembers (a vector is 1 KB at 256-d).
 TEXT_CACHE = 1024
+#: Compute threads: 2 gives uploads (the ECG forward) their own thread beside texts and records.
+LANES = 2
 
 
 @dataclass
@@ -73,31 +82,41 @@ class Batcher:
 
     def __init__(self, encode_text: Callable[[list[str]], np.ndarray],
                  encode_ecg: Callable[[np.ndarray], np.ndarray], max_batch: int = MAX_BATCH,
-                 text_cache: int = TEXT_CACHE):
+                 text_cache: int = TEXT_CACHE, lanes: int = LANES):
+        if lanes not in (1, 2):
+            raise ValueError(f"lanes must be 1 or 2 (got {lanes})")
         self._encode_text = encode_text
         self._encode_ecg = encode_ecg
         self.max_batch = max(1, max_batch)
         self.text_cache = max(0, text_cache)
+        self.lanes = lanes
         self._text_vectors: OrderedDict[str, np.ndarray] = OrderedDict()
         self.text_hits = 0
         self.texts_encoded = 0
-        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        # lane 0: texts and stored records (and uploads, with one lane); lane 1: uploads
+        self._queues: list[queue.SimpleQueue[Job | None]] = [queue.SimpleQueue() for _ in range(lanes)]
         self._stats_lock = threading.Lock()
         self.batches = 0
         self.jobs = 0
         self.largest = 0
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="etp-serve-compute")
-        self._thread.start()
+        names = ["etp-serve-compute", "etp-serve-ecg"]
+        self._threads = [threading.Thread(target=self._loop, args=(q,), daemon=True, name=names[i])
+                         for i, q in enumerate(self._queues)]
+        for t in self._threads:
+            t.start()
 
     def submit(self, job: Job) -> Future:
-        if not self._thread.is_alive():
+        lane = 1 if self.lanes == 2 and job.kind == "ecg" else 0
+        if not self._threads[lane].is_alive():
             raise RuntimeError("the server is shutting down")
-        self._queue.put(job)
+        self._queues[lane].put(job)
         return job.future
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=10)
+        for q in self._queues:
+            q.put(None)
+        for t in self._threads:
+            t.join(timeout=10)
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -109,18 +128,18 @@ class Batcher:
 
     # ------------------------------------------------------------------ the compute thread
 
-    def _loop(self) -> None:
+    def _loop(self, jobs_queue: queue.SimpleQueue[Job | None]) -> None:
         import torch
 
         stop = False
         while not stop:
-            job = self._queue.get()
+            job = jobs_queue.get()
             if job is None:
                 break
             jobs = [job]
             while len(jobs) < self.max_batch:
                 try:
-                    nxt = self._queue.get_nowait()
+                    nxt = jobs_queue.get_nowait()
                 except queue.Empty:
                     break
                 if nxt is None:
@@ -140,7 +159,7 @@ class Batcher:
                     _fail(j, exc)
         while True:  # refuse what is still queued
             try:
-                left = self._queue.get_nowait()
+                left = jobs_queue.get_nowait()
             except queue.Empty:
                 break
             if left is not None:

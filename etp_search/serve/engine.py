@@ -7,8 +7,8 @@ and the rows appended since exactly. A background thread notices new part files,
 and swaps the snapshot in one assignment, sharing the loaded indexes (nothing is copied or built);
 requests already running finish on the snapshot they started with, so none sees half an update.
 
-Concurrency: searches go to one compute thread (``serve.batching``) that encodes the texts and
-ECGs of concurrent requests in one forward pass each and runs their FAISS searches as batched
+Concurrency: searches go to two compute threads (``serve.batching``: one for texts and stored
+records, one for uploads) that encode the texts and ECGs of concurrent requests in one forward pass each and runs their FAISS searches as batched
 searches, on one torch and one OpenMP thread (two torch threads under load turned a 6 ms text
 encoding into ~290 ms on this project's machine). Other CPU work (parsing uploads, preprocessing,
 plots, zero-shot) runs in a bounded thread pool (``workers``, default: the cores). What a hit shows
@@ -32,7 +32,7 @@ import numpy as np
 from etp_search.errors import DataError, EtpError
 from etp_search.records import EcgRecord
 from etp_search.search import Hit, Searcher, Target, check_text
-from etp_search.serve.batching import MAX_BATCH, TEXT_CACHE, Batcher, Job
+from etp_search.serve.batching import LANES, MAX_BATCH, TEXT_CACHE, Batcher, Job
 
 if TYPE_CHECKING:
     from etp_search.preprocess import Preset
@@ -99,11 +99,12 @@ class Engine:
         refresh_s: Seconds between checks for rows appended by another process; 0 disables.
         max_batch: Most concurrent searches the compute thread encodes and searches at once (1: none).
         text_cache: Most query texts whose vectors are remembered (0: every text query is encoded).
+        lanes: Compute threads: 1 (every search on one thread) or 2 (uploads' ECG forward on its own).
     """
 
     def __init__(self, store_path: str | Path, checkpoint: str | Path | None = None, device: str | None = None,
                  factory: str = "auto", workers: int | None = None, threads: int = 1, refresh_s: float = 2.0,
-                 max_batch: int = MAX_BATCH, text_cache: int = TEXT_CACHE):
+                 max_batch: int = MAX_BATCH, text_cache: int = TEXT_CACHE, lanes: int = LANES):
         import faiss
         import torch
 
@@ -134,7 +135,7 @@ class Engine:
         self.snapshot = self._build_snapshot(first, self._signature())
         self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="etp-serve")
         self.batcher = Batcher(self.encode_text, self.encode_preprocessed, max_batch=max_batch,
-                               text_cache=text_cache)
+                               text_cache=text_cache, lanes=lanes)
         self._stop = threading.Event()
         self._refresher: threading.Thread | None = None
         if refresh_s > 0:
@@ -434,5 +435,5 @@ class Engine:
                 "checkpoint": {"name": self.checkpoint.name, "sha256": prov.get("checkpoint_sha256")},
                 "preset": self.preset.name, "dataset_format": prov.get("dataset_format"),
                 "text_source": prov.get("text_source"), "indexes": indexes, "where_columns": cols,
-                "workers": self.workers, "batching": {"max_batch": self.batcher.max_batch, **self.batcher.stats},
+                "workers": self.workers, "batching": {"max_batch": self.batcher.max_batch, "lanes": self.batcher.lanes, **self.batcher.stats},
                 "version": etp_search.__version__}
