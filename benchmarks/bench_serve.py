@@ -268,6 +268,22 @@ def screenshots(store: Path, out: Path, upload: tuple[Path, Path]) -> list[str]:
     return saved
 
 
+def ablation(store: Path, queries: Queries, levels: list[int], args: argparse.Namespace, *server_args: str) -> list[dict]:
+    """The given client levels against a fresh server started with ``server_args`` (none with --no-ablation)."""
+    if args.no_ablation or not levels:
+        return []
+    out = []
+    proc, url = start_server(store, *server_args)
+    try:
+        for n in levels:
+            out.append(load(url, queries, n, args.seconds, proc.pid))
+            logger.info("%d clients, server %s: %s", n, " ".join(server_args) or "defaults",
+                        {k: v for k, v in out[-1].items() if k != "by_kind"})
+    finally:
+        stop_server(proc)
+    return out
+
+
 def _cached_ratio(cached: list[dict]) -> dict:
     """16-client p99 over the single-client median, both on the same (ablation) server."""
     one = next((r for r in cached if r["clients"] == 1), None)
@@ -395,36 +411,13 @@ def main() -> None:
                 logger.info("%d clients: %s", n, {k: v for k, v in idle[-1].items() if k != "by_kind"})
         finally:
             stop_server(proc)
-        # --- ablation, same run: the busiest level on a server that computes each search alone
-        unbatched = []
-        if args.clients and not args.no_ablation:
-            proc, url = start_server(store, "--max-batch", "1", "--text-cache", "0")
-            try:
-                unbatched.append(load(url, queries, max(args.clients), args.seconds, proc.pid))
-                logger.info("%d clients, --max-batch 1: %s", max(args.clients),
-                            {k: v for k, v in unbatched[-1].items() if k != "by_kind"})
-            finally:
-                stop_server(proc)
-        # --- ablation, same run: one compute thread for every search (uploads' ECG forward in line)
-        one_lane = []
-        if args.clients and not args.no_ablation:
-            proc, url = start_server(store, "--lanes", "1", "--text-cache", "0")
-            try:
-                for n in sorted({min(args.clients), max(args.clients)}):
-                    one_lane.append(load(url, queries, n, args.seconds, proc.pid))
-                    logger.info("%d clients, --lanes 1: %s", n, {k: v for k, v in one_lane[-1].items() if k != "by_kind"})
-            finally:
-                stop_server(proc)
-        # --- the server's default: text vectors remembered (the mix asks its texts again and again)
-        cached = []
-        if args.clients and not args.no_ablation:
-            proc, url = start_server(store)
-            try:
-                for n in sorted({min(args.clients), max(args.clients)}):
-                    cached.append(load(url, queries, n, args.seconds, proc.pid))
-                    logger.info("%d clients, text cache on: %s", n, {k: v for k, v in cached[-1].items() if k != "by_kind"})
-            finally:
-                stop_server(proc)
+        # --- ablations, same run, each on its own server: the busiest level with each search computed
+        # alone; one compute thread for every search (uploads' ECG forward in line); the server's
+        # default of remembering text vectors (the mix asks its texts again and again)
+        levels = sorted({min(args.clients), max(args.clients)}) if args.clients else []
+        unbatched = ablation(store, queries, levels[-1:], args, "--max-batch", "1", "--text-cache", "0")
+        one_lane = ablation(store, queries, levels, args, "--lanes", "1", "--text-cache", "0")
+        cached = ablation(store, queries, levels, args)
 
         # --- the same while `index` appends to the served store: one `index` run per level, each over
         # a new share of the records, and each level stops when its run ends (so none runs after it)
