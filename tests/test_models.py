@@ -104,6 +104,20 @@ def test_save_load_gives_bit_identical_embeddings(tiny_model, tmp_path):
     assert len(fp) == 64 and fp == checkpoint_fingerprint(tmp_path / "ck" / "model.safetensors")
 
 
+def test_saved_weights_get_the_umask_permissions_not_0600(tiny_model, tmp_path):
+    """safetensors creates files 0600; a checkpoint must be readable as the user's umask allows."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        save_checkpoint(tiny_model, tmp_path / "ck")
+    finally:
+        os.umask(old)
+    for name in ("model.safetensors", "config.json"):
+        assert stat.S_IMODE((tmp_path / "ck" / name).stat().st_mode) == 0o644, name
+
+
 def test_fp16_storage_halves_size_and_stays_close(tiny_model, tmp_path):
     save_checkpoint(tiny_model, tmp_path / "a")
     save_checkpoint(tiny_model, tmp_path / "b", dtype="float16")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any, cast
 
@@ -34,11 +35,34 @@ def default_checkpoint() -> Path:
 
 
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """safetensors ``save_file`` through ``indexing._io.atomic_write`` (temp file, fsync, rename)."""
+    """safetensors ``save_file`` through ``indexing._io.atomic_write`` (temp file, fsync, rename).
+
+    safetensors creates its file with mode 0600 whatever the umask; the file is given the ordinary
+    umask permissions (0644 under umask 022), like every other file the project writes, so a
+    checkpoint trained by one user can be read by the others it is shared with.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(cpu, str(tmp), metadata=metadata))
+
+    def write(tmp: Path) -> None:
+        save_file(cpu, str(tmp), metadata=metadata)
+        os.chmod(tmp, 0o666 & ~_umask())
+
+    atomic_write(path, write)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the OS says it (Linux), else set back at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _unwrap(model: torch.nn.Module) -> EtpModel:
