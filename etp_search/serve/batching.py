@@ -1,6 +1,6 @@
 """Dynamic micro-batching: compute threads encode and search the queries of concurrent requests.
 
-Each search request becomes a ``Job`` on a queue. The compute thread takes the first job waiting
+Each search request becomes a ``Job`` on its lane's queue. A compute thread takes the first job waiting
 and every other job that arrived meanwhile (up to ``MAX_BATCH``), so a lone client never waits for
 a batch to fill and concurrent clients share one forward pass:
 
@@ -17,7 +17,7 @@ at a time (bench_serve.py times one text-tower forward of 1, 4 and 16 texts: 16 
 for searches, with one torch and one OpenMP thread, so nothing oversubscribes the cores; the
 event loop and the worker pool (upload parsing, plots) use the other.
 
-Text vectors are remembered (an LRU of ``text_cache`` texts, on the compute thread only): the same
+Text vectors are remembered (an LRU of ``text_cache`` texts, on the text lane's thread only): the same
 query text (the page re-asks it when k or a filter changes; "atrial fibrillation" is asked by
 everyone) is encoded once. The model is fixed for the server's life, so a remembered vector is the
 vector the tower would give again.
@@ -71,13 +71,14 @@ class Job:
 
 
 class Batcher:
-    """The compute thread and its queue; ``submit`` returns a Future of ``(hits, snapshot)``.
+    """The compute threads (one per lane) and their queues; ``submit`` returns a Future of ``(hits, snapshot)``.
 
     Args:
         encode_text: list of texts -> (B, D) vectors.
         encode_ecg: (B, C, L) preprocessed ECGs -> (B, D) vectors.
         max_batch: most jobs in one batch.
         text_cache: most query texts whose vectors are remembered (0: encode every text query).
+        lanes: 1 (every search on one thread) or 2 (uploads on a second thread).
     """
 
     def __init__(self, encode_text: Callable[[list[str]], np.ndarray],
@@ -126,7 +127,7 @@ class Batcher:
                     "text_cache": self.text_cache, "text_cache_hits": self.text_hits,
                     "texts_encoded": self.texts_encoded}
 
-    # ------------------------------------------------------------------ the compute thread
+    # ------------------------------------------------------------------ the compute threads
 
     def _loop(self, jobs_queue: queue.SimpleQueue[Job | None]) -> None:
         import torch
