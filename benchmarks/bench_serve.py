@@ -284,7 +284,7 @@ def ablation(store: Path, queries: Queries, levels: list[int], args: argparse.Na
     return out
 
 
-def _cached_ratio(cached: list[dict]) -> dict:
+def _p99_ratio(cached: list[dict]) -> dict:
     """16-client p99 over the single-client median, both on the same (ablation) server."""
     one = next((r for r in cached if r["clients"] == 1), None)
     many = next((r for r in cached if r["clients"] == 16), None)
@@ -497,7 +497,7 @@ def main() -> None:
                                                                         + level16.get("client_cpu_ms_per_request", 0)), 1)
                        if level16.get("server_cpu_ms_per_request") else float("nan"),
                        "load_16": level16.get("load_avg_1min"),
-                       "cached": _cached_ratio(cached), "one_lane": _cached_ratio(one_lane)},
+                       "cached": _p99_ratio(cached), "one_lane": _p99_ratio(one_lane)},
            "screenshots": shots, "command": "python benchmarks/bench_serve.py " + " ".join(sys.argv[1:])}
     args.out.mkdir(parents=True, exist_ok=True)
     name = f"serve_{args.tag}" if args.tag else "serve"
