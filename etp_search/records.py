@@ -113,3 +113,8 @@ _SCALAR_KINDS = {f.name: _KIND_OF[str(f.type)] for f in fields(RecordMeta) if st
 #: The embedding store's metadata columns, derived from RecordMeta (``indexing`` stays free of our
 #: imports: it receives this table): the scalar fields, the dataset layout, and per-record flags.
 STORE_META_SCHEMA: dict[str, str] = {**_SCALAR_KINDS, "dataset": "str", "flags": "json"}
+
+#: The ECG projection's L2 norm before normalisation, one float per store row, written by ``index``
+#: beside the STORE_META_SCHEMA columns: the store keeps unit vectors (what cosine search needs) and
+#: this, so that ``probe --features projection|auto`` can read the projection, unit * norm.
+NORM_COLUMN = "ecg_norm"

@@ -34,12 +34,19 @@ class EtpMapper:
         # fp16/bf16 autocast only where it pays: on CUDA. CPU stays fp32 so CPU and GPU stores agree closely.
         self._autocast = self.device.type == "cuda"
 
-    @torch.inference_mode()
     def ecg(self, signals: np.ndarray) -> np.ndarray:
+        """L2-normalised ECG vectors of a (n, 12, L) batch."""
+        return self.ecg_with_norms(signals)[0]
+
+    @torch.inference_mode()
+    def ecg_with_norms(self, signals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(unit vectors (n, D), their norms before normalisation (n,)): unit * norm is the projection
+        the linear probe may read (``probe --features``); search uses the unit vectors only."""
         x = torch.from_numpy(np.ascontiguousarray(signals, dtype=np.float32)).to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._autocast):
-            z = self.model.encode_ecg(x)
-        return torch.nn.functional.normalize(z.float(), dim=-1).cpu().numpy()
+            z = self.model.encode_ecg(x, normalize=False).float()
+        norms = z.norm(dim=-1)
+        return torch.nn.functional.normalize(z, dim=-1).cpu().numpy(), norms.cpu().numpy().astype(np.float32)
 
     def unknown(self, texts: Sequence[str]) -> list[str]:
         """The distinct texts among ``texts`` that are not memoised yet (what ``texts`` would encode)."""

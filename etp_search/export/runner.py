@@ -18,7 +18,7 @@ import etp_search
 from etp_search.errors import DataError, EtpError
 from etp_search.export import shards
 from etp_search.export.mapper import EtpMapper
-from etp_search.export.source import open_source
+from etp_search.export.source import NORM_COLUMN, open_source
 from etp_search.export.writer import StoreWriter
 from etp_search.models import checkpoint_fingerprint, load_checkpoint
 from etp_search.models.config import EtpConfig
@@ -282,7 +282,10 @@ def _embed(source: Any, todo: list[int], writer: StoreWriter, mapper: EtpMapper,
                 for reason, n in batch.skipped.items():
                     skipped[reason] = skipped.get(reason, 0) + n
                 if batch.ids:
-                    deferred.add(batch, mapper.ecg(batch.signals))
+                    ecg, norms = mapper.ecg_with_norms(batch.signals)
+                    for row, norm in zip(batch.meta, norms.tolist()):
+                        row[NORM_COLUMN] = norm
+                    deferred.add(batch, ecg)
                 bar.update(len(batch.ids) + sum(batch.skipped.values()))
                 n_batches += 1
                 if die_after is not None and n_batches >= die_after:

@@ -17,13 +17,14 @@ from etp_search.errors import DataError
 from etp_search.pipeline import read_records
 from etp_search.preprocess import Preset
 from etp_search.readers import open_dataset
-from etp_search.records import STORE_META_SCHEMA, RecordMeta
+from etp_search.records import NORM_COLUMN, STORE_META_SCHEMA, RecordMeta
 from etp_search.signal_cache import SignalCache, is_signal_cache
 
 logger = logging.getLogger(__name__)
 
-#: Metadata columns written to the store: derived from RecordMeta (one schema for cache and store).
-META_SCHEMA: dict[str, str] = STORE_META_SCHEMA
+#: Metadata columns written to the store: derived from RecordMeta (one schema for cache and store),
+#: plus the ECG norm the encoder adds at index time.
+META_SCHEMA: dict[str, str] = {**STORE_META_SCHEMA, NORM_COLUMN: "float"}
 
 
 @dataclass

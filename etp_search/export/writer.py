@@ -9,7 +9,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from etp_search.export.source import META_SCHEMA, Batch
+from etp_search.export.source import META_SCHEMA, NORM_COLUMN, Batch
 from indexing.gpu import UseGpu
 from indexing.index_files import IndexBuilder, build_or_update
 from indexing.store import EmbeddingStore
@@ -69,7 +69,10 @@ class StoreWriter:
         if not keep:
             return 0
         ids = [batch.ids[i] for i in keep]
-        meta = {col: [batch.meta[i][col] for i in keep] for col in batch.meta[0]}
+        # A store made before the ECG norm was stored has no column for it: its rows go without (the
+        # probe then reads the unit vectors, as it did); every other column must be the store's.
+        cols = [c for c in batch.meta[0] if c != NORM_COLUMN or c in self.store.meta_schema]
+        meta = {col: [batch.meta[i][col] for i in keep] for col in cols}
         self.store.append(ids, ecg[keep], text[keep], texts=[batch.texts[i] for i in keep],
                           labels=[batch.labels[i] for i in keep], meta=meta)
         self.written += len(ids)
