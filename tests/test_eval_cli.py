@@ -188,3 +188,17 @@ def test_task_help_lists_tasks_in_list_tasks_order_and_verbose_has_help():
         params = {p.name: p for p in typer.main.get_command(APP).commands[verb].params}
         assert params["task"].help == wanted
         assert params["verbose"].help == "More log output."
+
+
+def test_probe_features_option_is_checked_and_shown(ptbxl_store):
+    main, _ = ptbxl_store
+    _one_line_error(_run("probe", "--task", "superdiagnostic", "--features", "raw", "--store", main),
+                    "--features takes one of auto, unit, projection")
+    # a store without ECG norms (synthetic: unit vectors only) cannot give the projection, and says how to get it
+    _one_line_error(_run("probe", "--task", "superdiagnostic", "--features", "projection", "--store", main),
+                    "--rebuild")
+    table = _run("probe", "--task", "superdiagnostic", "--fractions", "100", "--seeds", "1", "--features", "unit",
+                 "--store", main)
+    assert table.exit_code == 0, table.output
+    header, _, row = table.output.strip().splitlines()[-3:]
+    assert header.split()[-1] == "features" and row.split()[-1] == "unit", table.output

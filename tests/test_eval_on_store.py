@@ -169,3 +169,59 @@ def test_baseline_missing_records_and_bad_split_are_data_errors(folded, tmp_path
             O.retrieval_on_store(m, "train")
         with pytest.raises(DataError, match="either --task or --labels"):
             O.zeroshot_on_store(m, task="rhythm", labels="x")
+
+
+def test_index_stores_each_ecg_norm_so_unit_times_norm_is_the_projection(stores, example_ptbxl):
+    """probe --features projection reads unit * ecg_norm: it must be the model's projection before L2."""
+    from etp_search.models import load_checkpoint
+    from etp_search.pipeline import read_records
+    from etp_search.preprocess import get_preset
+    from etp_search.readers import open_dataset
+
+    model = load_checkpoint(stores["a"].parent / "cka", load_text=False)
+    reader = open_dataset(example_ptbxl)
+    refs = reader.refs()
+    items = [it.value for chunk in read_records(reader, refs, get_preset(model.cfg.preset),
+                                                lambda rec, x, flags: (rec.id, x)) for it in chunk if it.skip is None]
+    ids, x = [i for i, _ in items], np.stack([s for _, s in items])
+    with torch.inference_mode():
+        z = model.encode_ecg(torch.from_numpy(x), normalize=False).numpy()
+    with EmbeddingStore.open(stores["a"]) as s:
+        rows = np.array([s.row_of(i) for i in ids])
+        norms = np.asarray(s.meta("ecg_norm", rows), np.float32)
+        np.testing.assert_allclose(norms, np.linalg.norm(z, axis=1), rtol=1e-4)
+        np.testing.assert_allclose(s.ecg(rows) * norms[:, None], z, rtol=1e-4, atol=1e-5)
+        feats = O.probe_features(s, rows, "auto")
+    assert list(feats) == ["unit", "projection"] and len(set(np.round(norms, 3))) > 10
+    np.testing.assert_allclose(feats["projection"], z, rtol=1e-4, atol=1e-5)
+
+
+def test_a_store_without_norms_gets_appended_and_probed_on_unit_vectors(tmp_path, caplog):
+    """A store indexed before ecg_norm existed: appends go on without the column, auto falls back to
+    the unit vectors with a warning, and --features projection names the fix in one line."""
+    from etp_search.export.source import Batch
+    from etp_search.export.writer import StoreWriter
+
+    pool = [{"NORM": 100.0}, {"IMI": 100.0}, {"LVH": 100.0}, {"NORM": 100.0, "LVH": 50.0}]
+    old = _synthetic(tmp_path / "old.h5", [pool[i % 4] for i in range(120)], np.arange(120) % 10 + 1, np.arange(120), 3)
+    with EmbeddingStore.open(old) as s:
+        assert "ecg_norm" not in s.meta_columns
+        n, dim = len(s), s.dim
+    x = np.eye(dim, dtype=np.float32)[:2]
+    batch = Batch(["new0", "new1"], np.zeros((2, 12, 4), np.float32), ["NORM", "IMI"], [{"NORM": 100.0}, {"IMI": 100.0}],
+                  [{"strat_fold": 3, "ecg_norm": 2.5}, {"strat_fold": 4, "ecg_norm": 1.5}])
+    w = StoreWriter(old, dim, {"note": "synthetic"})
+    assert w.write(batch, x, x) == 2
+    w.close()
+    with EmbeddingStore.open(old) as s:
+        assert len(s) == n + 2 and "ecg_norm" not in s.meta_columns
+        assert s.meta("strat_fold", np.array([n, n + 1])).tolist() == [3, 4]
+        with caplog.at_level("WARNING"):
+            feats = O.probe_features(s, np.arange(len(s)), "auto")
+        assert list(feats) == ["unit"] and "--rebuild" in caplog.text
+        with pytest.raises(DataError, match=r"--rebuild.*--features unit"):
+            O.probe_features(s, np.arange(len(s)), "projection")
+        with pytest.raises(DataError, match="--features takes one of auto, unit, projection"):
+            O.probe_features(s, np.arange(len(s)), "raw")
+        res = O.probe_on_store(s, "superdiagnostic", (100,), 1)
+    assert res.main.candidates == ["unit"] and res.main.rows[0]["features"] == ["unit"]

@@ -128,3 +128,37 @@ def test_shared_ptbxl_poisoned_test_labels(shared_ptbxl):
     assert clean.rows[-1]["auc_mean"] > 0.75
     # 1 % of ~2,900 training records still holds every superclass
     assert all(p.n_train >= 5 for p in clean.probes.values())
+
+
+def _norm_planted(n=1500, d=16, seed=7):
+    """One label carried by the vectors' length alone: the unit vectors hold no trace of it."""
+    rng = np.random.default_rng(seed)
+    Y = (rng.random((n, 1)) < 0.3).astype(np.float32)
+    direction = rng.normal(size=(n, d))
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    # the first coordinate is kept positive so that a larger norm is linearly visible in it
+    direction[:, 0] = np.abs(direction[:, 0]) + 0.5
+    projection = direction * (1.0 + 2.0 * Y + 0.3 * rng.random((n, 1)))
+    unit = projection / np.linalg.norm(projection, axis=1, keepdims=True)
+    return {"unit": unit.astype(np.float32), "projection": projection.astype(np.float32)}, Y, rng.integers(1, 11, n)
+
+
+def test_feature_sets_are_chosen_on_validation_and_never_on_test_labels():
+    feats, Y, folds = _norm_planted()
+    unit_only = run_probe(feats["unit"], Y, folds, fractions=(100,), seeds=1, config=FAST)
+    assert abs(unit_only.rows[0]["auc_mean"] - 0.5) < 0.1 and unit_only.candidates == ["unit"]
+    res = run_probe(feats, Y, folds, fractions=(50, 100), seeds=2, config=FAST)
+    assert res.candidates == ["unit", "projection"]
+    assert all(p.features == "projection" for p in res.probes.values())
+    assert res.rows[-1]["features"] == ["projection", "projection"] and res.rows[-1]["auc_mean"] > 0.95
+    # the choice reads fold 9 only: poisoned fold-10 labels change neither it nor the fits
+    Yp = Y.copy()
+    Yp[folds == 10] = 1 - Yp[folds == 10]
+    dirty = run_probe(feats, Yp, folds, fractions=(50, 100), seeds=2, config=FAST)
+    _assert_same_fits(res, dirty)
+    assert [p.features for p in dirty.probes.values()] == [p.features for p in res.probes.values()]
+    # and where the unit vectors are the better features, they are chosen (the order of the sets is not the rule)
+    X, Yc, fc = _planted(n=1500, d=16, c=2, seed=9)
+    noisy = np.random.default_rng(2).normal(size=X.shape).astype(np.float32)
+    both = run_probe({"projection": noisy, "unit": X}, Yc, fc, fractions=(100,), seeds=1, config=FAST)
+    assert both.probes[(100, 0)].features == "unit" and both.rows[0]["auc_mean"] > 0.9

@@ -131,23 +131,28 @@ def probe(
     task: Annotated[str, typer.Option("--task", help=f"Task: {', '.join(TASK_NAMES)}.")],
     fractions: Annotated[str, typer.Option(help="Training fractions in percent of folds 1-8.")] = "1,10,100",
     seeds: Annotated[int, typer.Option(help="Seeds per fraction (mean and std are reported).")] = 3,
+    features: Annotated[str, typer.Option(help="What the probe reads: unit (the stored unit vectors), projection "
+                                               "(before L2: unit x the stored norm) or auto (per probe, whichever "
+                                               "scores higher on fold 9).")] = "auto",
     store: StoreOpt = DEFAULT_STORE,
     baseline_store: BaselineOpt = None,
     progress: ProgressOpt = True,
     json_out: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Linear probe on cached ECG vectors: train folds 1-8, choose L2 on fold 9, macro AUC on fold 10."""
+    """Linear probe on cached ECG vectors: train folds 1-8, choose L2 (and features) on fold 9, macro AUC on fold 10."""
     setup_logging(verbose)
-    from etp_search.evaluation.on_store import probe_on_store
+    from etp_search.evaluation.on_store import PROBE_FEATURES, probe_on_store
     from etp_search.labels import get_task
 
     get_task(task)  # an unknown task or bad option fails before any store is read
     fr = _parse_fractions(fractions)
     if seeds < 1:
         raise DataError("--seeds must be at least 1")
+    if features not in PROBE_FEATURES:
+        raise DataError(f"--features takes one of {', '.join(PROBE_FEATURES)} (got {features!r})")
     with _stores(store, baseline_store) as (main, base):
-        res = probe_on_store(main, task, fr, seeds, baseline=base, progress=progress)
+        res = probe_on_store(main, task, fr, seeds, baseline=base, progress=progress, features=features)
     result = _as_given(res.to_dict(), store, baseline_store)
     if json_out:
         emit_json(result)
@@ -155,7 +160,7 @@ def probe(
     out = []
     for i, row in enumerate(result["main"]["rows"]):
         r = {"fraction_%": row["fraction_pct"], "n_train": row["n_train"][0], "auc_mean": row["auc_mean"],
-             "auc_std": row["auc_std"], "lambda": row["lambda"]}
+             "auc_std": row["auc_std"], "lambda": row["lambda"], "features": "/".join(dict.fromkeys(row["features"]))}
         if "baseline" in result:
             b = result["baseline"]["rows"][i]
             r.update(baseline_mean=b["auc_mean"], baseline_std=b["auc_std"], delta=_delta(row["auc_mean"], b["auc_mean"]))

@@ -269,6 +269,41 @@ def zeroshot_on_store(
 
 # ---------------------------------------------------------------------------- probe
 
+#: What the linear probe reads: the stored unit vectors, the projection before L2 (unit * the
+#: stored ``ecg_norm``), or both with the choice made per probe on the validation fold.
+ProbeFeatures = Literal["auto", "unit", "projection"]
+PROBE_FEATURES: tuple[ProbeFeatures, ...] = ("auto", "unit", "projection")
+#: The default, by the rule in benchmarks/bench_probe_features.py (inner split; results/probe_features.md).
+DEFAULT_PROBE_FEATURES: ProbeFeatures = "auto"
+
+
+def probe_features(store: EmbeddingStore, rows: np.ndarray, features: str) -> dict[str, np.ndarray]:
+    """The feature sets ``features`` names for ``rows`` of ``store`` (see ``ProbeFeatures``).
+
+    A store without finite ECG norms for these rows (indexed before the norm was stored) gives
+    ``auto`` the unit vectors alone, with a warning; ``projection`` then raises DataError.
+    """
+    import logging
+
+    from etp_search.records import NORM_COLUMN
+
+    if features not in PROBE_FEATURES:
+        raise DataError(f"--features takes one of {', '.join(PROBE_FEATURES)} (got {features!r})")
+    unit = store.ecg(rows)
+    if features == "unit":
+        return {"unit": unit}
+    norms = np.asarray(store.meta(NORM_COLUMN, rows), np.float32) if NORM_COLUMN in store.meta_columns else None
+    if norms is None or not np.isfinite(norms).all() or not (norms > 0).all():
+        why = (f"store {store.path} has no ECG norms for every record (indexed before they were stored); re-index it "
+               "with `etp-search index ... --rebuild` to probe the projection")
+        if features == "projection":
+            raise DataError(f"{why}, or use --features unit")
+        logging.getLogger(__name__).warning("%s; probing the unit vectors", why)
+        return {"unit": unit}
+    projection = unit * norms[:, None]
+    return {"projection": projection} if features == "projection" else {"unit": unit, "projection": projection}
+
+
 @dataclass
 class ProbeComparison(_Compared[ProbeResult]):
     task: str
@@ -277,8 +312,10 @@ class ProbeComparison(_Compared[ProbeResult]):
 
 
 def probe_on_store(main: EmbeddingStore, task: str, fractions: Sequence[float] = (1, 10, 100), seeds: int = 3,
-                   baseline: Optional[EmbeddingStore] = None, progress: bool = False) -> ProbeComparison:
-    """Linear probe (train folds 1-8, L2 chosen on fold 9, macro AUC on fold 10) on ``main`` and ``baseline``."""
+                   baseline: Optional[EmbeddingStore] = None, progress: bool = False,
+                   features: str = DEFAULT_PROBE_FEATURES) -> ProbeComparison:
+    """Linear probe (train folds 1-8, L2 and ``features`` chosen on fold 9, macro AUC on fold 10) on
+    ``main`` and ``baseline``."""
     from etp_search.evaluation.probe import run_probe
     from etp_search.labels import get_task
 
@@ -293,10 +330,11 @@ def probe_on_store(main: EmbeddingStore, task: str, fractions: Sequence[float] =
     rows, Y = task_rows(main, t, np.arange(len(main)))
     folds = folds_of(main)[rows]
     result = ProbeComparison(task, str(main.path), len(rows),
-                             main=run_probe(main.ecg(rows), Y, folds, fractions, seeds, t.classes, progress=progress))
+                             main=run_probe(probe_features(main, rows, features), Y, folds, fractions, seeds, t.classes,
+                                            progress=progress))
     if baseline is not None:
-        result.add_baseline(baseline, run_probe(baseline.ecg(aligned_rows(baseline, main, rows)), Y, folds, fractions,
-                                                seeds, t.classes, progress=progress))
+        result.add_baseline(baseline, run_probe(probe_features(baseline, aligned_rows(baseline, main, rows), features),
+                                                Y, folds, fractions, seeds, t.classes, progress=progress))
     return result
 
 
@@ -341,5 +379,6 @@ def retrieval_on_store(main: EmbeddingStore, split: Split = "test", baseline: Op
 
 
 __all__ = ["PromptModels", "ProbeComparison", "RetrievalResult", "RetrievalRun", "ZeroShotResult", "ZeroShotRun",
-           "aligned_rows", "check_zeroshot_options", "folds_of", "free_class_labels", "load_prompt_model", "probe_on_store",
+           "aligned_rows", "check_zeroshot_options", "folds_of", "free_class_labels", "load_prompt_model", "PROBE_FEATURES",
+           "ProbeFeatures", "probe_features", "probe_on_store",
            "retrieval_on_store", "split_rows", "task_rows", "zeroshot_on_store"]

@@ -9,6 +9,11 @@ fits and selects every probe from the train and validation rows first, and only 
 test rows' labels and hands them to :func:`score_probes`. (Tests poison fold-10 labels and check
 that the chosen strengths and weights do not move.)
 
+Features: ``X`` is one (N, D) matrix or several named ones (``{"unit": ..., "projection": ...}``).
+With several, each (fraction, seed) probe is fitted on every feature set and keeps the one with
+the higher validation macro AUC (the first on a tie): the feature set is one more hyperparameter,
+chosen on the validation fold with the strength, never on the test fold.
+
 Speed: all classes are fitted jointly as one (D, C) weight matrix with full-batch L-BFGS in torch
 (one matrix product per step serves every class), walking the regularisation path from strong
 to weak with warm starts, so later, harder fits start near their optimum.
@@ -19,7 +24,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -69,6 +74,7 @@ class LinearProbe:
     lam: float  # chosen L2 strength
     val_auc: float  # validation macro AUC at that strength
     n_train: int
+    features: str = "unit"  # which feature set it reads (see run_probe)
 
     def decision(self, X: np.ndarray) -> np.ndarray:
         """(N, C) logits; monotone in the probability, so enough for AUC."""
@@ -196,11 +202,13 @@ def fit_probe(
                        float(val[best]), len(X_train))
 
 
-def score_probes(probes: dict[tuple[float, int], LinearProbe], X_test: np.ndarray, Y_test: np.ndarray) -> dict:
+def score_probes(probes: dict[tuple[float, int], LinearProbe], X_test: np.ndarray | Mapping[str, np.ndarray],
+                 Y_test: np.ndarray) -> dict:
     """The only place test labels are read: macro AUC (and per-class AUC) of each fitted probe."""
     out = {}
     for key, probe in probes.items():
-        macro, per_class, skipped = macro_auc(Y_test, probe.decision(X_test))
+        X = X_test[probe.features] if isinstance(X_test, Mapping) else X_test
+        macro, per_class, skipped = macro_auc(Y_test, probe.decision(X))
         out[key] = (macro, per_class, skipped)
     return out
 
@@ -217,6 +225,7 @@ class ProbeResult:
     probes: dict[tuple[float, int], LinearProbe] = field(repr=False, default_factory=dict)
     config: ProbeConfig = field(default_factory=ProbeConfig)
     n_test: int = 0
+    candidates: list[str] = field(default_factory=lambda: ["unit"])  # feature sets the probes chose from
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -225,14 +234,16 @@ class ProbeResult:
             "skipped": self.skipped,
             "untrainable": self.untrainable,
             "n_test": self.n_test,
+            "candidates": self.candidates,
             "config": self.config.to_dict(),
         }
 
 
-def _fit_all(probes: dict, X: np.ndarray, Y_train: np.ndarray, train: np.ndarray, X_val: np.ndarray,
+def _fit_all(probes: dict, X: Mapping[str, np.ndarray], Y_train: np.ndarray, train: np.ndarray, val: np.ndarray,
              Y_val: np.ndarray, fractions: Sequence[float], seeds: int, config: ProbeConfig,
              progress: bool = False) -> None:
-    """Fit every (fraction, seed) probe from training and validation rows only."""
+    """Fit every (fraction, seed) probe on each feature set from training and validation rows only;
+    keep, per probe, the feature set with the best validation macro AUC (the first on a tie)."""
     from tqdm import tqdm
 
     grid = [(fraction, seed) for fraction in fractions for seed in range(seeds)]
@@ -241,13 +252,20 @@ def _fit_all(probes: dict, X: np.ndarray, Y_train: np.ndarray, train: np.ndarray
             probes[(fraction, seed)] = probes[(fraction, 0)]
             continue
         local = stratified_subsample(Y_train, fraction / 100.0, seed)
-        probes[(fraction, seed)] = fit_probe(X[train[local]], Y_train[local], X_val, Y_val, config)
-        logger.debug("probe fraction=%s%% seed=%d: n=%d lam=%g val=%.4f", fraction, seed, len(local),
-                     probes[(fraction, seed)].lam, probes[(fraction, seed)].val_auc)
+        best: LinearProbe | None = None
+        for name, Xf in X.items():
+            fit = fit_probe(Xf[train[local]], Y_train[local], Xf[val], Y_val, config)
+            fit.features = name
+            if best is None or fit.val_auc > best.val_auc:
+                best = fit
+        assert best is not None
+        probes[(fraction, seed)] = best
+        logger.debug("probe fraction=%s%% seed=%d: n=%d features=%s lam=%g val=%.4f", fraction, seed, len(local),
+                     best.features, best.lam, best.val_auc)
 
 
 def run_probe(
-    X: np.ndarray,
+    X: np.ndarray | Mapping[str, np.ndarray],
     Y: np.ndarray,
     folds: np.ndarray,
     fractions: Sequence[float] = (1, 10, 100),
@@ -259,7 +277,8 @@ def run_probe(
     """Linear-probe protocol on cached vectors.
 
     Args:
-        X: (N, D) ECG vectors.
+        X: (N, D) ECG vectors, or named feature sets of N rows each to choose from on the
+            validation fold (see the module docstring).
         Y: (N, C) multi-hot labels; fold-``test_fold`` rows are read only for the final score.
         folds: (N,) strat_fold per row; rows outside train/val/test folds are ignored.
         fractions: training fractions in percent of the training folds.
@@ -270,7 +289,10 @@ def run_probe(
     Raises:
         DataError: when the train, validation or test fold is empty.
     """
-    X = np.asarray(X, np.float32)
+    feats = {k: np.asarray(v, np.float32) for k, v in X.items()} if isinstance(X, Mapping) else \
+        {"unit": np.asarray(X, np.float32)}
+    if not feats:
+        raise ValueError("run_probe needs at least one feature set")
     folds = np.asarray(folds)
     n_cls = np.asarray(Y).shape[1]
     classes = list(classes) if classes is not None else [str(i) for i in range(n_cls)]
@@ -285,8 +307,8 @@ def run_probe(
     untrainable = [classes[c] for c in np.flatnonzero(~(Y_train > 0).any(axis=0))]
     probes: dict[tuple[float, int], LinearProbe] = {}
     with _torch_threads(config.threads):
-        _fit_all(probes, X, Y_train, train, X[val], Y_val, fractions, seeds, config, progress)
-    scores = score_probes(probes, X[test], np.asarray(Y)[test])
+        _fit_all(probes, feats, Y_train, train, val, Y_val, fractions, seeds, config, progress)
+    scores = score_probes(probes, {k: v[test] for k, v in feats.items()}, np.asarray(Y)[test])
     rows: list[dict[str, Any]] = []
     per_class: dict[float, dict[str, float]] = {}
     skipped = sorted({classes[i] for v in scores.values() for i in v[2]}, key=classes.index)
@@ -302,6 +324,7 @@ def run_probe(
             "n_train": [probes[(fraction, s)].n_train for s in range(seeds)],
             "lambda": [probes[(fraction, s)].lam for s in range(seeds)],
             "val_auc": [probes[(fraction, s)].val_auc for s in range(seeds)],
+            "features": [probes[(fraction, s)].features for s in range(seeds)],
             "test_auc": aucs.tolist(),
         })
-    return ProbeResult(classes, rows, per_class, skipped, untrainable, probes, config, len(test))
+    return ProbeResult(classes, rows, per_class, skipped, untrainable, probes, config, len(test), list(feats))
