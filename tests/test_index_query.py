@@ -304,7 +304,7 @@ def test_second_writer_is_refused_before_any_embedding(built, ckpts, example_ptb
     fd = os.open(str(built[0]) + ".lock", os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)  # what a running `etp-search index` holds
     try:
-        monkeypatch.setattr(runner_mod.EtpMapper, "ecg", lambda *a: pytest.fail("embedded while another writer held the store"))
+        monkeypatch.setattr(runner_mod.EtpMapper, "ecg_with_norms", lambda *a: pytest.fail("embedded while another writer held the store"))
         with pytest.raises(Exception, match="another process is writing"):
             index_data(example_ptbxl, built[0], ckpts[0], workers=0, progress=False)
     finally:

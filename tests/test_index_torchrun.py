@@ -104,13 +104,13 @@ def test_one_process_finishes_what_a_killed_torchrun_left(tmp_path, ckpt, exampl
             in_shards += len(s)
     assert in_shards >= 8
     embedded = {"n": 0}
-    real_ecg = runner_mod.EtpMapper.ecg
+    real_ecg = runner_mod.EtpMapper.ecg_with_norms
 
     def counting(self, signals):
         embedded["n"] += len(signals)
         return real_ecg(self, signals)
 
-    monkeypatch.setattr(runner_mod.EtpMapper, "ecg", counting)
+    monkeypatch.setattr(runner_mod.EtpMapper, "ecg_with_norms", counting)
     summary = index_data(example_ptbxl, store, ckpt, batch_size=8, workers=0, device="cpu", progress=False)
     assert summary["rows"] == 50 and summary["already_stored"] == 0
     assert embedded["n"] == 50 - in_shards  # the shards' rows were taken, not embedded again
