@@ -145,3 +145,50 @@ def test_ranks_that_read_different_record_lists_are_refused(tmp_path):
     for rank in (0, 1):
         said = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert len(said) == 1 and "must see the same data folder" in said[0]
+
+
+def _ranks_merge_fails(rank: int, init_file: str, data: str, store: str, ckpt: str, out_dir: str) -> None:
+    import time
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from etp_search.export import shards
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=120))
+    said: dict = {}
+    try:
+        if rank == 0:
+            def full_disk(*a, **k):
+                raise OSError(28, "No space left on device")
+            shards.merge_shards = full_disk
+        try:
+            index_data(data, store, ckpt, batch_size=8, workers=0, device="cpu", progress=False, rank=rank,
+                       world_size=2)
+        except Exception as e:  # noqa: BLE001 - the test records what each rank saw
+            said = {"type": type(e).__name__, "msg": str(e), "t": time.time()}
+        if rank == 0:
+            time.sleep(15)  # rank 0 stays alive: without the news, rank 1 would sit in the barrier
+            said["left"] = time.time()
+        Path(out_dir, f"rank{rank}.json").write_text(json.dumps(said))
+    finally:
+        dist.destroy_process_group()
+
+
+@slow
+def test_a_failed_merge_on_rank_0_ends_every_rank_with_one_line(tmp_path, ckpt, example_ptbxl):
+    """Ranks started by hand (no torchrun agent to kill them): rank 0's failed merge must reach the
+    other ranks at once, as an error that says what to do, and leave the shards to resume from."""
+    import torch.multiprocessing as mp
+
+    store = tmp_path / "store.h5"
+    mp.spawn(_ranks_merge_fails, args=(str(tmp_path / "init"), str(example_ptbxl), str(store), str(ckpt),
+                                       str(tmp_path)), nprocs=2)
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["type"] == "OSError" and "No space left" in r0["msg"]
+    assert r1["type"] == "EtpError" and "rank 0 failed to merge" in r1["msg"] and "again" in r1["msg"]
+    assert r1["t"] < r0["left"] - 5  # rank 1 heard before rank 0 left the group
+    assert len(existing_shards(store)) == 2  # nothing embedded is lost: the rerun merges them
+    summary = index_data(example_ptbxl, store, ckpt, batch_size=8, workers=0, device="cpu", progress=False)
+    assert summary["rows"] == 50 and existing_shards(store) == []

@@ -350,22 +350,42 @@ def _index_sharded(source: Any, store: Path, ckpt: Path, dim: int, prov: dict[st
                            main_rows + shard.written)
             # Wait for rank 0's merge: a rank that leaves and tears down the group while rank 0 still
             # works can make gloo abort rank 0 ("connection closed by peer"; destroy is collective).
-            dist.barrier()
+            # Rank 0 says whether it succeeded, so a failed merge ends every rank now, not at the
+            # group's timeout (hours, for ranks started by hand under NCCL).
+            if not _all_ok(True):
+                raise EtpError(f"rank {rank}: rank 0 failed to merge the shards (its error is in its log); the "
+                               "shards are kept: run the same `etp-search index` again to finish")
             return out
         t0 = time.perf_counter()
-        found = shards.existing_shards(store)
-        merged = shards.merge_shards(main, found, source.ids)
-        logger.info("merged %d rows from %d shard stores in %.1fs", merged, len(found), time.perf_counter() - t0)
-        index_info = main.finish(**finish_kw)
-        for p in found:  # only once their rows are safely in the compacted main file
-            shards.remove_store_files(p)
+        try:
+            found = shards.existing_shards(store)
+            merged = shards.merge_shards(main, found, source.ids)
+            logger.info("merged %d rows from %d shard stores in %.1fs", merged, len(found), time.perf_counter() - t0)
+            index_info = main.finish(**finish_kw)
+            for p in found:  # only once their rows are safely in the compacted main file
+                shards.remove_store_files(p)
+        except BaseException:
+            try:
+                _all_ok(False)  # the other ranks wait for this answer; then rank 0's own error goes up
+            except Exception:  # a broken group must not hide the error that matters
+                logger.debug("could not tell the other ranks that the merge failed", exc_info=True)
+            raise
         seconds = time.perf_counter() - t0 + float(slowest.item())
-        dist.barrier()  # the job is done: every rank may now leave the group
+        _all_ok(True)  # the job is done: every rank may now leave the group
     finally:
         if main is not None:
             main.close()
     return _summary(store, ckpt, device, source, main.written, already, all_skipped, seconds,
                     int(index_info["rows"]), index_info)
+
+
+def _all_ok(ok: bool) -> bool:
+    """A barrier that carries news: True on every rank only if every rank passed True."""
+    import torch.distributed as dist
+
+    flag = torch.tensor([1 if ok else 0], dtype=torch.int64, device=shards.collective_device())
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
 
 
 def _check_same_records(ids: list[str], rank: int) -> None:
