@@ -30,7 +30,6 @@ META_TYPES = ("float", "int", "str", "json")
 _MISSING = {"float": float("nan"), "int": -1, "str": "", "json": None}
 _STR = h5py.string_dtype("utf-8")
 REBUILD_HINT = "rebuild it with `etp-search index DATA_DIR --rebuild` (or point --store elsewhere)"
-_REBUILD_HINT = REBUILD_HINT
 RESERVED = ("id", "label", "labels", "text", "texts", "ecg", "ids")
 
 
@@ -79,7 +78,7 @@ DAMAGE = (OSError, ValueError, KeyError, TypeError, RuntimeError)
 
 def _damaged(path: Path, what: str, err: BaseException) -> StoreError:
     reason = (str(err).splitlines() or [type(err).__name__])[0][:80]
-    return StoreError(f"store {path} is damaged ({what}: {reason}); {_REBUILD_HINT}")
+    return StoreError(f"store {path} is damaged ({what}: {reason}); {REBUILD_HINT}")
 
 
 def _write_rows(f: h5py.File, cols: Mapping[str, np.ndarray], dim: int) -> None:
@@ -104,7 +103,7 @@ def _open_h5(path: Path) -> h5py.File:
             raise Vanished(f"cannot read {path}: the file is gone") from e
         check_file_path(path, "store", "store.h5", StoreError)
         raise StoreError(f"cannot read {path} ({str(e).splitlines()[0][:80]}): it is not a complete HDF5 file; "
-                         f"if it is a damaged store, {_REBUILD_HINT}") from e
+                         f"if it is a damaged store, {REBUILD_HINT}") from e
 
 
 def _empty_cols(header: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -165,7 +164,7 @@ def _header_of(f: h5py.File, path: Path) -> dict[str, Any]:
     version = int(a.get("format_version", -1))
     if version != FORMAT_VERSION:
         raise StoreError(f"store {path} has format version {version}, this etp-search reads {FORMAT_VERSION}; "
-                         f"{_REBUILD_HINT}")
+                         f"{REBUILD_HINT}")
     try:
         return {"dim": int(a["dim"]), "has_text": bool(a["has_text"]), "unit_norm": bool(a.get("unit_norm", False)),
                 "store_uuid": str(a["store_uuid"]),
@@ -173,7 +172,7 @@ def _header_of(f: h5py.File, path: Path) -> dict[str, Any]:
                 "merged_upto": int(a["merged_upto"]), "n_rows": int(f["ids"].shape[0])}
     except DAMAGE as e:
         raise StoreError(f"store {path} has a damaged header ({str(e).splitlines()[0][:80] if str(e) else e!r}); "
-                         f"{_REBUILD_HINT}") from e
+                         f"{REBUILD_HINT}") from e
 
 
 # ----------------------------------------------------------------------------- provenance comparison

@@ -27,7 +27,7 @@ from typing import Any, Literal
 from indexing import verified
 from indexing._io import atomic_write, check_file_path
 from indexing.errors import IndexingError, IndexStaleError
-from indexing.faiss_index import (DEFAULT_IVF_THRESHOLD, build_index, check_factory, faiss, update_index)
+from indexing.faiss_index import DEFAULT_IVF_THRESHOLD, REBUILD_HINT, build_index, check_factory, faiss, update_index
 from indexing.gpu import UseGpu, is_gpu_index, resolve_use_gpu, to_cpu, to_gpu
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,6 @@ logger = logging.getLogger(__name__)
 Which = Literal["ecg", "text"]
 #: Version 2 added ``sha256`` and ``which``; older sidecars are stale (the writer rebuilds them).
 SIDECAR_VERSION = 2
-REBUILD_HINT = "rebuild it with `etp-search index DATA_DIR --rebuild-index`"
 _HASH_BLOCK = 1 << 22
 
 #: (store, which, factory) -> (index over rows 0..len(store), info); see ``default_builder``.
@@ -62,11 +61,6 @@ def _digest_fd(fd: int) -> tuple[str, int]:
         h.update(block)
         size += len(block)
     return h.hexdigest(), size
-
-
-def file_digest(path: str | os.PathLike) -> str:
-    """SHA-256 of a file, read in 4 MiB blocks."""
-    return _digest_path(Path(path))[0]
 
 
 def lists_path(path: str | os.PathLike) -> Path:
@@ -120,7 +114,7 @@ def save_index(index: Any, path: str | os.PathLike, info: dict) -> dict:
 
     def write(tmp: Path) -> None:
         faiss.write_index(cpu, str(tmp))
-        digest.append(file_digest(tmp))
+        digest.append(_digest_path(tmp)[0])
 
     atomic_write(path, write)
     meta = dict(info)

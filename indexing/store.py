@@ -22,7 +22,6 @@ from typing import Any
 import h5py
 import numpy as np
 
-from indexing import _crash
 from indexing import segments as _seg
 from indexing._io import check_file_path, crash_point
 from indexing.batch import NORM_TOL, batch_columns, check_unique_ids
@@ -36,12 +35,6 @@ from indexing.segments import Vanished, SegmentFiles, _Segment, atomic_h5
 logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_META_SCHEMA", "FORMAT_NAME", "FORMAT_VERSION", "META_TYPES", "EmbeddingStore"]
-
-
-def __getattr__(name: str) -> Any:  # ``indexing.store.crash_hook`` reads the one hook in indexing._crash
-    if name == "crash_hook":
-        return _crash.hook
-    raise AttributeError(name)
 
 
 #: Ids read per HDF5 call when all of them are wanted (``ids``, the id -> row map).
