@@ -111,19 +111,6 @@ def _open_h5(path: Path) -> h5py.File:
                          f"if it is a damaged store, {REBUILD_HINT}") from e
 
 
-def _empty_cols(header: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    dim = int(header["dim"])
-    cols: dict[str, np.ndarray] = {"ids": np.array([], dtype=object),
-                                   "ecg": np.zeros((0, dim), np.float32)}
-    if header["has_text"]:
-        cols["text"] = np.zeros((0, dim), np.float32)
-    cols["texts"] = np.array([], dtype=object)
-    cols["labels"] = np.array([], dtype=object)
-    for col, kind in header["meta_schema"].items():
-        cols[f"meta/{col}"] = _encode_meta(kind, [], 0) if kind in ("float", "int") else np.array([], dtype=object)
-    return cols
-
-
 def _write_header(f: h5py.File, header: Mapping[str, Any]) -> None:
     f.attrs["format"] = FORMAT_NAME
     f.attrs["format_version"] = FORMAT_VERSION

@@ -23,9 +23,9 @@ import h5py
 import numpy as np
 
 from indexing._io import atomic_h5, check_file_path, crash_point
-from indexing.batch import NORM_TOL, batch_columns, check_unique_ids
+from indexing.batch import batch_columns, check_unique_ids, norm_misses
 from indexing.columns import (DAMAGE, DEFAULT_META_SCHEMA, FORMAT_NAME, FORMAT_VERSION, META_TYPES, REBUILD_HINT,
-                              RESERVED, _canon, _damaged, _decode_str, _empty_cols, _read_header, _short,
+                              RESERVED, _canon, _damaged, _decode_str, _read_header, _short,
                               _write_main, _write_part)
 from indexing.errors import ProvenanceMismatchError, RecordNotFoundError, StoreError
 from indexing.idmap import IdMap, as_keys
@@ -114,7 +114,11 @@ class EmbeddingStore(SegmentFiles):
             if store.parts_dir.exists():
                 for p in store.parts_dir.iterdir():
                     p.unlink()
-            atomic_h5(path, lambda f: _write_main(f, header, _empty_cols(header), dim))
+            # the columns of an empty batch: the main file holds the datasets every part holds
+            empty = batch_columns([], np.zeros((0, dim), np.float32), np.zeros((0, dim), np.float32) if has_text else None,
+                                  None, None, None, dim=int(dim), has_text=bool(has_text), unit_norm=False,
+                                  meta_schema=schema)
+            atomic_h5(path, lambda f: _write_main(f, header, empty, dim))
         finally:
             store._release_lock()
         logger.info("created store %s (dim %d, uuid %s)", path, dim, header["store_uuid"])
@@ -281,8 +285,7 @@ class EmbeddingStore(SegmentFiles):
         return x
 
     def _check_norms(self, which: str, x: np.ndarray, rows: Any) -> None:
-        norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
-        bad = np.flatnonzero(~(np.abs(norms - 1.0) < NORM_TOL))  # also catches nan
+        norms, bad = norm_misses(x)
         if not bad.size:
             return
         sel = self._rows_index(rows)
