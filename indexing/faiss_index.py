@@ -26,13 +26,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from indexing.errors import IndexingError, IndexStaleError
-from indexing.gpu import UseGpu, cpu_twin, is_gpu_index, resolve_use_gpu, to_gpu
-
-try:
-    import faiss
-except ImportError:  # FAISS is an extra (faiss-cpu or faiss-gpu both install `faiss`): say which to add
-    raise IndexingError(
-        "FAISS is not installed; install it with `pip install 'etp-search[cpu]'` (or `[gpu]` for faiss-gpu)") from None
+# faiss itself comes from indexing.gpu, which says which extra to install when it is missing
+from indexing.gpu import UseGpu, cpu_twin, faiss, is_gpu_index, resolve_use_gpu, to_gpu
 
 logger = logging.getLogger(__name__)
 
