@@ -192,14 +192,10 @@ class SegmentFiles:
                 raise StoreError(f"store {self.path} was recreated by another process while open; "
                                  "run the command again")
             main_rows = int(main["ids"].shape[0])  # ids are read when asked for, not here
-        except StoreError:
+        except BaseException as e:
             main.close()
-            raise
-        except DAMAGE as e:
-            main.close()
-            raise _damaged(self.path, "record ids", e) from e
-        except BaseException:
-            main.close()
+            if isinstance(e, DAMAGE) and not isinstance(e, StoreError):  # RecordNotFoundError is a KeyError
+                raise _damaged(self.path, "record ids", e) from e
             raise
         self._files[self.path] = main
         self._header = header
