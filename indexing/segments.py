@@ -122,6 +122,13 @@ def _copy_segments(f: h5py.File, segments: Sequence[_Segment], store: SegmentFil
         crash_point("mid-write")
 
 
+def _remove(paths: Iterable[Path]) -> None:
+    """Delete files a writer no longer needs; one it cannot delete is a leftover the next writer retries."""
+    for p in paths:
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
 def _inode(path: Path) -> tuple[int, int]:
     try:
         st = os.stat(path)
@@ -352,11 +359,8 @@ class SegmentFiles:
             _, leftovers = _scan_parts(self.parts_dir, int(self._header["merged_upto"]))
             for p in leftovers:
                 logger.info("removing leftover %s from an interrupted write", p.name)
-                with contextlib.suppress(OSError):
-                    p.unlink()
-            for p in self.path.parent.glob(f".tmp-*-{self.path.name}"):
-                with contextlib.suppress(OSError):
-                    p.unlink()
+            _remove(leftovers)
+            _remove(self.path.parent.glob(f".tmp-*-{self.path.name}"))
 
     def _merge_tiers(self) -> None:
         """Merge the trailing FANOUT parts of one level into a part of the next level."""
@@ -376,9 +380,7 @@ class SegmentFiles:
                        self.parts_dir)
             crash_point("after-merge")
             self._close_files(s.path for s in tail)
-            for s in tail:
-                with contextlib.suppress(OSError):
-                    s.path.unlink()
+            _remove(s.path for s in tail)
             merged = _Segment(final, tail[0].start, sum(s.n for s in tail), lo, hi, level + 1)
             self._segments = self._segments[:-FANOUT] + [merged]
             logger.debug("merged parts %d-%d into level %d", lo, hi, level + 1)
@@ -400,8 +402,6 @@ class SegmentFiles:
 
         atomic_h5(self.path, write)
         crash_point("after-compact")
-        for s in self._segments[1:]:
-            with contextlib.suppress(OSError):
-                s.path.unlink()
+        _remove(s.path for s in self._segments[1:])
         logger.info("compacted %s: %d rows in %.1fs", self.path, self._n, time.perf_counter() - t0)
         self.refresh()
