@@ -77,6 +77,7 @@ def auto_nlist(n: int) -> int:
 
 
 def _ivf(index: faiss.Index) -> faiss.IndexIVF | None:
+    """The IVF part of an index (``faiss.extract_index_ivf``), None when it has none."""
     with contextlib.suppress(Exception):
         return faiss.extract_index_ivf(index)
     return None

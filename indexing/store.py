@@ -323,10 +323,8 @@ class EmbeddingStore(SegmentFiles):
         kind = self.meta_schema.get(col)
         if kind is None:
             raise StoreError(f"unknown metadata column {col!r}; the store has: {', '.join(self.meta_schema)}")
-        if kind == "float":
-            return self._read(f"meta/{col}", rows, None, np.float64)
-        if kind == "int":
-            return self._read(f"meta/{col}", rows, None, np.int64)
+        if kind in ("float", "int"):
+            return self._read(f"meta/{col}", rows, None, np.float64 if kind == "float" else np.int64)
         values = self._read(f"meta/{col}", rows, None, object)
         if kind == "json":
             try:
