@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _paths import portable  # noqa: E402
 from _recipe_eval import average_precision, embed, has_code  # noqa: E402
-from indexing.hubness import centre, corpus_mean, csls, csls_penalty, hubness_report, k_occurrence, normalise  # noqa: E402
+from etp_search.evaluation.hubness import centre, corpus_mean, csls, csls_penalty, hubness_report, k_occurrence, normalise  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 K = 10

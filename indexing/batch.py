@@ -18,7 +18,7 @@ import numpy as np
 from indexing.columns import _encode_meta
 from indexing.errors import StoreError
 
-__all__ = ["NORM_TOL", "batch_columns", "check_unique_ids", "check_vectors"]
+__all__ = ["NORM_TOL", "batch_columns", "check_unique_ids", "check_vectors", "norm_misses"]
 
 #: |norm - 1| above this on a unit-norm store means damaged bytes (float32 normalisation errs ~1e-7).
 NORM_TOL = 1e-3
@@ -87,8 +87,15 @@ def check_vectors(name: str, x: Any, n: int, dim: int, unit_norm: bool) -> np.nd
     if not np.isfinite(x).all():
         raise StoreError(f"{name} vectors contain NaN/inf (bad input record?); drop those records")
     if unit_norm and n:
-        norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
-        if not (np.abs(norms - 1.0) < NORM_TOL).all():
+        norms, bad = norm_misses(x)
+        if bad.size:
             raise StoreError(f"{name} vectors must be L2-normalised for this store (norms "
                              f"{norms.min():.4g}..{norms.max():.4g}); normalise them before appending")
     return x
+
+
+def norm_misses(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the L2 norm of each row, the rows whose norm is not within ``NORM_TOL`` of 1, nan included):
+    what "unit-norm" means for appends and for reads of a unit-norm store."""
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+    return norms, np.flatnonzero(~(np.abs(norms - 1.0) < NORM_TOL))

@@ -30,7 +30,6 @@ META_TYPES = ("float", "int", "str", "json")
 _MISSING = {"float": float("nan"), "int": -1, "str": "", "json": None}
 _STR = h5py.string_dtype("utf-8")
 REBUILD_HINT = "rebuild it with `etp-search index DATA_DIR --rebuild` (or point --store elsewhere)"
-_REBUILD_HINT = REBUILD_HINT
 RESERVED = ("id", "label", "labels", "text", "texts", "ecg", "ids")
 
 
@@ -50,6 +49,18 @@ NUM_CHUNK_ROWS = 65536
 
 def _chunk_rows(dim: int) -> int:
     return max(1, (1 << 20) // max(1, dim * 4))  # ~1 MiB chunks: contiguous reads, cheap appends
+
+
+def _column_args(n: int, width: tuple[int, ...], dtype: Any, dim: int) -> dict[str, Any]:
+    """How every file (a part, a merge, a compacted main file) stores a column of ``n`` rows:
+    resizable; vectors in ~1 MiB chunks, strings in ``STR_CHUNK_ROWS`` (a query reads the strings
+    of its k hits; 65,536-row string chunks read 1 MiB of heap pointers per random id at 5M rows),
+    numbers in ``NUM_CHUNK_ROWS``; numeric columns carry fletcher32, so a flipped byte in a chunk
+    fails the read instead of being used."""
+    is_str = dtype == object or h5py.check_string_dtype(dtype) is not None
+    rows = _chunk_rows(dim) if width else STR_CHUNK_ROWS if is_str else NUM_CHUNK_ROWS
+    return {"dtype": _STR if is_str else dtype, "maxshape": (None,) + width,
+            "chunks": (max(1, min(rows, n)),) + width, "fletcher32": not is_str}
 
 
 def _encode_meta(kind: str, values: Sequence[Any], n: int) -> np.ndarray:
@@ -79,20 +90,13 @@ DAMAGE = (OSError, ValueError, KeyError, TypeError, RuntimeError)
 
 def _damaged(path: Path, what: str, err: BaseException) -> StoreError:
     reason = (str(err).splitlines() or [type(err).__name__])[0][:80]
-    return StoreError(f"store {path} is damaged ({what}: {reason}); {_REBUILD_HINT}")
+    return StoreError(f"store {path} is damaged ({what}: {reason}); {REBUILD_HINT}")
 
 
 def _write_rows(f: h5py.File, cols: Mapping[str, np.ndarray], dim: int) -> None:
-    """Write a batch's columns as chunked, resizable datasets."""
+    """Write a batch's columns as chunked, resizable datasets (``_column_args``)."""
     for name, arr in cols.items():
-        n = len(arr)
-        if arr.dtype == object:
-            f.create_dataset(name, data=arr, dtype=_STR, maxshape=(None,), chunks=(max(1, min(STR_CHUNK_ROWS, n)),))
-        elif arr.ndim == 2:  # fletcher32: a flipped byte in a chunk fails the read instead of being used
-            f.create_dataset(name, data=arr, maxshape=(None, arr.shape[1]), fletcher32=True,
-                             chunks=(max(1, min(_chunk_rows(dim), n)), arr.shape[1]))
-        else:
-            f.create_dataset(name, data=arr, maxshape=(None,), chunks=(max(1, min(NUM_CHUNK_ROWS, n)),), fletcher32=True)
+        f.create_dataset(name, data=arr, **_column_args(len(arr), arr.shape[1:], arr.dtype, dim))
         crash_point("mid-write")
 
 
@@ -104,20 +108,7 @@ def _open_h5(path: Path) -> h5py.File:
             raise Vanished(f"cannot read {path}: the file is gone") from e
         check_file_path(path, "store", "store.h5", StoreError)
         raise StoreError(f"cannot read {path} ({str(e).splitlines()[0][:80]}): it is not a complete HDF5 file; "
-                         f"if it is a damaged store, {_REBUILD_HINT}") from e
-
-
-def _empty_cols(header: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    dim = int(header["dim"])
-    cols: dict[str, np.ndarray] = {"ids": np.array([], dtype=object),
-                                   "ecg": np.zeros((0, dim), np.float32)}
-    if header["has_text"]:
-        cols["text"] = np.zeros((0, dim), np.float32)
-    cols["texts"] = np.array([], dtype=object)
-    cols["labels"] = np.array([], dtype=object)
-    for col, kind in header["meta_schema"].items():
-        cols[f"meta/{col}"] = _encode_meta(kind, [], 0) if kind in ("float", "int") else np.array([], dtype=object)
-    return cols
+                         f"if it is a damaged store, {REBUILD_HINT}") from e
 
 
 def _write_header(f: h5py.File, header: Mapping[str, Any]) -> None:
@@ -165,7 +156,7 @@ def _header_of(f: h5py.File, path: Path) -> dict[str, Any]:
     version = int(a.get("format_version", -1))
     if version != FORMAT_VERSION:
         raise StoreError(f"store {path} has format version {version}, this etp-search reads {FORMAT_VERSION}; "
-                         f"{_REBUILD_HINT}")
+                         f"{REBUILD_HINT}")
     try:
         return {"dim": int(a["dim"]), "has_text": bool(a["has_text"]), "unit_norm": bool(a.get("unit_norm", False)),
                 "store_uuid": str(a["store_uuid"]),
@@ -173,7 +164,7 @@ def _header_of(f: h5py.File, path: Path) -> dict[str, Any]:
                 "merged_upto": int(a["merged_upto"]), "n_rows": int(f["ids"].shape[0])}
     except DAMAGE as e:
         raise StoreError(f"store {path} has a damaged header ({str(e).splitlines()[0][:80] if str(e) else e!r}); "
-                         f"{_REBUILD_HINT}") from e
+                         f"{REBUILD_HINT}") from e
 
 
 # ----------------------------------------------------------------------------- provenance comparison

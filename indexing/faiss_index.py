@@ -26,13 +26,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from indexing.errors import IndexingError, IndexStaleError
-from indexing.gpu import UseGpu, cpu_twin, is_gpu_index, resolve_use_gpu, to_gpu
-
-try:
-    import faiss
-except ImportError:  # FAISS is an extra (faiss-cpu or faiss-gpu both install `faiss`): say which to add
-    raise IndexingError(
-        "FAISS is not installed; install it with `pip install 'etp-search[cpu]'` (or `[gpu]` for faiss-gpu)") from None
+# faiss itself comes from indexing.gpu, which says which extra to install when it is missing
+from indexing.gpu import UseGpu, cpu_twin, faiss, is_gpu_index, resolve_use_gpu, to_gpu
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +38,7 @@ DEFAULT_IVF_THRESHOLD = 200_000
 DEFAULT_TARGET_RECALL = 0.95
 #: Held-out queries used to measure recall at build time.
 DEFAULT_RECALL_QUERIES = 500
-SIDECAR_VERSION = 1
-_REBUILD = "rebuild it with `etp-search index DATA_DIR --rebuild-index`"
+REBUILD_HINT = "rebuild it with `etp-search index DATA_DIR --rebuild-index`"
 _FACTORY_EXAMPLES = "use 'auto', 'Flat', 'IVF1024,Flat' or 'IVF4096,PQ32'"
 #: FAISS k-means wants ~39 training points per centroid (it warns below that).
 _POINTS_PER_LIST = 39
@@ -83,6 +77,7 @@ def auto_nlist(n: int) -> int:
 
 
 def _ivf(index: faiss.Index) -> faiss.IndexIVF | None:
+    """The IVF part of an index (``faiss.extract_index_ivf``), None when it has none."""
     with contextlib.suppress(Exception):
         return faiss.extract_index_ivf(index)
     return None
@@ -313,12 +308,12 @@ def _selector(allowed_rows: ArrayLike, ntotal: int) -> tuple[faiss.IDSelector, n
     if allowed.dtype == bool:
         if allowed.shape != (ntotal,):
             raise IndexingError(f"the row filter has {allowed.shape[0]} entries but the index holds {ntotal} rows; "
-                                f"the index is out of date: {_REBUILD}")
+                                f"the index is out of date: {REBUILD_HINT}")
         mask = allowed
     else:
         rows = allowed.astype(np.int64).ravel()
         if rows.size and (rows.min() < 0 or rows.max() >= ntotal):
-            raise IndexingError(f"filter rows must lie in [0, {ntotal}); the index is out of date: {_REBUILD}")
+            raise IndexingError(f"filter rows must lie in [0, {ntotal}); the index is out of date: {REBUILD_HINT}")
         mask = np.zeros(ntotal, dtype=bool)
         mask[rows] = True
     # Bitmap membership is O(1) per candidate, whatever the selectivity; 1M rows cost 125 kB.
@@ -407,11 +402,11 @@ def _search_once(index: faiss.Index, q: np.ndarray, k: int, sel: faiss.IDSelecto
 def update_index(index: faiss.Index, new_vectors: np.ndarray, start_row: int) -> faiss.Index:
     """Add rows ``start_row..`` to an index without retraining (IVF assigns them to trained lists)."""
     if int(index.ntotal) != int(start_row):
-        raise IndexStaleError(f"cannot add rows from {start_row}: the index holds {index.ntotal} rows; {_REBUILD}")
+        raise IndexStaleError(f"cannot add rows from {start_row}: the index holds {index.ntotal} rows; {REBUILD_HINT}")
     x = normalized(new_vectors)
     if x.shape[0]:
         if x.shape[1] != index.d:
-            raise IndexStaleError(f"new vectors have dimension {x.shape[1]}, the index {index.d}; {_REBUILD}")
+            raise IndexStaleError(f"new vectors have dimension {x.shape[1]}, the index {index.d}; {REBUILD_HINT}")
         index.add(x)
         twin = cpu_twin(index)
         if twin is not None and twin is not index:

@@ -90,8 +90,7 @@ def _column(store: Any, name: str) -> Any:
         if name == "label":
             cache[name] = _label_index(store)
         elif name == "text":
-            cache[name] = _distinct(store.texts_bytes(slice(a, min(len(store), a + _LABEL_CHUNK)))
-                                    for a in range(0, len(store), _LABEL_CHUNK))
+            cache[name] = _distinct(_chunks(store, store.texts_bytes))
         elif store.meta_schema.get(name) == "str":
             cache[name] = _distinct([np.asarray(store.meta(name))])
         else:
@@ -127,12 +126,21 @@ def _match(store: Any, w: Where) -> np.ndarray:
         return _match_labels(_column(store, "label"), w)
     if w.column == "id":
         return _match_ids(store, w)
-    kind = "str" if w.column in ("id", "text") else store.meta_schema[w.column]
+    kind = "str" if w.column == "text" else store.meta_schema[w.column]
     col = _column(store, w.column)
     if kind == "str":  # decided once per distinct value (reports and sites repeat), then mapped to rows
         inverse, distinct = col
         return _match_values(distinct, kind, w)[inverse]
     return _match_values(col, kind, w)
+
+
+#: Rows read (and de-duplicated with ``np.unique``) per call when a string column is cached.
+_CHUNK = 1 << 16
+
+
+def _chunks(store: Any, read: Any) -> Iterable[np.ndarray]:
+    """``read(rows)`` over all of the store's rows, ``_CHUNK`` rows a call."""
+    return (read(slice(a, min(len(store), a + _CHUNK))) for a in range(0, len(store), _CHUNK))
 
 
 def _distinct(chunks: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -144,9 +152,9 @@ def _distinct(chunks: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         if not len(chunk):
             continue
         uniq, inv = np.unique(chunk, return_inverse=True)
-        codes = np.array([seen.setdefault(u, len(seen)) for u in uniq.tolist()], dtype=np.int64)
+        codes = np.array([seen.setdefault(u, len(seen)) for u in uniq.tolist()], dtype=np.int32)
         parts.append(codes[inv.ravel()])
-    inverse = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    inverse = np.concatenate(parts) if parts else np.zeros(0, np.int32)
     distinct = np.array([u.decode("utf-8") if isinstance(u, bytes) else str(u) for u in seen] or [""], dtype=object)
     return inverse, distinct
 
@@ -171,10 +179,7 @@ def _match_values(col: Any, kind: str, w: Where) -> np.ndarray:
     if w.op in ("in", "not in"):
         hit = np.isin(arr, np.array(values, dtype=arr.dtype))
         return known_mask & (hit if w.op == "in" else ~hit)
-    v = values[0]
-    ops = {"=": np.equal, "!=": np.not_equal, "<": np.less, "<=": np.less_equal,
-           ">": np.greater, ">=": np.greater_equal}
-    return known_mask & np.asarray(ops[w.op](arr, v), dtype=bool)
+    return known_mask & np.asarray(_CMP[w.op](arr, values[0]), dtype=bool)
 
 
 _CMP = {"=": np.equal, "!=": np.not_equal, "<": np.less, "<=": np.less_equal, ">": np.greater,
@@ -217,31 +222,17 @@ def _convert(value: str, kind: str, w: Where) -> Any:
     return value
 
 
-#: Label rows read (and de-duplicated with ``np.unique``) per call when the label index is built.
-_LABEL_CHUNK = 1 << 16
-
-
 def _label_index(store: Any) -> tuple[np.ndarray, list[frozenset[str]]]:
     """Each row's label set as (row -> distinct index, lower-cased keys of each distinct JSON).
 
     Stores repeat a few thousand label combinations over millions of rows: the rows are read in
-    chunks as UTF-8 bytes and de-duplicated in numpy, and only the distinct JSON strings are parsed,
-    so a label filter costs O(distinct) in Python and one ``np.isin`` over the rows."""
-    n = len(store)
-    inverse = np.empty(n, dtype=np.int32)
-    distinct: dict[bytes, int] = {}
-    for a in range(0, n, _LABEL_CHUNK):
-        b = min(n, a + _LABEL_CHUNK)
-        uniq, inv = np.unique(store.labels_bytes(slice(a, b)), return_inverse=True)
-        codes = np.array([distinct.setdefault(u, len(distinct)) for u in uniq.tolist()], dtype=np.int32)
-        inverse[a:b] = codes[inv.ravel()]
-    keys = []
-    for raw in distinct:
-        try:
-            keys.append(frozenset(k.lower() for k in json.loads(raw.decode("utf-8"))) if raw else frozenset())
-        except ValueError as e:
-            raise _damaged(store.path, "labels", e) from e
-    return inverse, keys
+    chunks as UTF-8 bytes and de-duplicated in numpy (``_distinct``), and only the distinct JSON
+    strings are parsed, so a label filter costs O(distinct) in Python and one ``np.isin`` over the rows."""
+    try:  # a stored label that is not UTF-8 JSON: the store is damaged
+        inverse, distinct = _distinct(_chunks(store, store.labels_bytes))
+        return inverse, [frozenset(k.lower() for k in json.loads(raw)) if raw else frozenset() for raw in distinct]
+    except ValueError as e:
+        raise _damaged(store.path, "labels", e) from e
 
 
 def _match_labels(index: tuple[np.ndarray, list[frozenset[str]]], w: Where) -> np.ndarray:

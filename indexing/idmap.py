@@ -103,10 +103,6 @@ class IdMap:
     def __len__(self) -> int:
         return len(self.keys) + len(self._tail_keys)
 
-    @property
-    def nbytes(self) -> int:
-        return self.keys.nbytes + self.hashes.nbytes + self.rows.nbytes
-
     def add(self, ids: Sequence[bytes] | np.ndarray) -> None:
         """Map the next ``len(ids)`` rows (``len(self)`` onwards) to ``ids``."""
         if len(ids) == 0:
@@ -146,17 +142,13 @@ class IdMap:
         start = len(self.keys)
         h = np.concatenate(new_hashes) if new_hashes is not None else hash_keys(new)
         order = np.argsort(h)  # equal hashes (a collision) may come in any order: lookups walk the run
-        h = h[order]
-        order += start
-        r = order
+        h, r = h[order], order + start
         if start == 0:
-            self.hashes, self.rows = h, r
-        else:  # a merge of two sorted runs: O(total) copies, no re-sort of what was there
-            at = np.searchsorted(self.hashes, h, side="right")
-            self.hashes, self.rows = np.insert(self.hashes, at, h), np.insert(self.rows, at, r)
-        if start == 0:
-            self.keys = new
+            self.hashes, self.rows, self.keys = h, r, new
             return
+        # a merge of two sorted runs: O(total) copies, no re-sort of what was there
+        at = np.searchsorted(self.hashes, h, side="right")
+        self.hashes, self.rows = np.insert(self.hashes, at, h), np.insert(self.rows, at, r)
         width = max(self.keys.dtype.itemsize, new.dtype.itemsize)
         self.keys = np.concatenate([self.keys.astype(f"S{width}", copy=False), new.astype(f"S{width}", copy=False)])
 

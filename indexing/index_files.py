@@ -27,7 +27,8 @@ from typing import Any, Literal
 from indexing import verified
 from indexing._io import atomic_write, check_file_path
 from indexing.errors import IndexingError, IndexStaleError
-from indexing.faiss_index import (DEFAULT_IVF_THRESHOLD, build_index, check_factory, faiss, update_index)
+from indexing.faiss_index import (DEFAULT_IVF_THRESHOLD, REBUILD_HINT, _ivf, build_index, check_factory, faiss,
+                                  update_index)
 from indexing.gpu import UseGpu, is_gpu_index, resolve_use_gpu, to_cpu, to_gpu
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,6 @@ logger = logging.getLogger(__name__)
 Which = Literal["ecg", "text"]
 #: Version 2 added ``sha256`` and ``which``; older sidecars are stale (the writer rebuilds them).
 SIDECAR_VERSION = 2
-REBUILD_HINT = "rebuild it with `etp-search index DATA_DIR --rebuild-index`"
 _HASH_BLOCK = 1 << 22
 
 #: (store, which, factory) -> (index over rows 0..len(store), info); see ``default_builder``.
@@ -64,11 +64,6 @@ def _digest_fd(fd: int) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
-def file_digest(path: str | os.PathLike) -> str:
-    """SHA-256 of a file, read in 4 MiB blocks."""
-    return _digest_path(Path(path))[0]
-
-
 def lists_path(path: str | os.PathLike) -> Path:
     """Where the on-disk inverted lists of the index at ``path`` live (``PATH.ivfdata``)."""
     return Path(f"{path}.ivfdata")
@@ -76,11 +71,8 @@ def lists_path(path: str | os.PathLike) -> Path:
 
 def ondisk_lists(index: Any) -> Any | None:
     """The ``faiss.OnDiskInvertedLists`` of an IVF index whose lists live in a file, else None."""
-    try:
-        ivf = faiss.extract_index_ivf(index)
-    except RuntimeError:
-        return None
-    if ivf.invlists is None:
+    ivf = _ivf(index)
+    if ivf is None or ivf.invlists is None:
         return None
     lists = faiss.downcast_InvertedLists(ivf.invlists)
     return lists if isinstance(lists, faiss.OnDiskInvertedLists) else None
@@ -120,7 +112,7 @@ def save_index(index: Any, path: str | os.PathLike, info: dict) -> dict:
 
     def write(tmp: Path) -> None:
         faiss.write_index(cpu, str(tmp))
-        digest.append(file_digest(tmp))
+        digest.append(_digest_path(tmp)[0])
 
     atomic_write(path, write)
     meta = dict(info)
@@ -148,17 +140,29 @@ def _digest_path(path: Path) -> tuple[str, int]:
         os.close(fd)
 
 
-def _checked_digest(path: Path, fd: int, expected: str) -> tuple[str, int]:
-    """(SHA-256, size) of the open file ``fd``: hashed, unless this user verified the very same
-    file (same inode, size, mtime, ctime) to have ``expected`` before (``indexing.verified``).
-    A digest that matches is remembered for the next load."""
+def _check_digest(path: Path, fd: int, expected: str, expected_bytes: int, what: str, against: str) -> None:
+    """_Torn unless the open file ``fd`` has ``expected_bytes`` bytes and SHA-256 ``expected``
+    (as ``against``, the sidecar, says). It is hashed, unless this user verified the very same file
+    (same inode, size, mtime, ctime) to have ``expected`` before (``indexing.verified``); a digest
+    that matches is remembered for the next load."""
     st = os.fstat(fd)
     if verified.is_verified(path, st, expected):
-        return expected, int(st.st_size)
-    digest, size = _digest_fd(fd)
-    if digest == expected and size == st.st_size:
-        verified.remember(path, st, digest)
-    return digest, size
+        digest, size = expected, int(st.st_size)
+    else:
+        digest, size = _digest_fd(fd)
+        if digest == expected and size == st.st_size:
+            verified.remember(path, st, digest)
+    if size != expected_bytes or digest != expected:
+        raise _Torn(f"{what} {path} is damaged or from an interrupted write (its "
+                    f"{'size' if size != expected_bytes else 'SHA-256'} differs from {against}); {REBUILD_HINT}")
+
+
+def _read_faiss(path: Path, name: str, flags: int = 0) -> Any:
+    """``faiss.read_index(name, flags)``; _Torn naming the index ``path`` when faiss cannot read it."""
+    try:
+        return faiss.read_index(name, flags)
+    except RuntimeError as e:
+        raise _Torn(f"index {path} is corrupt ({str(e).strip().splitlines()[-1][:80]}); {REBUILD_HINT}") from e
 
 
 class _Torn(IndexStaleError):
@@ -228,19 +232,12 @@ def _load_checked(path: Path, store_uuid: str, n_rows: int, which: str | None,
         raise _Torn(f"index {path} disappeared while loading; {REBUILD_HINT}") from e
     try:
         # Hash and read the same open file: a writer replacing it meanwhile cannot slip another in.
-        digest, size = _checked_digest(path, fd, info["sha256"])
-        if size != expected_bytes or digest != info["sha256"]:
-            raise _Torn(f"index {path} is damaged or from an interrupted write (its "
-                        f"{'size' if size != expected_bytes else 'SHA-256'} differs from its sidecar); {REBUILD_HINT}")
+        _check_digest(path, fd, info["sha256"], expected_bytes, "index", "its sidecar")
         lists = info.get("ivfdata")
         if lists is not None:
             index = _read_ondisk(path, lists, side.name)
         else:
-            name = f"/proc/self/fd/{fd}" if os.path.exists(f"/proc/self/fd/{fd}") else str(path)
-            try:
-                index = faiss.read_index(name)
-            except RuntimeError as e:
-                raise _Torn(f"index {path} is corrupt ({str(e).strip().splitlines()[-1][:80]}); {REBUILD_HINT}") from e
+            index = _read_faiss(path, f"/proc/self/fd/{fd}" if os.path.exists(f"/proc/self/fd/{fd}") else str(path))
     finally:
         os.close(fd)
     if lists is None and ondisk_lists(index) is not None:
@@ -263,19 +260,13 @@ def _read_ondisk(path: Path, lists: Any, sidecar_name: str) -> Any:
     except FileNotFoundError as e:
         raise _Torn(f"index lists file {lists_file} is missing; {REBUILD_HINT}") from e
     try:
-        digest, size = _checked_digest(lists_file, fd, expected)
+        _check_digest(lists_file, fd, expected, expected_bytes, "index lists file", sidecar_name)
     finally:
         os.close(fd)
-    if size != expected_bytes or digest != expected:
-        raise _Torn(f"index lists file {lists_file} is damaged or from an interrupted write (its "
-                    f"{'size' if size != expected_bytes else 'SHA-256'} differs from {sidecar_name}); {REBUILD_HINT}")
     from indexing.ann import _stdout_to_stderr
 
-    try:
-        with _stdout_to_stderr():  # faiss printf()s the lists file it maps; keep --json output clean
-            return faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR)
-    except RuntimeError as e:
-        raise _Torn(f"index {path} is corrupt ({str(e).strip().splitlines()[-1][:80]}); {REBUILD_HINT}") from e
+    with _stdout_to_stderr():  # faiss printf()s the lists file it maps; keep --json output clean
+        return _read_faiss(path, str(path), faiss.IO_FLAG_ONDISK_SAME_DIR)
 
 
 # ----------------------------------------------------------------------------- the writer's side

@@ -29,16 +29,16 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import h5py
 import numpy as np
 
-from indexing._io import atomic_h5, crash_point  # atomic_h5 re-exported for indexing.store
-from indexing.columns import (DAMAGE, NUM_CHUNK_ROWS, REBUILD_HINT, STR_CHUNK_ROWS, _STR, Vanished, _chunk_rows,
-                              _damaged, _header_of, _open_h5, _write_header)
+from indexing._io import atomic_h5, crash_point
+from indexing.columns import (DAMAGE, REBUILD_HINT, Vanished, _column_args, _damaged, _header_of, _open_h5,
+                              _write_header)
 from indexing.errors import StoreError
 
 if TYPE_CHECKING:
@@ -52,6 +52,7 @@ _PART_RE = re.compile(r"^p(\d{10})-(\d{10})-L(\d+)\.h5$")
 #: many times, with short growing pauses, before it gives up.
 READ_RETRIES = 6
 _LOCK_RETRIES = 10  # the writer lock is retried briefly: a reader may probe it for a moment
+T = TypeVar("T")
 
 
 class _Segment:
@@ -108,13 +109,8 @@ def _copy_segments(f: h5py.File, segments: Sequence[_Segment], store: SegmentFil
     for name in names:
         with _open_h5(segments[0].path) as f0:
             dtype, width = f0[name].dtype, f0[name].shape[1:]
-        is_str = h5py.check_string_dtype(dtype) is not None
-        # Strings in small chunks, as parts write them: compaction made them 65,536 rows (1 MiB of
-        # heap pointers read per random id at 5M rows; bench_scale).
-        one_d = STR_CHUNK_ROWS if is_str else NUM_CHUNK_ROWS
-        chunks = ((max(1, min(_chunk_rows(store.dim), total)),) + width) if width else (max(1, min(one_d, total)),)
-        dst = f.create_dataset(name, shape=(total,) + width, maxshape=(None,) + width,
-                               dtype=_STR if is_str else dtype, chunks=chunks, fletcher32=not is_str)
+        # laid out as the parts are (_column_args), so a merged or compacted file reads alike
+        dst = f.create_dataset(name, shape=(total,) + width, **_column_args(total, width, dtype, store.dim))
         pos = 0
         for seg in segments:
             with _open_h5(seg.path) as src:
@@ -124,6 +120,13 @@ def _copy_segments(f: h5py.File, segments: Sequence[_Segment], store: SegmentFil
                     dst[pos + a:pos + b] = ds[a:b]
             pos += seg.n
         crash_point("mid-write")
+
+
+def _remove(paths: Iterable[Path]) -> None:
+    """Delete files a writer no longer needs; one it cannot delete is a leftover the next writer retries."""
+    for p in paths:
+        with contextlib.suppress(OSError):
+            p.unlink()
 
 
 def _inode(path: Path) -> tuple[int, int]:
@@ -137,12 +140,11 @@ def _inode(path: Path) -> tuple[int, int]:
 class SegmentFiles:
     """Files, re-scans, the writer lock, merges and compaction of one store (a base of EmbeddingStore).
 
-    Subclasses set ``path``, ``parts_dir``, ``uuid``, ``dim``, ``has_text``, ``meta_schema`` and
-    ``_header`` before calling ``_load_rows``.
+    Subclasses set ``path``, ``uuid``, ``dim``, ``has_text``, ``meta_schema`` and ``_header``
+    before calling ``refresh``.
     """
 
     path: Path
-    parts_dir: Path
     uuid: str
     dim: int
     has_text: bool
@@ -151,30 +153,39 @@ class SegmentFiles:
     _lock_fd: int | None
     _files: dict[Path, h5py.File]
     _segments: list[_Segment]
-    #: id -> row (``indexing.idmap.IdMap``), built on the first id lookup (``_id_rows``), not at open.
-    _row: IdMap | None
-    _row_upto: int
+    #: id -> row (``indexing.idmap.IdMap``) of rows ``0..len(_row)``, built on the first id lookup
+    #: (``_id_rows``), not at open.
+    _row: IdMap | None = None
     _n: int
     _next_seq: int
 
+    @property
+    def parts_dir(self) -> Path:
+        """``STORE.parts/``, beside the main file."""
+        return Path(str(self.path) + ".parts")
+
     def refresh(self) -> None:
-        """Re-read the file list to see rows appended by another process since open.
+        """Re-read the file list to see rows appended by another process since open (re-scanning
+        while the writer merges or compacts files under us).
 
         Rows keep their numbers: a refresh only adds rows at the end.
         """
-        self._load_rows()
+        self._retry_vanished(self._load_rows_once, rescan=False)
 
-    def _load_rows(self) -> None:
-        """Read the file list; re-scan when the writer merges or compacts files under us."""
-        for attempt in range(READ_RETRIES):
+    def _retry_vanished(self, attempt: Callable[[], T], rescan: bool) -> T:
+        """``attempt()``, tried again after a short, growing pause (and a ``refresh`` first when
+        ``rescan``) while a file it needs was merged or compacted away by the writer."""
+        for i in range(READ_RETRIES):
             try:
-                self._load_rows_once()
-                return
+                return attempt()
             except Vanished as e:
-                if attempt == READ_RETRIES - 1:
+                if i == READ_RETRIES - 1:
                     raise self._transient_failure(e) from e
                 logger.debug("store files changed while reading (%s); re-scanning", e)
-                time.sleep(0.01 * 2 ** attempt)
+                time.sleep(0.01 * 2 ** i)
+                if rescan:
+                    self.refresh()
+        raise AssertionError("unreachable")
 
     def _load_rows_once(self) -> None:
         self._close_files()  # the main file may have been replaced by a compaction
@@ -188,14 +199,10 @@ class SegmentFiles:
                 raise StoreError(f"store {self.path} was recreated by another process while open; "
                                  "run the command again")
             main_rows = int(main["ids"].shape[0])  # ids are read when asked for, not here
-        except StoreError:
+        except BaseException as e:
             main.close()
-            raise
-        except DAMAGE as e:
-            main.close()
-            raise _damaged(self.path, "record ids", e) from e
-        except BaseException:
-            main.close()
+            if isinstance(e, DAMAGE) and not isinstance(e, StoreError):  # RecordNotFoundError is a KeyError
+                raise _damaged(self.path, "record ids", e) from e
             raise
         self._files[self.path] = main
         self._header = header
@@ -222,8 +229,8 @@ class SegmentFiles:
         self._segments = segments
         # Rows keep their numbers across re-scans (only appends at the end), so an id map already
         # built stays valid and is extended on its next use.
-        if getattr(self, "_row", None) is None or getattr(self, "_row_upto", 0) > start:
-            self._row, self._row_upto = None, 0
+        if self._row is not None and len(self._row) > start:
+            self._row = None
         self._n = start
         self._next_seq = max([merged_upto] + [s.hi for s in segments[1:]]) + 1
 
@@ -346,21 +353,14 @@ class SegmentFiles:
     def begin_write(self) -> None:
         """Become the store's writer now (held until ``close``): take the lock, pick up others'
         appends, delete crash leftovers. StoreError when another process is writing."""
-        self._begin_write()
-
-    def _begin_write(self) -> None:
-        """Take the writer lock, pick up others' appends, and delete crash leftovers."""
         if self._lock_fd is None:
             self._acquire_lock()
             self.refresh()
             _, leftovers = _scan_parts(self.parts_dir, int(self._header["merged_upto"]))
             for p in leftovers:
                 logger.info("removing leftover %s from an interrupted write", p.name)
-                with contextlib.suppress(OSError):
-                    p.unlink()
-            for p in self.path.parent.glob(f".tmp-*-{self.path.name}"):
-                with contextlib.suppress(OSError):
-                    p.unlink()
+            _remove(leftovers)
+            _remove(self.path.parent.glob(f".tmp-*-{self.path.name}"))
 
     def _merge_tiers(self) -> None:
         """Merge the trailing FANOUT parts of one level into a part of the next level."""
@@ -380,16 +380,14 @@ class SegmentFiles:
                        self.parts_dir)
             crash_point("after-merge")
             self._close_files(s.path for s in tail)
-            for s in tail:
-                with contextlib.suppress(OSError):
-                    s.path.unlink()
+            _remove(s.path for s in tail)
             merged = _Segment(final, tail[0].start, sum(s.n for s in tail), lo, hi, level + 1)
             self._segments = self._segments[:-FANOUT] + [merged]
             logger.debug("merged parts %d-%d into level %d", lo, hi, level + 1)
 
     def compact(self) -> None:
         """Fold all parts into a new main file (written aside, then renamed) and delete them."""
-        self._begin_write()
+        self.begin_write()
         if len(self._segments) == 1:
             return
         header = dict(self._header)
@@ -404,8 +402,6 @@ class SegmentFiles:
 
         atomic_h5(self.path, write)
         crash_point("after-compact")
-        for s in self._segments[1:]:
-            with contextlib.suppress(OSError):
-                s.path.unlink()
+        _remove(s.path for s in self._segments[1:])
         logger.info("compacted %s: %d rows in %.1fs", self.path, self._n, time.perf_counter() - t0)
         self.refresh()

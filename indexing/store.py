@@ -22,26 +22,18 @@ from typing import Any
 import h5py
 import numpy as np
 
-from indexing import _crash
-from indexing import segments as _seg
-from indexing._io import check_file_path, crash_point
-from indexing.batch import NORM_TOL, batch_columns, check_unique_ids
+from indexing._io import atomic_h5, check_file_path, crash_point
+from indexing.batch import batch_columns, check_unique_ids, norm_misses
 from indexing.columns import (DAMAGE, DEFAULT_META_SCHEMA, FORMAT_NAME, FORMAT_VERSION, META_TYPES, REBUILD_HINT,
-                              RESERVED, _canon, _damaged, _decode_str, _empty_cols, _read_header, _short,
+                              RESERVED, _canon, _damaged, _decode_str, _read_header, _short,
                               _write_main, _write_part)
 from indexing.errors import ProvenanceMismatchError, RecordNotFoundError, StoreError
 from indexing.idmap import IdMap, as_keys
-from indexing.segments import Vanished, SegmentFiles, _Segment, atomic_h5
+from indexing.segments import SegmentFiles, _Segment
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_META_SCHEMA", "FORMAT_NAME", "FORMAT_VERSION", "META_TYPES", "EmbeddingStore"]
-
-
-def __getattr__(name: str) -> Any:  # ``indexing.store.crash_hook`` reads the one hook in indexing._crash
-    if name == "crash_hook":
-        return _crash.hook
-    raise AttributeError(name)
 
 
 #: Ids read per HDF5 call when all of them are wanted (``ids``, the id -> row map).
@@ -57,7 +49,6 @@ class EmbeddingStore(SegmentFiles):
 
     def __init__(self, path: Path, _header: dict[str, Any]):
         self.path = Path(path)
-        self.parts_dir = Path(str(self.path) + ".parts")
         self._lock_fd: int | None = None
         # Read handles stay open between calls: opening an HDF5 file costs ~0.3 ms, and a query
         # fetches several columns of a few rows. Files are immutable once visible, so a cached
@@ -71,7 +62,7 @@ class EmbeddingStore(SegmentFiles):
         self.uuid: str = _header["store_uuid"]
         self.meta_schema: dict[str, str] = dict(_header["meta_schema"])
         self.provenance: dict[str, Any] = dict(_header["provenance"])
-        self._load_rows()
+        self.refresh()
 
     # ---------------------------------------------------------------- create / open
 
@@ -115,7 +106,7 @@ class EmbeddingStore(SegmentFiles):
                   "store_uuid": uuid_mod.uuid4().hex,
                   "meta_schema": schema, "provenance": prov, "merged_upto": -1}
         store = cls.__new__(cls)
-        store.path, store.parts_dir, store._lock_fd, store._files = path, Path(str(path) + ".parts"), None, {}
+        store.path, store._lock_fd, store._files = path, None, {}
         store._acquire_lock()
         try:
             # Old parts go first: a crash after this leaves the old main alone, which is still a
@@ -123,7 +114,11 @@ class EmbeddingStore(SegmentFiles):
             if store.parts_dir.exists():
                 for p in store.parts_dir.iterdir():
                     p.unlink()
-            atomic_h5(path, lambda f: _write_main(f, header, _empty_cols(header), dim))
+            # the columns of an empty batch: the main file holds the datasets every part holds
+            empty = batch_columns([], np.zeros((0, dim), np.float32), np.zeros((0, dim), np.float32) if has_text else None,
+                                  None, None, None, dim=int(dim), has_text=bool(has_text), unit_norm=False,
+                                  meta_schema=schema)
+            atomic_h5(path, lambda f: _write_main(f, header, empty, dim))
         finally:
             store._release_lock()
         logger.info("created store %s (dim %d, uuid %s)", path, dim, header["store_uuid"])
@@ -180,11 +175,9 @@ class EmbeddingStore(SegmentFiles):
         lookup from one chunked read of the ids (``_ID_CHUNK`` rows a call) and extended with the
         rows appended since; opening a store reads no ids."""
         if self._row is None:
-            self._row, self._row_upto = IdMap(), 0
-        if self._row_upto < self._n:
-            self._row.add_chunks([self._read_raw_ids(a, min(self._n, a + _ID_CHUNK))
-                                  for a in range(self._row_upto, self._n, _ID_CHUNK)])
-            self._row_upto = self._n
+            self._row = IdMap()
+        self._row.add_chunks([self._read_raw_ids(a, min(self._n, a + _ID_CHUNK))
+                              for a in range(len(self._row), self._n, _ID_CHUNK)])
         return self._row
 
     def _read_raw_ids(self, a: int, b: int) -> np.ndarray:
@@ -259,21 +252,17 @@ class EmbeddingStore(SegmentFiles):
         their numbers across a refresh, so the reader re-scans and reads the same rows again.
         """
         sel = self._rows_index(rows)
-        for attempt in range(_seg.READ_RETRIES):
+
+        def read_once() -> Any:
             try:
                 out = self._read_sel(name, sel, width, dtype)
                 return _decode_str(out) if dtype == object and decode else out
-            except Vanished as e:
-                if attempt == _seg.READ_RETRIES - 1:
-                    raise self._transient_failure(e) from e
-                logger.debug("store file gone while reading (%s); re-scanning", e)
-                time.sleep(0.01 * 2 ** attempt)
-                self.refresh()
-            except StoreError:
+            except StoreError:  # Vanished among them: retried
                 raise
             except DAMAGE as e:
                 raise _damaged(self.path, f"reading {name}", e) from e
-        raise AssertionError("unreachable")
+
+        return self._retry_vanished(read_once, rescan=True)
 
     def ecg(self, rows: Any = None) -> np.ndarray:
         """ECG vectors (n, dim) float32 for ``rows`` (None = all, slice, int array or bool mask)."""
@@ -296,8 +285,7 @@ class EmbeddingStore(SegmentFiles):
         return x
 
     def _check_norms(self, which: str, x: np.ndarray, rows: Any) -> None:
-        norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
-        bad = np.flatnonzero(~(np.abs(norms - 1.0) < NORM_TOL))  # also catches nan
+        norms, bad = norm_misses(x)
         if not bad.size:
             return
         sel = self._rows_index(rows)
@@ -335,10 +323,8 @@ class EmbeddingStore(SegmentFiles):
         kind = self.meta_schema.get(col)
         if kind is None:
             raise StoreError(f"unknown metadata column {col!r}; the store has: {', '.join(self.meta_schema)}")
-        if kind == "float":
-            return self._read(f"meta/{col}", rows, None, np.float64)
-        if kind == "int":
-            return self._read(f"meta/{col}", rows, None, np.int64)
+        if kind in ("float", "int"):
+            return self._read(f"meta/{col}", rows, None, np.float64 if kind == "float" else np.int64)
         values = self._read(f"meta/{col}", rows, None, object)
         if kind == "json":
             try:
@@ -390,7 +376,7 @@ class EmbeddingStore(SegmentFiles):
         n = len(ids)
         if n == 0:
             return
-        self._begin_write()  # lock + refresh first: the "already stored" check must see other writers' rows
+        self.begin_write()  # lock + refresh first: the "already stored" check must see other writers' rows
         cols = self._batch_columns(ids, ecg, text, texts, labels, meta)
         seq = self._next_seq
         final = self.parts_dir / f"p{seq:010d}-{seq:010d}-L0.h5"
@@ -399,9 +385,8 @@ class EmbeddingStore(SegmentFiles):
         atomic_h5(final, lambda f: _write_part(f, self.uuid, seq, seq, 0, cols, self.dim), self.parts_dir)
         crash_point("after-part")
         self._segments.append(_Segment(final, self._n, n, seq, seq, 0))
-        if self._row is not None and self._row_upto == self._n:
+        if self._row is not None and len(self._row) == self._n:
             self._row.add([r.encode("utf-8") for r in ids])
-            self._row_upto = self._n + n
         self._n += n
         self._next_seq = seq + 1
         self._merge_tiers()

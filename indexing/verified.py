@@ -9,7 +9,7 @@ file has the same identity and whose sidecar names the same digest skips the has
 What it still catches: any write to the file through the filesystem (in place, truncation, an
 atomic replace, a copy or a swap) changes its inode, size, mtime or ctime; ``ctime`` cannot be set
 back by a user. What it does not: corruption below the filesystem (a failing disk flipping a bit
-without a write). ``ETP_VERIFY=full`` (or ``check(..., full=True)``) re-hashes on every load.
+without a write). ``ETP_VERIFY=full`` (``full_verify_requested``) re-hashes on every load.
 
 Racy writes (the git index problem): a file written within ``_SETTLE_NS`` of its verification is
 not remembered, so a write in the same timestamp tick as the check can never share its identity.

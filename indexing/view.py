@@ -22,7 +22,7 @@ import numpy as np
 from indexing.errors import IndexingError, IndexStaleError
 from indexing.faiss_index import normalized, search
 from indexing.gpu import UseGpu
-from indexing.index_files import IndexAheadError, default_index_path, load_index
+from indexing.index_files import IndexAheadError, _check_which, default_index_path, load_index
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +54,7 @@ class SearchView:
     def open(cls, store: Any, which: str = "ecg", index_path: str | os.PathLike | None = None, *,
              use_gpu: UseGpu = False) -> SearchView:
         """The view over ``store`` as it is now; never writes a file."""
-        if which not in ("ecg", "text"):
-            raise IndexingError(f"unknown vector kind {which!r}; use 'ecg' or 'text'")
+        _check_which(which)
         if which == "text" and not store.has_text:
             raise IndexingError(f"store {store.path} holds no report vectors; search ECGs instead")
         store.check_not_empty()

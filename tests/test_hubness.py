@@ -1,11 +1,11 @@
-"""indexing.hubness: k-occurrence, skewness, centring, CSLS -- values checked on constructed vectors."""
+"""etp_search.evaluation.hubness: k-occurrence, skewness, centring, CSLS -- values checked on constructed vectors."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from indexing.hubness import (centre, corpus_mean, csls, csls_penalty, hubness_report, k_occurrence, normalise,
+from etp_search.evaluation.hubness import (centre, corpus_mean, csls, csls_penalty, hubness_report, k_occurrence, normalise,
                               similarity, skewness)
 
 

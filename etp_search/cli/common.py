@@ -16,6 +16,7 @@ from typing import Annotated, Any, Callable, Iterable, Sequence, TypeVar
 import typer
 
 from etp_search.errors import EtpError
+from indexing.errors import IndexingError  # indexing imports nothing of ours: its errors have their own base
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -31,17 +32,6 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     """Print one line to stderr and return the Exit to raise."""
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code=code)
-
-
-def _user_error_types() -> tuple[type[BaseException], ...]:
-    types: list[type[BaseException]] = [EtpError]
-    try:  # indexing must not import etp_search, so its errors have their own base class
-        from indexing.errors import IndexingError
-
-        types.append(IndexingError)
-    except ImportError:  # pragma: no cover - indexing always ships with the package
-        pass
-    return tuple(types)
 
 
 _OS_FIXES = {errno.EACCES: "choose a folder you can write to (or fix its permissions)",
@@ -79,7 +69,7 @@ def user_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except _user_error_types() as exc:
+        except (EtpError, IndexingError) as exc:
             raise fail(str(exc)) from None
         except OSError as exc:  # a read-only folder or a full disk: the user's to fix, not a bug to trace
             message = os_error_line(exc)
@@ -101,9 +91,6 @@ class _CurrentStderr(logging.StreamHandler):
     printed "--- Logging error --- ValueError: I/O operation on closed file" (the stdlib's
     ``logging.lastResort`` resolves the stream the same way).
     """
-
-    def __init__(self) -> None:
-        super().__init__()
 
     @property  # type: ignore[override]
     def stream(self):  # noqa: ANN201 - whatever sys.stderr is now
@@ -149,19 +136,17 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None =
 
 def to_jsonable(obj: Any) -> Any:
     """Convert numpy scalars/arrays, Paths and NaN into JSON-safe values (NaN -> null)."""
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover
-        np = None  # type: ignore[assignment]
+    import numpy as np
+
     if isinstance(obj, dict):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [to_jsonable(v) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
-    if np is not None and isinstance(obj, np.ndarray):
+    if isinstance(obj, np.ndarray):
         return to_jsonable(obj.tolist())
-    if np is not None and isinstance(obj, np.generic):
+    if isinstance(obj, np.generic):
         return to_jsonable(obj.item())
     if isinstance(obj, float) and not math.isfinite(obj):
         return None

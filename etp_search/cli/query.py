@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from etp_search.cli.common import DEFAULT_STORE, emit, fail, setup_logging, user_errors
+from etp_search.cli.common import DEFAULT_STORE, emit, emit_json, fail, setup_logging, user_errors
 from etp_search.errors import DataError
 
 
@@ -60,8 +60,6 @@ def query(
         if plot is not None:
             _plot(s, hits, title, query_signal, plot, record)
         if json_out:
-            from etp_search.cli.common import emit_json
-
             emit_json({"query": title, "target": target, "k": k, "where": where or [], "hits": [h.as_dict() for h in hits]})
             return
         if not hits:

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from etp_search.cli.common import ProgressOpt, emit, user_errors
+from etp_search.cli.common import ProgressOpt, emit, emit_json, setup_logging, user_errors
 from etp_search.errors import DataError, EtpError
 
 logger = logging.getLogger(__name__)
@@ -22,9 +22,9 @@ def _ensure_cache(data: list[Path], preset: str, cache: Optional[Path], text_sou
     Several folders (or a list file, or a NumPy sidecar .json) become one cache; a record id present
     in more than one of them is kept once (the reader logs how many).
     """
-    from etp_search.cli.prepare import default_cache_path
+    from etp_search.cli.prepare import default_cache_path, open_reader
     from etp_search.preprocess import get_preset
-    from etp_search.readers import dataset_paths, detect_format, open_dataset
+    from etp_search.readers import dataset_paths, detect_format
     from etp_search.signal_cache import build_cache, is_signal_cache
     from training.distributed import barrier
 
@@ -51,9 +51,8 @@ def _ensure_cache(data: list[Path], preset: str, cache: Optional[Path], text_sou
                 # Every text source is cached, so a cache built for another default source serves too.
                 logger.info("signal cache %s: %d records (reused)", target, len(existing))
                 return target
-    if is_main:
-        rate = p.fs if "ptbxl" in fmts and p.fs in (100, 500) else None
-        reader = open_dataset(paths[0] if len(paths) == 1 else paths, sampling_rate=rate, text_source=text_source)
+    if is_main:  # PTB-XL read at the preset's rate, as `prepare` reads it
+        reader = open_reader(paths[0] if len(paths) == 1 else paths, p, text_source=text_source)
         summary = build_cache(reader, target, p, progress=progress)
         logger.info("signal cache %s: %d records (%s)", target, summary["records"],
                     "reused" if summary["up_to_date"] else "built")
@@ -141,7 +140,6 @@ def train(
 
     Under torchrun the same command trains with DistributedDataParallel (gloo on CPU, NCCL on GPU).
     """
-    from etp_search.cli.common import setup_logging
     from training.augment import AugmentConfig
     from training.distributed import cleanup, init_distributed
     from training.trainer import CONFIG_FILE, Trainer, TrainConfig, check_config
@@ -187,8 +185,6 @@ def train(
     best = result.best_record()
     rows = [{"metric": k, "best": v, "last": hist[-1].get(k)} for k, v in best.items() if k not in {"best_epoch"}]
     if as_json:
-        from etp_search.cli.common import emit_json
-
         emit_json({"run_dir": cfg.out, "best_epoch": result.best_epoch, "best": best, "last": hist[-1] if hist else {}})
         return
     emit(rows, as_json=False, title=f"run {cfg.out}: best epoch {result.best_epoch} by {cfg.select} (validation folds {cfg.val_folds})")

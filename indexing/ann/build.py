@@ -26,6 +26,7 @@ import numpy as np
 
 from indexing._io import atomic_write
 from indexing.ann.plan import TRAIN_MAX, TRAIN_PER_LIST, AnnError, IndexPlan
+from indexing.faiss_index import _ivf
 
 logger = logging.getLogger("indexing.ann")
 
@@ -240,9 +241,6 @@ def set_search_params(index: faiss.Index, nprobe: int | None = None, k_factor: f
     """Set the probe count of an IVF layout and the refine over-fetch of IVF-PQ+refine."""
     if isinstance(index, faiss.IndexRefine) and k_factor is not None:
         index.k_factor = float(k_factor)
-    try:
-        ivf = faiss.extract_index_ivf(index)
-    except RuntimeError:
-        return
-    if nprobe is not None:
+    ivf = _ivf(index)
+    if ivf is not None and nprobe is not None:
         ivf.nprobe = int(min(nprobe, ivf.nlist))

@@ -109,7 +109,6 @@ def plan_index(n: int, dim: int, factory: str = "auto", max_memory: int | None =
     m = pq_m or default_pq_m(dim)
     if dim % m:
         raise AnnError(f"PQ sub-quantizers {m} must divide the dimension {dim}")
-    budget = max_memory if max_memory is not None else None
 
     def make(kind: Kind, reason: str) -> IndexPlan:
         use_nlist = 0 if kind == "flat" else nl
@@ -118,7 +117,7 @@ def plan_index(n: int, dim: int, factory: str = "auto", max_memory: int | None =
                          estimate_memory(kind, n, dim, use_nlist, m, ondisk and kind != "flat"), reason)
 
     def fits(p: IndexPlan) -> bool:
-        return budget is None or p.memory_bytes <= budget
+        return max_memory is None or p.memory_bytes <= max_memory
 
     if factory != "auto":
         plan = make(factory, "named")  # type: ignore[arg-type]
@@ -127,7 +126,7 @@ def plan_index(n: int, dim: int, factory: str = "auto", max_memory: int | None =
         if not fits(plan):
             raise AnnError(
                 f"a {plan.factory} index of {n} rows needs ~{_mb(plan.memory_bytes)} in RAM, over the "
-                f"budget of {_mb(budget or 0)}; raise --max-index-memory or use --factory auto"
+                f"budget of {_mb(max_memory or 0)}; raise --max-index-memory or use --factory auto"
             )
         return plan
     candidates: list[tuple[Kind, bool, str]] = [
@@ -141,7 +140,7 @@ def plan_index(n: int, dim: int, factory: str = "auto", max_memory: int | None =
             return plan
         if not by_rows:
             continue
-        logger.info("%s of %d rows needs %s, over the budget %s", plan.factory, n, _mb(plan.memory_bytes), _mb(budget or 0))
+        logger.info("%s of %d rows needs %s, over the budget %s", plan.factory, n, _mb(plan.memory_bytes), _mb(max_memory or 0))
     # Row count allowed a cheaper layout but the budget did not: fall through to PQ if it fits.
     plan = make("ivf_pq_refine", "budget")
     if fits(plan) and n >= PQ_MIN_ROWS:
@@ -149,9 +148,9 @@ def plan_index(n: int, dim: int, factory: str = "auto", max_memory: int | None =
     hint = "raise --max-index-memory" + ("" if ondisk else " or keep the inverted lists on disk")
     if n < PQ_MIN_ROWS:
         raise AnnError(f"{n} rows x {dim} need ~{_mb(make('flat', '').memory_bytes)} as exact vectors, over "
-                       f"{_mb(budget or 0)}, and PQ codes need {PQ_MIN_ROWS} rows to train; raise --max-index-memory")
+                       f"{_mb(max_memory or 0)}, and PQ codes need {PQ_MIN_ROWS} rows to train; raise --max-index-memory")
     raise AnnError(
-        f"no index of {n} rows x {dim} fits {_mb(budget or 0)} (IVF-PQ+refine needs ~{_mb(plan.memory_bytes)}); {hint}"
+        f"no index of {n} rows x {dim} fits {_mb(max_memory or 0)} (IVF-PQ+refine needs ~{_mb(plan.memory_bytes)}); {hint}"
     )
 
 

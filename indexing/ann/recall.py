@@ -14,8 +14,7 @@ import faiss
 import numpy as np
 
 from indexing.ann.build import DEFAULT_CHUNK_ROWS, ArrayLike, iter_chunks, set_search_params
-
-
+from indexing.faiss_index import _drop_self, _ivf
 
 
 def exact_knn(data: ArrayLike, queries: np.ndarray, k: int = 10,
@@ -47,11 +46,11 @@ def tune_nprobe(index: faiss.Index, queries: np.ndarray, truth: np.ndarray, targ
     Returns (nprobe, recall). A flat index returns (0, recall). When no choice reaches the target,
     the largest is returned with its recall.
     """
-    try:
-        nlist = faiss.extract_index_ivf(index).nlist
-    except RuntimeError:
+    ivf = _ivf(index)
+    if ivf is None:
         _, found = index.search(np.ascontiguousarray(queries, np.float32), k)
         return 0, recall_at_k(found, truth, k)
+    nlist = ivf.nlist
     best = (0, 0.0)
     for p in [c for c in choices if c <= nlist] or [nlist]:
         set_search_params(index, nprobe=p, k_factor=k_factor)
@@ -77,25 +76,14 @@ def held_out_recall(index: faiss.Index, data: ArrayLike, *, queries: int = 200, 
         return {"recall_at_10": 1.0, "recall_queries": 0}
     rows = np.sort(np.random.default_rng(seed + 1).choice(n, size=min(queries, n), replace=False))
     xq = np.concatenate([np.asarray(data[int(r):int(r) + 1], np.float32) for r in rows])
-    _, truth = exact_knn(data, xq, kk + 1, chunk_rows)
-
-    def drop_self(ids: np.ndarray) -> np.ndarray:
-        out = np.full((len(ids), kk), -1, np.int64)
-        for i, (row, q) in enumerate(zip(ids, rows)):
-            kept = row[(row != q) & (row >= 0)][:kk]
-            out[i, :len(kept)] = kept
-        return out
-
-    truth = drop_self(truth)
-    try:
-        nlist = int(faiss.extract_index_ivf(index).nlist)
-    except RuntimeError:
-        nlist = 0
+    truth = _drop_self(exact_knn(data, xq, kk + 1, chunk_rows)[1], rows, kk)
+    ivf = _ivf(index)
+    nlist = int(ivf.nlist) if ivf is not None else 0
     ladder = [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if p < nlist] + [nlist] if nlist else [0]
     best = (0, -1.0)
     for p in ladder:
         set_search_params(index, nprobe=p or None, k_factor=k_factor)
-        r = recall_at_k(drop_self(index.search(xq, kk + 1)[1]), truth, kk)
+        r = recall_at_k(_drop_self(index.search(xq, kk + 1)[1], rows, kk), truth, kk)
         if r > best[1]:
             best = (p, r)
         if r >= target:

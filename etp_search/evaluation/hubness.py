@@ -12,7 +12,8 @@ means hubs. Two corrections are offered:
   ``r(x)`` the mean similarity of ``x`` to its k nearest queries of a reference query set; for a
   fixed query the query-side term is a constant and does not change the ranking.
 
-numpy only; imports nothing of ours.
+An evaluation measure over query results, not part of the store: numpy only (it lives in
+``etp_search.evaluation`` beside the other measures; ``indexing/`` search stays plain cosine).
 """
 
 from __future__ import annotations
