@@ -15,12 +15,14 @@ How an index is made is pluggable: ``build_or_update(..., builder=)`` takes any 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -157,12 +159,31 @@ def _check_digest(path: Path, fd: int, expected: str, expected_bytes: int, what:
                     f"{'size' if size != expected_bytes else 'SHA-256'} differs from {against}); {REBUILD_HINT}")
 
 
-def _read_faiss(path: Path, name: str, flags: int = 0) -> Any:
-    """``faiss.read_index(name, flags)``; _Torn naming the index ``path`` when faiss cannot read it."""
+def read_faiss(path: str | os.PathLike, flags: int = 0, *, source: str | None = None,
+               error: type[IndexStaleError] = IndexStaleError) -> Any:
+    """``faiss.read_index(source or path, flags)``: the one way an index file is opened (here and
+    by ``indexing.ann.load_index``). With ``flags`` (mapped lists) faiss's printf()s go to stderr,
+    so ``--json`` output stays clean. Raises ``error`` naming ``path`` and ``--rebuild-index`` when
+    faiss cannot read it."""
     try:
-        return faiss.read_index(name, flags)
+        with stdout_to_stderr() if flags else contextlib.nullcontext():
+            return faiss.read_index(source or str(path), flags)
     except RuntimeError as e:
-        raise _Torn(f"index {path} is corrupt ({str(e).strip().splitlines()[-1][:80]}); {REBUILD_HINT}") from e
+        reason = (str(e).strip().splitlines() or ["unreadable"])[-1][:80]
+        raise error(f"index {path} is damaged or corrupt ({reason}); {REBUILD_HINT}") from e
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """File descriptor 1 pointed at stderr meanwhile (faiss's C++ printf()s bypass ``sys.stdout``)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 class _Torn(IndexStaleError):
@@ -237,7 +258,8 @@ def _load_checked(path: Path, store_uuid: str, n_rows: int, which: str | None,
         if lists is not None:
             index = _read_ondisk(path, lists, side.name)
         else:
-            index = _read_faiss(path, f"/proc/self/fd/{fd}" if os.path.exists(f"/proc/self/fd/{fd}") else str(path))
+            proc = f"/proc/self/fd/{fd}"
+            index = read_faiss(path, source=proc if os.path.exists(proc) else None, error=_Torn)
     finally:
         os.close(fd)
     if lists is None and ondisk_lists(index) is not None:
@@ -263,10 +285,7 @@ def _read_ondisk(path: Path, lists: Any, sidecar_name: str) -> Any:
         _check_digest(lists_file, fd, expected, expected_bytes, "index lists file", sidecar_name)
     finally:
         os.close(fd)
-    from indexing.ann import _stdout_to_stderr
-
-    with _stdout_to_stderr():  # faiss printf()s the lists file it maps; keep --json output clean
-        return _read_faiss(path, str(path), faiss.IO_FLAG_ONDISK_SAME_DIR)
+    return read_faiss(path, faiss.IO_FLAG_ONDISK_SAME_DIR, error=_Torn)
 
 
 # ----------------------------------------------------------------------------- the writer's side

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from indexing import ann
+from indexing.errors import IndexStaleError
 
 DIM = 32
 
@@ -137,7 +138,7 @@ def test_tune_nprobe_takes_the_smallest_reaching_the_target(data) -> None:
 def test_a_damaged_index_file_is_named(tmp_path: Path) -> None:
     bad = tmp_path / "ecg.index"
     bad.write_bytes(b"not an index")
-    with pytest.raises(ann.AnnError, match=r"ecg.index is damaged"):
+    with pytest.raises(IndexStaleError, match=r"ecg.index is damaged.*--rebuild-index"):
         ann.load_index(bad)
 
 

@@ -15,7 +15,7 @@ Only numpy, h5py and faiss are imported: ``indexing/`` imports nothing of ours. 
 importable from ``indexing.ann`` itself.
 """
 
-from indexing.ann.build import (DEFAULT_CHUNK_ROWS, ArrayLike, BuildReport, _stdout_to_stderr, build_index,
+from indexing.ann.build import (DEFAULT_CHUNK_ROWS, ArrayLike, BuildReport, build_index,
                                 iter_chunks, load_index, sample_rows, set_search_params, write_faiss_file)
 from indexing.ann.for_store import VectorColumn, store_builder
 from indexing.ann.plan import (FLAT_MAX_ROWS, IVF_FLAT_MAX_ROWS, KINDS, PQ_MIN_ROWS, TRAIN_MAX, TRAIN_PER_LIST,
@@ -25,6 +25,6 @@ from indexing.ann.recall import exact_knn, held_out_recall, recall_at_k, tune_np
 
 __all__ = ["DEFAULT_CHUNK_ROWS", "FLAT_MAX_ROWS", "IVF_FLAT_MAX_ROWS", "KINDS", "PQ_MIN_ROWS", "TRAIN_MAX",
            "TRAIN_PER_LIST", "AnnError", "ArrayLike", "BuildReport", "IndexPlan", "Kind", "VectorColumn",
-           "_stdout_to_stderr", "build_index", "default_nlist", "default_pq_m", "estimate_memory", "exact_knn",
+           "build_index", "default_nlist", "default_pq_m", "estimate_memory", "exact_knn",
            "held_out_recall", "iter_chunks", "load_index", "parse_bytes", "plan_index", "recall_at_k",
            "sample_rows", "set_search_params", "store_builder", "tune_nprobe", "write_faiss_file"]

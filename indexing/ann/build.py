@@ -4,19 +4,18 @@
 array-like source (an ``h5py.Dataset``, a ``np.memmap`` or anything with ``shape`` and slice
 indexing), so all vectors are never in memory at once. With ``ondisk`` the inverted lists are
 written through shards and ``faiss.contrib.ondisk.merge_ondisk`` into one ``.ivfdata`` file that
-``load_index`` memory-maps at query time. ``write_faiss_file`` writes through ``indexing._io``
+``load_index`` memory-maps at query time (opened, as every index file is, by
+``index_files.read_faiss``). ``write_faiss_file`` writes through ``indexing._io``
 (``indexing.index_files.save_index`` is the store's: it adds the sidecar and the digests).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,6 +26,7 @@ import numpy as np
 from indexing._io import atomic_write
 from indexing.ann.plan import TRAIN_MAX, TRAIN_PER_LIST, AnnError, IndexPlan
 from indexing.faiss_index import _ivf
+from indexing.index_files import lists_path, read_faiss, stdout_to_stderr
 
 logger = logging.getLogger("indexing.ann")
 
@@ -134,7 +134,7 @@ def build_index(data: ArrayLike, plan: IndexPlan, *, chunk_rows: int = DEFAULT_C
     if plan.ondisk:
         out_path = Path(out)  # type: ignore[arg-type]
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        ivfdata = out_path.with_name(out_path.name + ".ivfdata")
+        ivfdata = lists_path(out_path)
         shard_dir = Path(tempfile.mkdtemp(prefix=".shards-", dir=out_path.parent))
         shards: list[str] = []
         def add_shard(a: int, block: np.ndarray) -> None:
@@ -150,7 +150,7 @@ def build_index(data: ArrayLike, plan: IndexPlan, *, chunk_rows: int = DEFAULT_C
                 ivfdata.unlink()
             from faiss.contrib.ondisk import merge_ondisk
 
-            with _stdout_to_stderr():  # faiss printf()s "resizing ..." to stdout; keep --json clean
+            with stdout_to_stderr():  # faiss printf()s "resizing ..." to stdout; keep --json clean
                 merge_ondisk(index, shards, str(ivfdata))
         finally:
             for s in shards:
@@ -188,18 +188,6 @@ def _add_chunks(data: ArrayLike, chunk_rows: int, add: Callable[[int, np.ndarray
     return chunks
 
 
-@contextlib.contextmanager
-def _stdout_to_stderr() -> Iterator[None]:
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        os.dup2(2, 1)
-        yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
 def _refined(base: faiss.Index, refine: faiss.Index) -> faiss.Index:
     """IndexRefine owning both parts (the Python wrappers hand their ownership over)."""
     out = faiss.IndexRefine(base, refine)
@@ -223,18 +211,14 @@ def load_index(path: str | os.PathLike, mmap: bool = True) -> faiss.Index:
     its ``OnDiskInvertedLists`` always map the .ivfdata file, and the folder may have moved.
     (``IO_FLAG_MMAP`` on such a file crashes faiss 1.15.1, so it is not passed there.) An index
     written whole is opened with ``IO_FLAG_MMAP`` when ``mmap``: its lists map the index file.
+    An unreadable file raises ``IndexStaleError`` naming it and ``--rebuild-index``, as a store's does.
     """
     path = Path(path)
-    if Path(str(path) + ".ivfdata").exists():
+    if lists_path(path).exists():
         flags = faiss.IO_FLAG_ONDISK_SAME_DIR
     else:
         flags = faiss.IO_FLAG_MMAP if mmap else 0
-    try:
-        with _stdout_to_stderr():  # faiss printf()s the lists file it maps; keep --json output clean
-            return faiss.read_index(str(path), flags)
-    except RuntimeError as exc:
-        first = (str(exc).strip().splitlines() or ["unreadable"])[0]
-        raise AnnError(f"index file {path} is damaged or missing its .ivfdata ({first[:120]}); rebuild the index") from None
+    return read_faiss(path, flags)
 
 
 def set_search_params(index: faiss.Index, nprobe: int | None = None, k_factor: float | None = None) -> None:
