@@ -1,14 +1,16 @@
-"""FAISS indexes over vectors: build (with recall-tuned nprobe), filtered search, incremental add.
+"""FAISS indexes over vectors: build, recall measured and nprobe tuned, filtered search, incremental add.
 
 Small free functions over numpy arrays (faiss contrib/ondisk.py, autofaiss style). FAISS ids are
 store rows. Vectors are L2-normalised and searched by inner product, so scores are cosines. Files
 and sidecars live in ``indexing.index_files`` (written by the writer only); queries go through
-``indexing.view``; GPU placement is ``indexing.gpu``.
+``indexing.view``; GPU placement is ``indexing.gpu``; ``indexing.ann`` builds layouts planned by
+rows and a memory budget on the same pieces (``Rows``, ``sample_rows``, ``finish_build``).
 
-- Exact ``IndexFlatIP`` by default; past ``ivf_threshold`` rows (or by an index-factory string) an
-  IVF index trained on a seeded sample, with ``nprobe`` tuned at build time to reach
-  ``target_recall`` recall@10 against exact search on held-out queries; the measured recall is
-  kept in ``info`` and in the sidecar JSON.
+- ``build_index``: exact ``IndexFlatIP`` by default; past ``ivf_threshold`` rows (or by an
+  index-factory string) an IVF index trained on a seeded sample.
+- ``held_out_recall`` (every builder's, through ``finish_build``): recall@10 against exact search
+  on held-out rows of the indexed data, own hit dropped, with ``tune_nprobe`` picking the smallest
+  nprobe that reaches ``target_recall``; kept in ``info`` and in the sidecar JSON.
 - Filters run inside FAISS through ``IDSelectorBitmap`` in the search parameters (no over-fetch).
 - GPU when faiss sees one; saved from a CPU copy so index files are portable.
 """
@@ -20,7 +22,8 @@ import logging
 import math
 import re
 import time
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -42,9 +45,49 @@ REBUILD_HINT = "rebuild it with `etp-search index DATA_DIR --rebuild-index`"
 _FACTORY_EXAMPLES = "use 'auto', 'Flat', 'IVF1024,Flat' or 'IVF4096,PQ32'"
 #: FAISS k-means wants ~39 training points per centroid (it warns below that).
 _POINTS_PER_LIST = 39
+#: Rows read (and added) at a time from a big source.
+DEFAULT_CHUNK_ROWS = 65_536
 
 
 # ----------------------------------------------------------------------------- build
+
+
+class Rows(Protocol):
+    """What builders and ``exact_knn`` read: ``shape`` and ``x[a:b]`` giving a (b-a, dim) array
+    (an ndarray, an ``h5py.Dataset``, a ``np.memmap``, a store's column), so that big inputs are
+    read in chunks and never whole."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...  # read-only, so a (rows, dim) tuple satisfies it
+
+    def __getitem__(self, key: Any) -> Any: ...
+
+
+def iter_chunks(data: Rows, chunk_rows: int = DEFAULT_CHUNK_ROWS, start: int = 0,
+                stop: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (row0, float32 C-contiguous block) of at most ``chunk_rows`` rows from ``data``."""
+    n = int(data.shape[0]) if stop is None else int(stop)
+    for a in range(start, n, chunk_rows):
+        b = min(n, a + chunk_rows)
+        yield a, np.ascontiguousarray(data[a:b], dtype=np.float32)
+
+
+def sample_rows(data: Rows, size: int, seed: int = 0, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> np.ndarray:
+    """A uniform random sample of ``size`` rows (the training sample), read chunk by chunk, in row order."""
+    n = int(data.shape[0])
+    if size >= n:
+        return np.concatenate([blk for _, blk in iter_chunks(data, chunk_rows)]) if n else np.empty((0, data.shape[1]), np.float32)
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+    out = np.empty((size, int(data.shape[1])), np.float32)
+    pos = 0
+    for a in range(0, n, chunk_rows):
+        b = min(n, a + chunk_rows)
+        lo, hi = np.searchsorted(rows, [a, b])
+        if hi > lo:
+            block = np.asarray(data[a:b], dtype=np.float32)
+            out[pos:pos + hi - lo] = block[rows[lo:hi] - a]
+            pos += hi - lo
+    return out
 
 
 def normalized(x: np.ndarray) -> np.ndarray:
@@ -182,9 +225,7 @@ def build_index(vectors: np.ndarray, *, factory: str = "auto", ivf_threshold: in
     check_factory(spec, d, n)
     cpu_index = faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
     ivf = _ivf(cpu_index)
-    rng = np.random.default_rng(seed)
-    info: dict[str, Any] = {"factory": spec, "factory_requested": factory, "dim": d, "metric": "inner_product",
-                            "normalized": True, "seed": seed, "faiss_version": faiss.__version__}
+    info: dict[str, Any] = {"factory": spec, "factory_requested": factory, "seed": seed}
     if ivf is not None:
         ivf.cp.seed = seed
         info["nlist"] = int(ivf.nlist)
@@ -192,64 +233,116 @@ def build_index(vectors: np.ndarray, *, factory: str = "auto", ivf_threshold: in
     if on_gpu:
         index = to_gpu(cpu_index, keep_twin=False)  # cpu_index stays empty: a twin is made if a filter needs it
     if not cpu_index.is_trained:
-        ntrain = train_size or max(64 * (ivf.nlist if ivf is not None else 256), 10_000)
-        ntrain = min(n, ntrain)
-        train_rows = np.sort(rng.choice(n, size=ntrain, replace=False)) if ntrain < n else np.arange(n)
+        ntrain = min(n, train_size or max(64 * (ivf.nlist if ivf is not None else 256), 10_000))
         info["train_size"] = int(ntrain)
         t_train = time.perf_counter()
         try:
-            index.train(x[train_rows])
+            index.train(sample_rows(x, ntrain, seed))
         except RuntimeError as e:  # whatever check_factory cannot foresee, still as one line
             raise IndexingError(f"faiss could not train {spec!r} on {ntrain} rows ({_faiss_reason(e)}); "
                                 "use --factory auto, or fewer IVF lists / PQ codes") from None
         info["train_seconds"] = round(time.perf_counter() - t_train, 3)
     index.add(x)
-    info["n_rows"] = info["n_rows_at_build"] = int(index.ntotal)
-    info["on_gpu"] = is_gpu_index(index)
-    if ivf is None and spec == "Flat":
-        info.update(recall_at_10=1.0, recall_exact=True)
-    else:
-        _tune_and_measure(index, x, info, nprobe=nprobe, target=target_recall, nq=recall_queries, rng=rng)
-    info["build_seconds"] = round(time.perf_counter() - t0, 3)
-    logger.info("built %s over %d x %d in %.1fs (recall@10 %.3f%s)", spec, n, d, info["build_seconds"],
-                info["recall_at_10"], f", nprobe {info['nprobe']}" if "nprobe" in info else "")
+    finish_build(index, x, info, t0, exact=ivf is None and spec == "Flat", nprobe=nprobe, target=target_recall,
+                 nq=recall_queries)
     return index, info
 
 
-def _tune_and_measure(index: faiss.Index, x: np.ndarray, info: dict, *, nprobe: int | None, target: float, nq: int,
-                      rng: np.random.Generator) -> None:
-    """Measure recall@10 vs exact on held-out rows; pick the smallest nprobe reaching ``target``.
+def finish_build(index: faiss.Index, data: Rows, info: dict, t0: float, *, exact: bool,
+                 nprobe: int | None = None, target: float = DEFAULT_TARGET_RECALL,
+                 nq: int = DEFAULT_RECALL_QUERIES, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> dict:
+    """What every builder records once the rows are in (``build_index`` here, ``indexing.ann``'s
+    ``store_builder``), beside the ``factory``, ``factory_requested`` and ``seed`` it put in ``info``:
+    dimension, metric, faiss version, row counts, GPU or not, recall@10 (1.0 when ``exact``, else
+    measured by ``held_out_recall``, which also tunes nprobe), the build time; logged. Returns ``info``."""
+    info.update(dim=int(index.d), metric="inner_product", normalized=True, faiss_version=faiss.__version__,
+                n_rows=int(index.ntotal), n_rows_at_build=int(index.ntotal), on_gpu=is_gpu_index(index))
+    if exact:
+        info.update(recall_at_10=1.0, recall_exact=True)
+    else:  # seed + 1: other rows than the training sample drawn with ``seed``
+        info.update(held_out_recall(index, data, nq=nq, seed=int(info["seed"]) + 1, target=target, nprobe=nprobe,
+                                    chunk_rows=chunk_rows))
+    info["build_seconds"] = round(time.perf_counter() - t0, 3)
+    logger.info("built %s over %d x %d in %.1fs (recall@10 %.3f%s)", info["factory"], info["n_rows"], info["dim"],
+                info["build_seconds"], info["recall_at_10"], f", nprobe {info['nprobe']}" if "nprobe" in info else "")
+    return info
 
-    The query's own row is dropped from both result lists: it is always found first and would
-    inflate recall by up to 0.1.
+
+# ----------------------------------------------------------------------------- recall
+
+
+def exact_knn(data: Rows, queries: np.ndarray, k: int = 10,
+              chunk_rows: int = DEFAULT_CHUNK_ROWS) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` inner-product neighbours of ``queries`` over ``data``, streamed by chunks."""
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    heap = faiss.ResultHeap(len(q), k, keep_max=True)
+    for a, block in iter_chunks(data, chunk_rows):
+        d = q @ block.T
+        kk = min(k, d.shape[1])
+        part = np.argpartition(-d, kk - 1, axis=1)[:, :kk]
+        heap.add_result(np.take_along_axis(d, part, 1).astype(np.float32), (part + a).astype(np.int64))
+    heap.finalize()
+    return heap.D, heap.I
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int = 10) -> float:
+    """Mean |found[:k] & truth[:k]| over the true neighbours (recall@k in the 10-recall@10 sense;
+    -1 padding is never a hit and, in ``truth``, not a neighbour)."""
+    found, truth = np.asarray(found)[:, :k], np.asarray(truth)[:, :k]
+    hits = sum(len(set(f[f >= 0].tolist()) & set(t[t >= 0].tolist())) for f, t in zip(found, truth))
+    return hits / max(1, int((truth >= 0).sum()))
+
+
+def tune_nprobe(index: faiss.Index, queries: np.ndarray, truth: np.ndarray, target: float = DEFAULT_TARGET_RECALL,
+                k: int = 10, *, self_rows: np.ndarray | None = None,
+                nprobe: int | None = None) -> tuple[int | None, float]:
+    """The smallest nprobe (1, 2, 4, ..., nlist) whose recall@k on ``queries`` against ``truth``
+    reaches ``target``, set on the index (GPU indexes too); returns (nprobe, recall).
+
+    Stops early when doubling nprobe gains under 0.002 (the PQ quantisation bound) and keeps the
+    best seen. ``nprobe`` measures that one value only. A non-IVF index is measured once and
+    returns (None, recall). ``self_rows``: the queries are these rows of the indexed data, so
+    each one's own hit is dropped from the results (``truth`` must have it dropped too).
     """
-    n = x.shape[0]
-    k = min(10, n - 1)
-    if k < 1:
-        info.update(recall_at_10=1.0, recall_queries=0)
-        return
-    q_rows = np.sort(rng.choice(n, size=min(nq, n), replace=False))
-    xq = x[q_rows]
-    _, gt = faiss.knn(xq, x, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
-    gt = _drop_self(gt, q_rows, k)
     nlist = _ivf_attr(index, "nlist")
-    candidates = [nprobe] if nprobe else _nprobe_ladder(nlist or 1)
-    best: tuple[int | None, float] = (None, -1.0)  # (nprobe, recall)
+    candidates: list[int | None] = [nprobe] if nprobe else list(_nprobe_ladder(nlist)) if nlist else [None]
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    best: tuple[int | None, float] = (None, -1.0)
     for p in candidates:
-        _, got = _search_once(index, xq, k + 1, None, p)  # raw: -1 padding counts as a miss
-        got = _drop_self(got, q_rows, k)
-        r = _recall(got, gt)
+        _, got = _search_once(index, q, k + (self_rows is not None), None, p)  # raw: -1 padding is a miss
+        r = recall_at_k(got[:, :k] if self_rows is None else _drop_self(got, self_rows, k), truth, k)
         logger.debug("nprobe %s: recall@%d %.4f", p, k, r)
         gain = r - best[1]
         if r > best[1]:
             best = (p, r)
         if r >= target or (gain < 0.002 and p != candidates[0]):
-            break  # reached the target, or more probes no longer help (PQ quantisation bound)
-    chosen, recall = best
+            break  # reached the target, or more probes no longer help
+    if best[0] is not None:
+        _set_nprobe(index, best[0])
+    return best
+
+
+def held_out_recall(index: faiss.Index, data: Rows, *, nq: int = DEFAULT_RECALL_QUERIES, seed: int = 1,
+                    target: float = DEFAULT_TARGET_RECALL, nprobe: int | None = None, k: int = 10,
+                    chunk_rows: int = DEFAULT_CHUNK_ROWS) -> dict[str, Any]:
+    """recall@k against exact search (streamed over ``data``, the index's rows) for ``nq`` rows of
+    ``data`` drawn with ``seed``, each row's own hit dropped (it is always found first and would
+    inflate recall by up to 0.1), with nprobe tuned to ``target`` by ``tune_nprobe``.
+
+    Returns ``{"recall_at_10", "recall_queries", "recall_exact": False}`` and ``"nprobe"`` for IVF.
+    """
+    n = int(data.shape[0])
+    kk = min(k, n - 1)
+    if kk < 1:
+        return {"recall_at_10": 1.0, "recall_queries": 0, "recall_exact": False}
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(nq, n), replace=False))
+    xq = np.concatenate([np.asarray(data[int(r):int(r) + 1], np.float32) for r in rows])
+    truth = _drop_self(exact_knn(data, xq, kk + 1, chunk_rows)[1], rows, kk)
+    chosen, recall = tune_nprobe(index, xq, truth, target, kk, self_rows=rows, nprobe=nprobe)
+    out: dict[str, Any] = {"recall_at_10": round(float(recall), 4), "recall_queries": len(rows), "recall_exact": False}
     if chosen is not None:
-        _set_nprobe(index, chosen)
-        info["nprobe"] = int(chosen)
-    info.update(recall_at_10=round(float(recall), 4), recall_queries=int(len(q_rows)), recall_exact=False)
+        out["nprobe"] = int(chosen)
+    return out
 
 
 def _nprobe_ladder(nlist: int) -> list[int]:
@@ -268,11 +361,6 @@ def _drop_self(ids: np.ndarray, q_rows: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def _recall(got: np.ndarray, gt: np.ndarray) -> float:
-    hits = sum(len(np.intersect1d(g[g >= 0], t[t >= 0])) for g, t in zip(got, gt))
-    return hits / max(1, int((gt >= 0).sum()))
-
-
 def _set_nprobe(index: faiss.Index, nprobe: int) -> None:
     if is_gpu_index(index):
         with contextlib.suppress(Exception):
@@ -288,15 +376,12 @@ def _set_nprobe(index: faiss.Index, nprobe: int) -> None:
 
 def measure_recall(index: faiss.Index, vectors: np.ndarray, *, k: int = 10, nq: int = DEFAULT_RECALL_QUERIES,
                    seed: int = 1) -> float:
-    """recall@k of ``index`` against exact search over ``vectors`` (rows = ids), self excluded."""
-    info: dict[str, Any] = {}
+    """recall@k of ``index`` at its nprobe against exact search over ``vectors`` (rows = ids), self excluded."""
     x = normalized(vectors)
     if x.shape[1] != index.d or x.shape[0] != index.ntotal:
         raise IndexingError(f"measure_recall needs the index's own vectors: got {x.shape[0]} x {x.shape[1]}, "
                             f"the index holds {index.ntotal} x {index.d}")
-    _tune_and_measure(index, x, info, nprobe=_ivf_attr(index, "nprobe") or 1, target=1.0, nq=nq,
-                      rng=np.random.default_rng(seed))
-    return float(info["recall_at_10"])
+    return float(held_out_recall(index, x, nq=nq, seed=seed, k=k, nprobe=_ivf_attr(index, "nprobe"))["recall_at_10"])
 
 
 # ----------------------------------------------------------------------------- search

@@ -29,8 +29,8 @@ from typing import Any, Literal
 from indexing import verified
 from indexing._io import atomic_write, check_file_path
 from indexing.errors import IndexingError, IndexStaleError
-from indexing.faiss_index import (DEFAULT_IVF_THRESHOLD, REBUILD_HINT, _ivf, build_index, check_factory, faiss,
-                                  update_index)
+from indexing.faiss_index import (DEFAULT_CHUNK_ROWS, DEFAULT_IVF_THRESHOLD, REBUILD_HINT, _ivf, build_index,
+                                  check_factory, faiss, update_index)
 from indexing.gpu import UseGpu, is_gpu_index, resolve_use_gpu, to_cpu, to_gpu
 
 logger = logging.getLogger(__name__)
@@ -306,7 +306,7 @@ def default_builder(*, ivf_threshold: int = DEFAULT_IVF_THRESHOLD, nprobe: int |
 def build_or_update(store: Any, which: str = "ecg", index_path: str | os.PathLike | None = None,
                     factory: str = "auto", *, use_gpu: UseGpu = "auto", rebuild: bool = False,
                     ivf_threshold: int = DEFAULT_IVF_THRESHOLD, nprobe: int | None = None, seed: int = 0,
-                    builder: IndexBuilder | None = None, add_chunk: int = 65536,
+                    builder: IndexBuilder | None = None, add_chunk: int = DEFAULT_CHUNK_ROWS,
                     ondisk: bool | None = None) -> tuple[Any, dict]:
     """Bring ``store``'s ``which`` index file up to date and save it: the writer's job, under the lock.
 

@@ -1,11 +1,11 @@
 """Building, saving and loading a planned index, streamed from an array-like source.
 
-``build_index`` trains an ``IndexPlan``'s layout on a sample and adds rows in chunks read from an
-array-like source (an ``h5py.Dataset``, a ``np.memmap`` or anything with ``shape`` and slice
-indexing), so all vectors are never in memory at once. With ``ondisk`` the inverted lists are
-written through shards and ``faiss.contrib.ondisk.merge_ondisk`` into one ``.ivfdata`` file that
-``load_index`` memory-maps at query time (opened, as every index file is, by
-``index_files.read_faiss``). ``write_faiss_file`` writes through ``indexing._io``
+``build_index`` trains an ``IndexPlan``'s layout on a sample (``faiss_index.sample_rows``) and adds
+rows in chunks read from a ``faiss_index.Rows`` source (an ``h5py.Dataset``, a ``np.memmap`` or
+anything with ``shape`` and slice indexing), so all vectors are never in memory at once. With
+``ondisk`` the inverted lists are written through shards and ``faiss.contrib.ondisk.merge_ondisk``
+into one ``.ivfdata`` file that ``load_index`` memory-maps at query time (opened, as every index
+file is, by ``index_files.read_faiss``). ``write_faiss_file`` writes through ``indexing._io``
 (``indexing.index_files.save_index`` is the store's: it adds the sidecar and the digests).
 """
 
@@ -18,59 +18,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import faiss
 import numpy as np
 
 from indexing._io import atomic_write
 from indexing.ann.plan import TRAIN_MAX, TRAIN_PER_LIST, AnnError, IndexPlan
-from indexing.faiss_index import _ivf
+from indexing.faiss_index import DEFAULT_CHUNK_ROWS, Rows, _ivf_attr, _set_nprobe, iter_chunks, sample_rows
 from indexing.index_files import lists_path, read_faiss, stdout_to_stderr
 
 logger = logging.getLogger("indexing.ann")
-
-DEFAULT_CHUNK_ROWS = 65_536
-
-
-class ArrayLike(Protocol):
-    """What ``build_index`` reads: ``shape`` and ``x[a:b]`` returning an (b-a, dim) array."""
-
-    @property
-    def shape(self) -> tuple[int, ...]: ...  # read-only, so a (rows, dim) tuple satisfies it
-
-    def __getitem__(self, key: Any) -> Any: ...
-
-
-# ------------------------------------------------------------------------------------- reading
-
-
-def iter_chunks(data: ArrayLike, chunk_rows: int = DEFAULT_CHUNK_ROWS, start: int = 0,
-                stop: int | None = None) -> Any:
-    """Yield (row0, float32 C-contiguous block) of at most ``chunk_rows`` rows from ``data``."""
-    n = int(data.shape[0]) if stop is None else int(stop)
-    for a in range(start, n, chunk_rows):
-        b = min(n, a + chunk_rows)
-        yield a, np.ascontiguousarray(data[a:b], dtype=np.float32)
-
-
-def sample_rows(data: ArrayLike, size: int, seed: int = 0, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> np.ndarray:
-    """A uniform random sample of ``size`` rows, read chunk by chunk (sorted row order per chunk)."""
-    n = int(data.shape[0])
-    if size >= n:
-        return np.concatenate([blk for _, blk in iter_chunks(data, chunk_rows)]) if n else np.empty((0, data.shape[1]), np.float32)
-    rows = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
-    out = np.empty((size, int(data.shape[1])), np.float32)
-    pos = 0
-    for a in range(0, n, chunk_rows):
-        b = min(n, a + chunk_rows)
-        lo, hi = np.searchsorted(rows, [a, b])
-        if hi > lo:
-            block = np.asarray(data[a:b], dtype=np.float32)
-            out[pos:pos + hi - lo] = block[rows[lo:hi] - a]
-            pos += hi - lo
-    return out
-
 
 # ------------------------------------------------------------------------------------ building
 
@@ -95,7 +53,7 @@ class BuildReport:
     files: list[str]
 
 
-def build_index(data: ArrayLike, plan: IndexPlan, *, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+def build_index(data: Rows, plan: IndexPlan, *, chunk_rows: int = DEFAULT_CHUNK_ROWS,
                 train_size: int | None = None, seed: int = 0, out: str | os.PathLike | None = None,
                 progress: Callable[[int, int], None] | None = None) -> tuple[faiss.Index, BuildReport]:
     """Train ``plan``'s layout on a sample of ``data`` and add every row in chunks.
@@ -173,7 +131,7 @@ def build_index(data: ArrayLike, plan: IndexPlan, *, chunk_rows: int = DEFAULT_C
     return index, BuildReport(plan.to_dict(), n, train_rows, t1 - t0, t2 - t1, chunks, files)
 
 
-def _add_chunks(data: ArrayLike, chunk_rows: int, add: Callable[[int, np.ndarray], None],
+def _add_chunks(data: Rows, chunk_rows: int, add: Callable[[int, np.ndarray], None],
                 refine: faiss.Index | None, progress: Callable[[int, int], None] | None) -> int:
     """Feed ``data`` chunk by chunk to ``add(row0, block)`` (and the refine index); returns the chunk count."""
     chunks = 0
@@ -225,6 +183,6 @@ def set_search_params(index: faiss.Index, nprobe: int | None = None, k_factor: f
     """Set the probe count of an IVF layout and the refine over-fetch of IVF-PQ+refine."""
     if isinstance(index, faiss.IndexRefine) and k_factor is not None:
         index.k_factor = float(k_factor)
-    ivf = _ivf(index)
-    if ivf is not None and nprobe is not None:
-        ivf.nprobe = int(min(nprobe, ivf.nlist))
+    nlist = _ivf_attr(index, "nlist")
+    if nlist is not None and nprobe is not None:
+        _set_nprobe(index, int(min(nprobe, nlist)))
