@@ -33,15 +33,6 @@ logger = logging.getLogger("indexing.ann")
 # ------------------------------------------------------------------------------------ building
 
 
-def _empty_index(plan: IndexPlan) -> faiss.Index:
-    ip = faiss.METRIC_INNER_PRODUCT
-    if plan.kind == "flat":
-        return faiss.IndexFlatIP(plan.dim)
-    if plan.kind == "ivf_flat":
-        return faiss.index_factory(plan.dim, f"IVF{plan.nlist},Flat", ip)
-    return faiss.index_factory(plan.dim, f"IVF{plan.nlist},PQ{plan.pq_m}", ip)
-
-
 @dataclass
 class BuildReport:
     plan: dict[str, Any]
@@ -69,7 +60,8 @@ def build_index(data: Rows, plan: IndexPlan, *, chunk_rows: int = DEFAULT_CHUNK_
     if plan.ondisk and out is None:
         raise AnnError("an on-disk index needs the path of the index file to write (out=...)")
     t0 = time.perf_counter()
-    index = _empty_index(plan)
+    # the base layout; the refine step of IVF-PQ+refine is its own index, trained and filled beside it
+    index = faiss.index_factory(dim, plan.factory.removesuffix(",Refine(SQ8)"), faiss.METRIC_INNER_PRODUCT)
     refine: faiss.Index | None = None
     train_rows = 0
     if plan.kind != "flat":
