@@ -10,7 +10,7 @@ size, mtime, ctime) is not re-hashed (``indexing.verified``; ``ETP_VERIFY=full``
 
 How an index is made is pluggable: ``build_or_update(..., builder=)`` takes any ``IndexBuilder``
 (store, which, factory) -> (index, info); the default reads the vectors and calls
-``faiss_index.build_index``. A builder that streams chunks from the store plugs in the same way.
+``indexing.build.build_index``. A builder that streams chunks from the store plugs in the same way.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ from typing import Any, Literal
 from indexing import verified
 from indexing._io import atomic_write, check_file_path
 from indexing.errors import IndexingError, IndexStaleError
-from indexing.faiss_index import (DEFAULT_CHUNK_ROWS, DEFAULT_IVF_THRESHOLD, REBUILD_HINT, _ivf, build_index,
-                                  check_factory, faiss, update_index)
+from indexing.build import build_index
+from indexing.faiss_index import (DEFAULT_CHUNK_ROWS, DEFAULT_IVF_THRESHOLD, REBUILD_HINT, _ivf, check_factory, faiss,
+                                  update_index)
 from indexing.gpu import UseGpu, is_gpu_index, resolve_use_gpu, to_cpu, to_gpu
 
 logger = logging.getLogger(__name__)

@@ -315,7 +315,7 @@ def test_second_writer_is_refused_before_any_embedding(built, ckpts, example_ptb
 def test_index_takes_a_factory_string_and_a_pluggable_builder(ckpts, example_ptbxl, tmp_path):
     """The index-building step is pluggable (a streaming builder can replace read-all + build_index)."""
     from etp_search.export import IndexSummary
-    from indexing.faiss_index import build_index
+    from indexing.build import build_index
 
     calls = []
 

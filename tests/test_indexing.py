@@ -12,7 +12,8 @@ import pytest
 import indexing.faiss_index as fi
 import indexing.gpu as gpu
 from indexing.errors import IndexingError, IndexStaleError, StoreError
-from indexing.faiss_index import build_index, measure_recall, normalized, search, update_index
+from indexing.build import build_index, measure_recall
+from indexing.faiss_index import normalized, search, update_index
 from indexing.index_files import build_or_update, load_index, save_index
 from indexing.store import EmbeddingStore
 from indexing.view import SearchView

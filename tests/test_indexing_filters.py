@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from indexing.errors import FilterError
-from indexing.faiss_index import build_index, normalized, search
+from indexing.build import build_index
+from indexing.faiss_index import normalized, search
 from indexing.filters import Where, filter_rows, parse_where
 from indexing.store import EmbeddingStore
 

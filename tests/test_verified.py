@@ -13,7 +13,7 @@ import pytest
 import indexing.index_files as index_files
 from indexing import verified
 from indexing.errors import IndexStaleError
-from indexing.faiss_index import build_index
+from indexing.build import build_index
 from indexing.index_files import load_index, save_index
 
 

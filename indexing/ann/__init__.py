@@ -22,8 +22,8 @@ from indexing.ann.for_store import VectorColumn, store_builder
 from indexing.ann.plan import (FLAT_MAX_ROWS, IVF_FLAT_MAX_ROWS, KINDS, PQ_MIN_ROWS, TRAIN_MAX, TRAIN_PER_LIST,
                                AnnError, IndexPlan, Kind, default_nlist, default_pq_m, estimate_memory,
                                parse_bytes, plan_index)
-from indexing.faiss_index import (DEFAULT_CHUNK_ROWS, Rows, exact_knn, held_out_recall, iter_chunks, recall_at_k,
-                                  sample_rows, tune_nprobe)
+from indexing.build import exact_knn, held_out_recall, recall_at_k, tune_nprobe
+from indexing.faiss_index import DEFAULT_CHUNK_ROWS, Rows, iter_chunks, sample_rows
 
 __all__ = ["DEFAULT_CHUNK_ROWS", "FLAT_MAX_ROWS", "IVF_FLAT_MAX_ROWS", "KINDS", "PQ_MIN_ROWS", "TRAIN_MAX",
            "TRAIN_PER_LIST", "AnnError", "BuildReport", "IndexPlan", "Kind", "Rows", "VectorColumn", "build_index",

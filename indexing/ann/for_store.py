@@ -1,7 +1,7 @@
 """The builder ``index --factory auto`` hands to ``indexing.index_files``: a store's vectors in, an index out.
 
 ``VectorColumn`` presents a store's ECG or report vectors as an array-like; ``store_builder``
-plans by rows and budget, builds, and records the build as ``faiss_index.build_index`` does
+plans by rows and budget, builds, and records the build as ``indexing.build.build_index`` does
 (``finish_build``: held-out recall@10 with nprobe tuned, for the sidecar).
 """
 
@@ -19,7 +19,8 @@ import numpy as np
 
 from indexing.ann.build import build_index, set_search_params
 from indexing.ann.plan import plan_index
-from indexing.faiss_index import DEFAULT_CHUNK_ROWS, finish_build
+from indexing.build import finish_build
+from indexing.faiss_index import DEFAULT_CHUNK_ROWS
 
 logger = logging.getLogger("indexing.ann")
 
