@@ -64,16 +64,19 @@ def parse_where(expr: str) -> Where:
         values = tuple(_unquote(v) for v in rest.split(",") if v.strip())
         if not values:
             raise FilterError(f"--where {expr!r} lists no values; {_SYNTAX}")
-        return Where(col.lower() if col.lower() in ("label", "labels") else col, op, values, expr)
+        return Where(_label_alias(col), op, values, expr)
     m = _OP_RE.match(expr)
     if not m or m.group(3) == "" or m.group(3)[0] in "<>=!~":
         raise FilterError(f"cannot parse --where {expr!r}; {_SYNTAX}")
     col, op, value = m.group(1), m.group(2), _unquote(m.group(3))
     if op == "==":
         op = "="
-    if col.lower() in ("label", "labels"):
-        col = "label"
-    return Where(col, op, (value,), expr)
+    return Where(_label_alias(col), op, (value,), expr)
+
+
+def _label_alias(col: str) -> str:
+    """``label``, ``labels`` (any case) name the label column; other names pass through."""
+    return "label" if col.lower() in ("label", "labels") else col
 
 
 # Columns read for filtering are cached per store object (queries filter again and again); the

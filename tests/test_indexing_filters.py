@@ -65,6 +65,8 @@ def test_masks_equal_brute_force(seeded):
             "label=afib": np.array(["AFIB" in lab for lab in labels]),
             "label!=NORM": np.array(["NORM" not in lab for lab in labels]),
             "label in AFLT,1AVB": np.array([bool({"AFLT", "1AVB"} & set(lab)) for lab in labels]),
+            "labels in AFLT,1AVB": np.array([bool({"AFLT", "1AVB"} & set(lab)) for lab in labels]),  # as labels=
+            "labels=AFIB": np.array(["AFIB" in lab for lab in labels]),
             "site=b": site == "b",
             "site in a,c": np.isin(site, ["a", "c"]),
             "text~FIBRILLATION": np.array(["AFIB" in lab for lab in labels]),
