@@ -38,7 +38,7 @@ def build_index(vectors: np.ndarray, *, factory: str = "auto", ivf_threshold: in
         factory: "auto" (Flat below ``ivf_threshold`` rows, else ``IVF{nlist},Flat``) or any
             faiss index-factory string, e.g. "IVF4096,PQ32x8" or "OPQ32,IVF4096,PQ32".
         ivf_threshold: rows from which "auto" builds IVF.
-        nlist: IVF lists for "auto" (default ``auto_nlist(n)``).
+        nlist: IVF lists for "auto" (default ``faiss_index.default_nlist(n)``).
         nprobe: lists probed per query; None tunes it to reach ``target_recall``.
         use_gpu: "auto", True or False.
         seed: seeds the training sample, k-means and the recall queries.

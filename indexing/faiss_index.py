@@ -106,13 +106,20 @@ def choose_factory(n: int, factory: str = "auto", ivf_threshold: int = DEFAULT_I
         return factory
     if n < ivf_threshold:
         return "Flat"
-    return f"IVF{nlist or auto_nlist(n)},Flat"
+    return f"IVF{nlist or default_nlist(n)},Flat"
 
 
-def auto_nlist(n: int) -> int:
-    """Number of IVF lists: a power of two near sqrt(n) (FAISS guidelines: 4*sqrt(n)..16*sqrt(n)
-    for best speed; sqrt(n) keeps k-means training affordable on a few CPU cores)."""
-    return int(min(65536, max(16, 2 ** round(math.log2(max(1.0, math.sqrt(n)))))))
+def default_nlist(n: int) -> int:
+    """IVF lists of every "auto" layout (``choose_factory`` and ``ann.plan_index``): about 4 sqrt(n)
+    lists (FAISS guidelines: 4-16 sqrt(n)),
+    a power of two in [16, 4096], never fewer than 39 rows per list."""
+    if n < 16 * 39:
+        return max(1, n // 39)
+    target = min(4096, max(16, 4 * math.sqrt(n)))
+    nlist = 1 << int(round(math.log2(target)))
+    while nlist > 16 and n < 39 * nlist:
+        nlist //= 2
+    return nlist
 
 
 def _ivf(index: faiss.Index) -> faiss.IndexIVF | None:

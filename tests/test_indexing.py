@@ -94,7 +94,7 @@ def test_auto_switches_to_ivf_past_threshold():
     x = _clustered(3000)
     _, info = build_index(x, ivf_threshold=2000, recall_queries=100)
     assert info["factory"].startswith("IVF") and info["factory_requested"] == "auto"
-    assert info["nlist"] == fi.auto_nlist(3000)
+    assert info["nlist"] == fi.default_nlist(3000)
 
 
 def test_ivf_selective_filter_returns_every_allowed_row():

@@ -9,9 +9,10 @@ no longer holds the full float vectors); ``estimate_memory`` is the arithmetic b
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
+
+from indexing.faiss_index import DEFAULT_IVF_THRESHOLD, default_nlist
 
 logger = logging.getLogger("indexing.ann")
 
@@ -19,7 +20,7 @@ Kind = Literal["flat", "ivf_flat", "ivf_pq_refine"]
 KINDS: tuple[Kind, ...] = ("flat", "ivf_flat", "ivf_pq_refine")
 
 #: Row counts at which ``auto`` moves to the next layout when the budget allows the cheaper one.
-FLAT_MAX_ROWS = 200_000
+FLAT_MAX_ROWS = DEFAULT_IVF_THRESHOLD  # the one flat -> IVF threshold of every "auto"
 IVF_FLAT_MAX_ROWS = 3_000_000
 #: Rows per training example per IVF list, and the cap on the training sample.
 TRAIN_PER_LIST = 64
@@ -56,17 +57,6 @@ class IndexPlan:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "factory": self.factory}
-
-
-def default_nlist(n: int) -> int:
-    """About 4 sqrt(n) lists, a power of two in [16, 4096], never fewer than 39 rows per list."""
-    if n < 16 * 39:
-        return max(1, n // 39)
-    target = min(4096, max(16, 4 * math.sqrt(n)))
-    nlist = 1 << int(round(math.log2(target)))
-    while nlist > 16 and n < 39 * nlist:
-        nlist //= 2
-    return nlist
 
 
 def default_pq_m(dim: int) -> int:
