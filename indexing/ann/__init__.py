@@ -8,7 +8,7 @@
   ``load_index``), ``write_faiss_file`` / ``load_index`` / ``set_search_params``.
 - ``indexing.ann.for_store``: ``store_builder``, the builder ``index --factory auto`` hands to
   ``indexing.index_files`` (plan, build, held-out recall@10 for the sidecar).
-- Recall is measured as for every index, by ``indexing.faiss_index`` (re-exported here):
+- Recall is measured as for every index, by ``indexing.build`` (re-exported here):
   ``exact_knn`` streamed by chunks, ``recall_at_k``, ``tune_nprobe`` (the probe count for a
   target), ``held_out_recall`` (on rows of the indexed data, own hit dropped).
 
