@@ -16,6 +16,7 @@ from typing import Annotated, Any, Callable, Iterable, Sequence, TypeVar
 import typer
 
 from etp_search.errors import EtpError
+from etp_search.jsonsafe import to_jsonable
 from indexing.errors import IndexingError  # indexing imports nothing of ours: its errors have their own base
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -132,25 +133,6 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None =
     out = [line(columns), line(["-" * w for w in widths])]
     out.extend(line(row) for row in cells)
     return "\n".join(out)
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Convert numpy scalars/arrays, Paths and NaN into JSON-safe values (NaN -> null)."""
-    import numpy as np
-
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return to_jsonable(obj.item())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def emit_json(obj: Any) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
@@ -21,6 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from etp_search.errors import EtpError
+from etp_search.jsonsafe import to_jsonable
 from etp_search.serve import API_PREFIX
 from etp_search.serve import plots
 from etp_search.serve.engine import Engine, NotAvailableError
@@ -35,19 +35,6 @@ logger = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 #: Uploads up to this size are parsed on the event loop; larger ones in the worker pool.
 INLINE_UPLOAD_BYTES = 256 * 1024
-
-
-def _clean(value: Any) -> Any:
-    """JSON-safe: NaN/inf (unknown age, ...) become null; numpy scalars become Python numbers."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _one_line(message: str) -> str:
@@ -156,7 +143,7 @@ def create_app(engine: Engine, *, token: str | None = None, max_upload: int = MA
         # Returned as a ready JSONResponse: the response_model documents the shape, but re-validating
         # our own output through pydantic would cost more than the FAISS search (tests check the shape).
         return JSONResponse({"query": {"kind": kind, **q}, "target": target, "k": k, "where": where,
-                             "rows": snap.n, "hits": _clean([h.as_dict() for h in hits])})
+                             "rows": snap.n, "hits": to_jsonable([h.as_dict() for h in hits])})
 
     async def read_upload(files: list[UploadFile], fs: Optional[float], layout: Optional[str], units: str) -> Any:
         got = [UploadedFile(f.filename or "", await f.read()) for f in files]
@@ -174,7 +161,7 @@ def create_app(engine: Engine, *, token: str | None = None, max_upload: int = MA
         out.update(limits={"max_k": MAX_K, "max_upload_bytes": max_upload, "max_labels": MAX_LABELS,
                            "max_where": MAX_WHERE}, tasks=list_tasks(), prompt_sets=["default", "ensemble"],
                    auth="bearer" if token else "none")
-        return _clean(out)
+        return to_jsonable(out)
 
     @api.post("/search/text", response_model=SearchResponse, summary="Text -> nearest ECGs or reports")
     async def search_text(q: TextQuery) -> JSONResponse:
@@ -236,7 +223,7 @@ def create_app(engine: Engine, *, token: str | None = None, max_upload: int = MA
 
     @api.get("/records/{record_id:path}", response_model=RecordOut, summary="A stored record's metadata, labels and report")
     async def record(record_id: str) -> dict:
-        return _clean(await run(engine.record, record_id))
+        return to_jsonable(await run(engine.record, record_id))
 
     @api.post("/zeroshot/record", response_model=ZeroshotResponse, summary="Zero-shot labels of a stored ECG")
     async def zeroshot_record(q: ZeroshotRecord) -> dict:
