@@ -142,15 +142,14 @@ def probe(
 ) -> None:
     """Linear probe on cached ECG vectors: train folds 1-8, choose L2 (and features) on fold 9, macro AUC on fold 10."""
     setup_logging(verbose)
-    from etp_search.evaluation.on_store import PROBE_FEATURES, probe_on_store
+    from etp_search.evaluation.on_store import check_probe_features, probe_on_store
     from etp_search.labels import get_task
 
     get_task(task)  # an unknown task or bad option fails before any store is read
     fr = _parse_fractions(fractions)
     if seeds < 1:
         raise DataError("--seeds must be at least 1")
-    if features not in PROBE_FEATURES:
-        raise DataError(f"--features takes one of {', '.join(PROBE_FEATURES)} (got {features!r})")
+    check_probe_features(features)
     with _stores(store, baseline_store) as (main, base):
         res = probe_on_store(main, task, fr, seeds, baseline=base, progress=progress, features=features)
     result = _as_given(res.to_dict(), store, baseline_store)

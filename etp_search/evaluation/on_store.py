@@ -12,6 +12,7 @@ vectors live in that checkpoint's space.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Generic, Literal, Optional, Sequence, TypeVar
@@ -21,12 +22,15 @@ import numpy as np
 from etp_search.errors import DataError, StoreMismatchError
 from etp_search.evaluation.metrics import AucReport
 from etp_search.evaluation.probe import ProbeResult
+from etp_search.records import NORM_COLUMN
 
 if TYPE_CHECKING:  # imported lazily at run time: indexing/ loads h5py, models/ loads torch
     from indexing.store import EmbeddingStore
 
     from etp_search.labels import Task
     from etp_search.models import EtpModel
+
+logger = logging.getLogger(__name__)
 
 #: Which records an evaluation reads: fold 10, fold 9 or every record.
 Split = Literal["test", "val", "all"]
@@ -277,18 +281,19 @@ PROBE_FEATURES: tuple[ProbeFeatures, ...] = ("auto", "unit", "projection")
 DEFAULT_PROBE_FEATURES: ProbeFeatures = "auto"
 
 
+def check_probe_features(features: str) -> None:
+    """DataError in one line unless ``features`` is one of ``PROBE_FEATURES``."""
+    if features not in PROBE_FEATURES:
+        raise DataError(f"--features takes one of {', '.join(PROBE_FEATURES)} (got {features!r})")
+
+
 def probe_features(store: EmbeddingStore, rows: np.ndarray, features: str) -> dict[str, np.ndarray]:
     """The feature sets ``features`` names for ``rows`` of ``store`` (see ``ProbeFeatures``).
 
     A store without finite ECG norms for these rows (indexed before the norm was stored) gives
     ``auto`` the unit vectors alone, with a warning; ``projection`` then raises DataError.
     """
-    import logging
-
-    from etp_search.records import NORM_COLUMN
-
-    if features not in PROBE_FEATURES:
-        raise DataError(f"--features takes one of {', '.join(PROBE_FEATURES)} (got {features!r})")
+    check_probe_features(features)
     unit = store.ecg(rows)
     if features == "unit":
         return {"unit": unit}
@@ -298,7 +303,7 @@ def probe_features(store: EmbeddingStore, rows: np.ndarray, features: str) -> di
                "with `etp-search index ... --rebuild` to probe the projection")
         if features == "projection":
             raise DataError(f"{why}, or use --features unit")
-        logging.getLogger(__name__).warning("%s; probing the unit vectors", why)
+        logger.warning("%s; probing the unit vectors", why)
         return {"unit": unit}
     projection = unit * norms[:, None]
     return {"projection": projection} if features == "projection" else {"unit": unit, "projection": projection}
@@ -379,6 +384,6 @@ def retrieval_on_store(main: EmbeddingStore, split: Split = "test", baseline: Op
 
 
 __all__ = ["PromptModels", "ProbeComparison", "RetrievalResult", "RetrievalRun", "ZeroShotResult", "ZeroShotRun",
-           "aligned_rows", "check_zeroshot_options", "folds_of", "free_class_labels", "load_prompt_model", "PROBE_FEATURES",
+           "aligned_rows", "check_probe_features", "check_zeroshot_options", "folds_of", "free_class_labels", "load_prompt_model", "PROBE_FEATURES",
            "ProbeFeatures", "probe_features", "probe_on_store",
            "retrieval_on_store", "split_rows", "task_rows", "zeroshot_on_store"]
