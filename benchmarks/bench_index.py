@@ -33,7 +33,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from indexing.build import build_index, measure_recall  # noqa: E402
+from indexing.build import build_index  # noqa: E402
+from indexing.recall import measure_recall  # noqa: E402
 from indexing.faiss_index import search  # noqa: E402
 from indexing.filters import filter_rows  # noqa: E402
 from indexing.store import EmbeddingStore  # noqa: E402

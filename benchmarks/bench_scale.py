@@ -9,7 +9,7 @@ spread and small isotropic noise: an embedding-like distribution, so recall mean
 written once to WORK/data.h5 in chunks; each size is a prefix. Queries are fresh draws from the
 same mixture, never rows of the data: half calibrate nprobe (smallest reaching recall 0.95),
 the other half are held out for the recall and latency figures. Exact top-10 comes from
-``indexing.ann.exact_knn`` streamed over the file.
+``indexing.recall.exact_knn`` streamed over the file.
 
 Per size and layout (Flat where it fits, IVF-Flat, IVF-PQ+refine, IVF-PQ+refine with on-disk
 lists): build seconds and peak RSS of the build process, index bytes on disk, then in a fresh
@@ -79,7 +79,7 @@ def draw(n: int, seed: int) -> np.ndarray:
 
 
 class Prefix:
-    """The first n rows of a dataset, as an array-like (shape + slicing) for indexing.ann."""
+    """The first n rows of a dataset, as an array-like (shape + slicing) for indexing.build."""
 
     def __init__(self, ds, n: int) -> None:
         self.ds, self.shape = ds, (n, int(ds.shape[1]))
@@ -111,7 +111,7 @@ def job_truth(work: Path, n: int) -> dict:
     import h5py
     import faiss
 
-    from indexing.ann import exact_knn
+    from indexing.recall import exact_knn
 
     faiss.omp_set_num_threads(1)
     t0 = time.perf_counter()
@@ -129,7 +129,8 @@ def job_build(work: Path, n: int, kind: str, ondisk: bool, threads: int) -> dict
     import h5py
     import faiss
 
-    from indexing.ann import build_index, plan_index
+    from indexing.build import build_index
+    from indexing.plan import plan_index
 
     faiss.omp_set_num_threads(threads)
     out = _paths(work, n, kind, ondisk)
@@ -137,12 +138,12 @@ def job_build(work: Path, n: int, kind: str, ondisk: bool, threads: int) -> dict
     t0 = time.perf_counter()
     with h5py.File(work / "data.h5", "r") as f:
         plan = plan_index(n, DIM, kind, ondisk=ondisk)
-        index, rep = build_index(Prefix(f["x"], n), plan, out=out)
+        index, rep = build_index(Prefix(f["x"], n), plan, out=out, recall_queries=0, use_gpu=False)  # recall: job_query
     seconds = time.perf_counter() - t0
-    files = [Path(p) for p in rep.files]
+    files = [Path(p) for p in rep["files"]]
     del index
-    return {"plan": plan.to_dict(), "build_s": seconds, "train_s": rep.train_s, "add_s": rep.add_s,
-            "train_rows": rep.train_rows, "peak_rss_mb": _rss_mb(), "rss_before_mb": base_rss,
+    return {"plan": plan.to_dict(), "build_s": seconds, "train_s": rep.get("train_seconds", 0.0), "add_s": rep["add_seconds"],
+            "train_rows": rep.get("train_size", 0), "peak_rss_mb": _rss_mb(), "rss_before_mb": base_rss,
             "index_bytes": sum(p.stat().st_size for p in files), "ram_estimate_bytes": plan.memory_bytes,
             "load_average": round(os.getloadavg()[0], 2), "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "files": [p.name for p in files]}
@@ -152,7 +153,8 @@ def job_query(work: Path, n: int, kind: str, ondisk: bool) -> dict:
     import h5py
     import faiss
 
-    from indexing.ann import load_index, recall_at_k, set_search_params, tune_nprobe
+    from indexing.faiss_index import read_index_file, set_search_params
+    from indexing.recall import recall_at_k, tune_nprobe
 
     faiss.omp_set_num_threads(1)
     with h5py.File(work / "data.h5", "r") as f:
@@ -161,7 +163,7 @@ def job_query(work: Path, n: int, kind: str, ondisk: bool) -> dict:
     cal, held = slice(0, N_QUERIES // 2), slice(N_QUERIES // 2, N_QUERIES)
     rss0 = _current_rss_mb()
     t0 = time.perf_counter()
-    index = load_index(_paths(work, n, kind, ondisk))
+    index = read_index_file(_paths(work, n, kind, ondisk))
     open_s = time.perf_counter() - t0
     rss_open = _current_rss_mb()
     set_search_params(index, k_factor=16)  # the refine over-fetch of IVF-PQ+refine (ignored by the others)

@@ -48,7 +48,7 @@ print(json.dumps({"open_s": t1 - t0, "first_query_s": t2 - t1, "hit": int(rows[0
 
 
 def build(work: Path, rows: int, dim: int, ondisk: bool) -> tuple[Path, Path]:
-    from indexing import ann
+    from indexing.build import store_builder
     from indexing.index_files import build_or_update
     from indexing.store import EmbeddingStore
 
@@ -66,7 +66,7 @@ def build(work: Path, rows: int, dim: int, ondisk: bool) -> tuple[Path, Path]:
             x /= np.linalg.norm(x, axis=1, keepdims=True)
             store.append([f"r{i}" for i in range(a, b)], x)
     if ondisk:
-        build_or_update(store, "ecg", builder=ann.store_builder(None, ondisk=True), ondisk=True)
+        build_or_update(store, "ecg", builder=store_builder(max_memory=None, ondisk=True), ondisk=True)
     else:
         build_or_update(store, "ecg", factory="Flat")
     store.close()

@@ -1,7 +1,10 @@
 """Embedding store (HDF5) and FAISS index: arrays in, arrays out (numpy, h5py, faiss only).
 
 - ``indexing.store.EmbeddingStore``: crash-safe append-only store of vectors + record metadata.
-- ``indexing.faiss_index``: build (recall-tuned IVF or exact) / filtered search / incremental add.
+- ``indexing.faiss_index``: chunked reads, factory checks, filtered search, incremental add, one index file.
+- ``indexing.build``: the one builder (any factory or a planned layout, streamed in chunks, GPU,
+  on-disk lists) over ``indexing.plan`` (layout and RAM by rows and budget) and ``indexing.recall``
+  (held-out recall@10, nprobe tuned); ``store_builder`` is what ``index`` builds with.
 - ``indexing.index_files``: index files + sidecar (rows, which vectors, SHA-256); ``build_or_update``,
   the writer's step at the end of ``index`` (the only code that writes index files).
 - ``indexing.view.SearchView``: read-only search, saved index + exact search over the store's tail.

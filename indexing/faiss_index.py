@@ -1,42 +1,39 @@
-"""FAISS primitives over vectors: chunked reads, factory choice and checks, filtered search, incremental add.
+"""FAISS primitives over vectors: chunked reads, factory checks, filtered search, incremental add, one file.
 
 Small free functions over numpy arrays (faiss contrib/ondisk.py, autofaiss style). FAISS ids are
 store rows. Vectors are L2-normalised and searched by inner product, so scores are cosines.
-Building and measuring an index (``build_index``, ``finish_build``, recall and nprobe tuning) is
-``indexing.build``, above this module; ``indexing.ann`` builds layouts planned by rows and a memory
-budget on the same pieces (``Rows``, ``sample_rows``). Files and sidecars live in
+Building and measuring an index is ``indexing.build`` (layouts planned by ``indexing.plan``, recall
+by ``indexing.recall``), above this module; a store's index files and sidecars are
 ``indexing.index_files`` (written by the writer only); queries go through ``indexing.view``; GPU
 placement is ``indexing.gpu``.
 
 - Filters run inside FAISS through ``IDSelectorBitmap`` in the search parameters (no over-fetch).
 - GPU when faiss sees one; saved from a CPU copy so index files are portable.
+- One index file is read by ``read_faiss`` / ``read_index_file`` and written by ``write_index_file``
+  (IVF lists kept on disk in ``PATH.ivfdata``, ``lists_path``); faiss's printf()s go to stderr.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
+import os
 import re
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import ArrayLike
 
+from indexing._io import atomic_write
 from indexing.errors import IndexingError, IndexStaleError
 # faiss itself comes from indexing.gpu, which says which extra to install when it is missing
-from indexing.gpu import cpu_twin, faiss, is_gpu_index
+from indexing.gpu import cpu_twin, faiss, is_gpu_index, to_cpu
 
 logger = logging.getLogger(__name__)
 
-#: Rows past which "auto" switches from exact search to IVF (DESIGN.md: flat search of 1M x 256
-#: takes ~100 ms on this class of machine; at 200k it is still ~20 ms).
-DEFAULT_IVF_THRESHOLD = 200_000
-#: recall@10 that nprobe auto-tuning aims for.
-DEFAULT_TARGET_RECALL = 0.95
-#: Held-out queries used to measure recall at build time.
-DEFAULT_RECALL_QUERIES = 500
 REBUILD_HINT = "rebuild it with `etp-search index DATA_DIR --rebuild-index`"
 _FACTORY_EXAMPLES = "use 'auto', 'Flat', 'IVF1024,Flat' or 'IVF4096,PQ32'"
 #: FAISS k-means wants ~39 training points per centroid (it warns below that).
@@ -97,29 +94,6 @@ def normalized(x: np.ndarray) -> np.ndarray:
     x = x.copy()
     faiss.normalize_L2(x)
     return x
-
-
-def choose_factory(n: int, factory: str = "auto", ivf_threshold: int = DEFAULT_IVF_THRESHOLD,
-                   nlist: int | None = None) -> str:
-    """The index-factory string "auto" stands for at ``n`` rows (a factory string passes through)."""
-    if factory != "auto":
-        return factory
-    if n < ivf_threshold:
-        return "Flat"
-    return f"IVF{nlist or default_nlist(n)},Flat"
-
-
-def default_nlist(n: int) -> int:
-    """IVF lists of every "auto" layout (``choose_factory`` and ``ann.plan_index``): about 4 sqrt(n)
-    lists (FAISS guidelines: 4-16 sqrt(n)),
-    a power of two in [16, 4096], never fewer than 39 rows per list."""
-    if n < 16 * 39:
-        return max(1, n // 39)
-    target = min(4096, max(16, 4 * math.sqrt(n)))
-    nlist = 1 << int(round(math.log2(target)))
-    while nlist > 16 and n < 39 * nlist:
-        nlist //= 2
-    return nlist
 
 
 def _ivf(index: faiss.Index) -> faiss.IndexIVF | None:
@@ -231,7 +205,7 @@ def _selector(allowed_rows: ArrayLike, ntotal: int) -> tuple[faiss.IDSelector, n
 
 
 def _params(index: faiss.Index, sel: faiss.IDSelector | None, nprobe: int | None) -> faiss.SearchParameters:
-    if isinstance(index, faiss.IndexRefine):  # IVF-PQ + refine (indexing.ann): filter and probe the base
+    if isinstance(index, faiss.IndexRefine):  # IVF-PQ + refine (indexing.plan): filter and probe the base
         # faiss's stub omits the keyword __init__ its class_wrappers install (which also keeps the base's
         # parameters alive on faiss 1.8), hence the ignore
         return faiss.IndexRefineSearchParameters(k_factor=float(index.k_factor),  # type: ignore[call-arg]
@@ -321,3 +295,68 @@ def update_index(index: faiss.Index, new_vectors: np.ndarray, start_row: int) ->
         if twin is not None and twin is not index:
             twin.add(x)
     return index
+
+
+# ----------------------------------------------------------------------------- one index file
+
+
+def lists_path(path: str | os.PathLike) -> Path:
+    """Where the on-disk inverted lists of the index at ``path`` live (``PATH.ivfdata``)."""
+    return Path(f"{path}.ivfdata")
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """File descriptor 1 pointed at stderr meanwhile (faiss's C++ printf()s bypass ``sys.stdout``)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def read_faiss(path: str | os.PathLike, flags: int = 0, *, source: str | None = None,
+               error: type[IndexStaleError] = IndexStaleError) -> Any:
+    """``faiss.read_index(source or path, flags)``: the one way an index file is opened. With
+    ``flags`` (mapped lists) faiss's printf()s go to stderr, so ``--json`` output stays clean.
+    Raises ``error`` naming ``path`` and ``--rebuild-index`` when faiss cannot read it."""
+    try:
+        with stdout_to_stderr() if flags else contextlib.nullcontext():
+            return faiss.read_index(source or str(path), flags)
+    except RuntimeError as e:
+        reason = (str(e).strip().splitlines() or ["unreadable"])[-1][:80]
+        raise error(f"index {path} is damaged or corrupt ({reason}); {REBUILD_HINT}") from e
+
+
+def read_index_file(path: str | os.PathLike, mmap: bool = True) -> faiss.Index:
+    """Read a bare index file (no sidecar checks: ``index_files.load_index`` adds those) with its
+    inverted lists memory-mapped, not loaded.
+
+    An on-disk index (``PATH.ivfdata`` beside it) is opened with ``IO_FLAG_ONDISK_SAME_DIR``:
+    its ``OnDiskInvertedLists`` always map the .ivfdata file, and the folder may have moved.
+    (``IO_FLAG_MMAP`` on such a file crashes faiss 1.15.1, so it is not passed there.) An index
+    written whole is opened with ``IO_FLAG_MMAP`` when ``mmap``: its lists map the index file.
+    """
+    flags = faiss.IO_FLAG_ONDISK_SAME_DIR if lists_path(path).exists() else faiss.IO_FLAG_MMAP if mmap else 0
+    return read_faiss(path, flags)
+
+
+def write_index_file(index: faiss.Index, path: str | os.PathLike) -> None:
+    """``faiss.write_index`` of a CPU copy through ``indexing._io.atomic_write`` (an on-disk index
+    keeps its .ivfdata where it is)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cpu = to_cpu(index)
+    atomic_write(path, lambda tmp: faiss.write_index(cpu, str(tmp)))
+
+
+def set_search_params(index: faiss.Index, nprobe: int | None = None, k_factor: float | None = None) -> None:
+    """Set the probe count of an IVF layout (at most nlist) and the refine over-fetch of IVF-PQ+refine."""
+    if isinstance(index, faiss.IndexRefine) and k_factor is not None:
+        index.k_factor = float(k_factor)
+    nlist = _ivf_attr(index, "nlist")
+    if nlist is not None and nprobe is not None:
+        _set_nprobe(index, int(min(nprobe, nlist)))

@@ -9,29 +9,28 @@ read-only view (``indexing.view``) searches the store exactly instead, with one 
 size, mtime, ctime) is not re-hashed (``indexing.verified``; ``ETP_VERIFY=full`` always hashes).
 
 How an index is made is pluggable: ``build_or_update(..., builder=)`` takes any ``IndexBuilder``
-(store, which, factory) -> (index, info); the default reads the vectors and calls
-``indexing.build.build_index``. A builder that streams chunks from the store plugs in the same way.
+(store, which, factory) -> (index, info); the default is ``indexing.build.store_builder``, which
+streams the store's vectors in chunks into ``indexing.build.build_index``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 from indexing import verified
 from indexing._io import atomic_write, check_file_path
 from indexing.errors import IndexingError, IndexStaleError
-from indexing.build import build_index
-from indexing.faiss_index import (DEFAULT_CHUNK_ROWS, DEFAULT_IVF_THRESHOLD, REBUILD_HINT, _ivf, check_factory, faiss,
+from indexing.build import store_builder
+from indexing.faiss_index import (DEFAULT_CHUNK_ROWS, REBUILD_HINT, _ivf, check_factory, faiss, lists_path, read_faiss,
                                   update_index)
+from indexing.plan import FLAT_MAX_ROWS
 from indexing.gpu import UseGpu, is_gpu_index, resolve_use_gpu, to_cpu, to_gpu
 
 logger = logging.getLogger(__name__)
@@ -41,7 +40,7 @@ Which = Literal["ecg", "text"]
 SIDECAR_VERSION = 2
 _HASH_BLOCK = 1 << 22
 
-#: (store, which, factory) -> (index over rows 0..len(store), info); see ``default_builder``.
+#: (store, which, factory) -> (index over rows 0..len(store), info); see ``indexing.build.store_builder``.
 IndexBuilder = Callable[[Any, str, str], "tuple[Any, dict]"]
 
 
@@ -67,11 +66,6 @@ def _digest_fd(fd: int) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
-def lists_path(path: str | os.PathLike) -> Path:
-    """Where the on-disk inverted lists of the index at ``path`` live (``PATH.ivfdata``)."""
-    return Path(f"{path}.ivfdata")
-
-
 def ondisk_lists(index: Any) -> Any | None:
     """The ``faiss.OnDiskInvertedLists`` of an IVF index whose lists live in a file, else None."""
     ivf = _ivf(index)
@@ -86,7 +80,7 @@ def save_index(index: Any, path: str | os.PathLike, info: dict) -> dict:
 
     The index file is replaced before the sidecar; the sidecar's size and digest then no longer
     match until it is replaced too, so a crash between the two is caught by ``load_index``.
-    An index with on-disk inverted lists (``indexing.ann``, ``ondisk``) has its lists file moved
+    An index with on-disk inverted lists (``indexing.build``, ``ondisk``) has its lists file moved
     to ``PATH.ivfdata`` first; the sidecar holds that file's size and SHA-256 too. A saved index
     without on-disk lists removes a ``PATH.ivfdata`` left by an earlier one.
     """
@@ -158,33 +152,6 @@ def _check_digest(path: Path, fd: int, expected: str, expected_bytes: int, what:
     if size != expected_bytes or digest != expected:
         raise _Torn(f"{what} {path} is damaged or from an interrupted write (its "
                     f"{'size' if size != expected_bytes else 'SHA-256'} differs from {against}); {REBUILD_HINT}")
-
-
-def read_faiss(path: str | os.PathLike, flags: int = 0, *, source: str | None = None,
-               error: type[IndexStaleError] = IndexStaleError) -> Any:
-    """``faiss.read_index(source or path, flags)``: the one way an index file is opened (here and
-    by ``indexing.ann.load_index``). With ``flags`` (mapped lists) faiss's printf()s go to stderr,
-    so ``--json`` output stays clean. Raises ``error`` naming ``path`` and ``--rebuild-index`` when
-    faiss cannot read it."""
-    try:
-        with stdout_to_stderr() if flags else contextlib.nullcontext():
-            return faiss.read_index(source or str(path), flags)
-    except RuntimeError as e:
-        reason = (str(e).strip().splitlines() or ["unreadable"])[-1][:80]
-        raise error(f"index {path} is damaged or corrupt ({reason}); {REBUILD_HINT}") from e
-
-
-@contextlib.contextmanager
-def stdout_to_stderr() -> Iterator[None]:
-    """File descriptor 1 pointed at stderr meanwhile (faiss's C++ printf()s bypass ``sys.stdout``)."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        os.dup2(2, 1)
-        yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 class _Torn(IndexStaleError):
@@ -292,21 +259,9 @@ def _read_ondisk(path: Path, lists: Any, sidecar_name: str) -> Any:
 # ----------------------------------------------------------------------------- the writer's side
 
 
-def default_builder(*, ivf_threshold: int = DEFAULT_IVF_THRESHOLD, nprobe: int | None = None,
-                    use_gpu: UseGpu = "auto", seed: int = 0) -> IndexBuilder:
-    """An IndexBuilder that reads all the store's vectors and calls ``build_index``."""
-
-    def build(store: Any, which: str, factory: str) -> tuple[Any, dict]:
-        vectors = store.vectors(which, slice(0, len(store)))
-        return build_index(vectors, factory=factory, ivf_threshold=ivf_threshold, nprobe=nprobe,
-                           use_gpu=use_gpu, seed=seed)
-
-    return build
-
-
 def build_or_update(store: Any, which: str = "ecg", index_path: str | os.PathLike | None = None,
                     factory: str = "auto", *, use_gpu: UseGpu = "auto", rebuild: bool = False,
-                    ivf_threshold: int = DEFAULT_IVF_THRESHOLD, nprobe: int | None = None, seed: int = 0,
+                    ivf_threshold: int = FLAT_MAX_ROWS, nprobe: int | None = None, seed: int = 0,
                     builder: IndexBuilder | None = None, add_chunk: int = DEFAULT_CHUNK_ROWS,
                     ondisk: bool | None = None) -> tuple[Any, dict]:
     """Bring ``store``'s ``which`` index file up to date and save it: the writer's job, under the lock.
@@ -327,7 +282,7 @@ def build_or_update(store: Any, which: str = "ecg", index_path: str | os.PathLik
     path = Path(index_path) if index_path else default_index_path(store.path, which)
     check_file_path(path, "index", f"{Path(store.path).name}.{which}.faiss")
     check_factory(factory, store.dim, n)
-    builder = builder or default_builder(ivf_threshold=ivf_threshold, nprobe=nprobe, use_gpu=use_gpu, seed=seed)
+    builder = builder or store_builder(ivf_threshold=ivf_threshold, nprobe=nprobe, use_gpu=use_gpu, seed=seed)
     was_writer = store.holds_write_lock
     with store.write_lock(wait=True):
         if not was_writer:

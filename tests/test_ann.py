@@ -1,4 +1,4 @@
-"""indexing.ann: layout choice by rows and budget, streamed builds, refine, on-disk lists, recall."""
+"""indexing.plan / build / recall: layout choice by rows and budget, streamed builds, refine, on-disk lists, recall."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ import h5py
 import numpy as np
 import pytest
 
-from indexing import ann
+from indexing.build import build_index
+from indexing.faiss_index import read_index_file, set_search_params
+from indexing.plan import PlanError, plan_index
+from indexing.recall import exact_knn, recall_at_k, tune_nprobe
 from indexing.errors import IndexStaleError
 
 DIM = 32
@@ -46,30 +49,30 @@ class CountingDataset:
 
 
 def test_auto_picks_by_rows_and_the_budget_decides_when_floats_no_longer_fit() -> None:
-    assert ann.plan_index(150_000, 256).kind == "flat"
-    assert ann.plan_index(1_000_000, 256).kind == "ivf_flat"
-    big = ann.plan_index(5_000_000, 256)
+    assert plan_index(150_000, 256).kind == "flat"
+    assert plan_index(1_000_000, 256).kind == "ivf_flat"
+    big = plan_index(5_000_000, 256)
     assert big.kind == "ivf_pq_refine" and big.factory == "IVF4096,PQ32,Refine(SQ8)"
-    small_budget = ann.plan_index(150_000, 256, max_memory=64 * 2**20)
+    small_budget = plan_index(150_000, 256, max_memory=64 * 2**20)
     assert small_budget.kind == "ivf_pq_refine" and small_budget.memory_bytes <= 64 * 2**20
-    assert ann.plan_index(150_000, 256, max_memory=200 * 2**20).kind == "flat"
-    with pytest.raises(ann.AnnError, match="max-index-memory"):
-        ann.plan_index(5_000_000, 256, max_memory=100 * 2**20)
-    with pytest.raises(ann.AnnError, match="over the budget"):
-        ann.plan_index(1_000_000, 256, "flat", max_memory=512 * 2**20)
+    assert plan_index(150_000, 256, max_memory=200 * 2**20).kind == "flat"
+    with pytest.raises(PlanError, match="max-index-memory"):
+        plan_index(5_000_000, 256, max_memory=100 * 2**20)
+    with pytest.raises(PlanError, match="over the budget"):
+        plan_index(1_000_000, 256, "flat", max_memory=512 * 2**20)
     # With the lists on disk only centroids and refine codes stay in RAM.
-    assert ann.plan_index(5_000_000, 256, max_memory=1400 * 2**20, ondisk=True).kind == "ivf_pq_refine"
+    assert plan_index(5_000_000, 256, max_memory=1400 * 2**20, ondisk=True).kind == "ivf_pq_refine"
 
 
 def test_build_streams_chunks_and_never_reads_more_rows_at_once(data) -> None:
     path, x, q = data
     with h5py.File(path, "r") as f:
         src = CountingDataset(f["x"])
-        plan = ann.plan_index(len(x), DIM, "ivf_flat")
-        index, rep = ann.build_index(src, plan, chunk_rows=1000, train_size=3000)
-    assert max(src.reads) <= 1000 and sum(src.reads) >= len(x) and rep.chunks == 12
-    assert index.ntotal == len(x) and rep.train_rows == 3000
-    ann.set_search_params(index, nprobe=plan.nlist)
+        plan = plan_index(len(x), DIM, "ivf_flat")
+        index, rep = build_index(src, plan, chunk_rows=1000, train_size=3000)
+    assert max(src.reads) <= 1000 and sum(src.reads) >= len(x) and rep["chunks"] == 12
+    assert index.ntotal == len(x) and rep["train_size"] == 3000
+    set_search_params(index, nprobe=plan.nlist)
     _, ids = index.search(x[[5, 777, 11_999]], 1)
     assert ids[:, 0].tolist() == [5, 777, 11_999]  # FAISS id = row of the source
 
@@ -79,22 +82,22 @@ def test_exact_knn_streamed_equals_flat_search(data) -> None:
     flat = faiss.IndexFlatIP(DIM)
     flat.add(x)
     d_ref, i_ref = flat.search(q, 10)
-    d, i = ann.exact_knn(x, q, 10, chunk_rows=777)
+    d, i = exact_knn(x, q, 10, chunk_rows=777)
     np.testing.assert_allclose(d, d_ref, rtol=1e-5, atol=1e-5)
-    assert ann.recall_at_k(i, i_ref, 10) == 1.0
+    assert recall_at_k(i, i_ref, 10) == 1.0
 
 
 def test_refine_reaches_a_recall_plain_ivf_pq_misses(data) -> None:
     _, x, q = data
-    _, truth = ann.exact_knn(x, q, 10)
-    plan = ann.plan_index(len(x), DIM, "ivf_pq_refine", pq_m=4)  # 4 bytes a vector: coarse on purpose
-    index, _ = ann.build_index(x, plan, chunk_rows=2500)
+    _, truth = exact_knn(x, q, 10)
+    plan = plan_index(len(x), DIM, "ivf_pq_refine", pq_m=4)  # 4 bytes a vector: coarse on purpose
+    index, _ = build_index(x, plan, chunk_rows=2500)
     assert isinstance(index, faiss.IndexRefine)
-    ann.set_search_params(index, nprobe=plan.nlist, k_factor=16)
-    refined = ann.recall_at_k(index.search(q, 10)[1], truth)
+    set_search_params(index, nprobe=plan.nlist, k_factor=16)
+    refined = recall_at_k(index.search(q, 10)[1], truth)
     base = faiss.downcast_index(index.base_index)
     base.nprobe = plan.nlist
-    plain = ann.recall_at_k(base.search(q, 10)[1], truth)
+    plain = recall_at_k(base.search(q, 10)[1], truth)
     assert refined >= 0.85 > 0.5 > plain  # measured 0.88 vs 0.21 (SQ8 caps the refine on this noisy data)
 
 
@@ -103,10 +106,10 @@ def test_ondisk_lists_give_the_in_memory_results_and_survive_a_move(data, tmp_pa
     results = {}
     for kind in ("ivf_flat", "ivf_pq_refine"):
         for ondisk in (False, True):
-            plan = ann.plan_index(len(x), DIM, kind, ondisk=ondisk)
+            plan = plan_index(len(x), DIM, kind, ondisk=ondisk)
             out = tmp_path / f"{kind}-{ondisk}" / "ecg.index"
             with h5py.File(path, "r") as f:
-                ann.build_index(f["x"], plan, chunk_rows=3000, out=out)
+                build_index(f["x"], plan, chunk_rows=3000, out=out)
             if ondisk:
                 ivfdata = Path(str(out) + ".ivfdata")
                 code = DIM * 4 if kind == "ivf_flat" else plan.pq_m
@@ -115,8 +118,8 @@ def test_ondisk_lists_give_the_in_memory_results_and_survive_a_move(data, tmp_pa
                 shutil.copytree(out.parent, moved)
                 shutil.rmtree(out.parent)
                 out = moved / "ecg.index"
-            index = ann.load_index(out)
-            ann.set_search_params(index, nprobe=8, k_factor=8)
+            index = read_index_file(out)
+            set_search_params(index, nprobe=8, k_factor=8)
             results[kind, ondisk] = index.search(q, 10)
         (d0, i0), (d1, i1) = results[kind, False], results[kind, True]
         assert np.array_equal(i0, i1)
@@ -125,24 +128,24 @@ def test_ondisk_lists_give_the_in_memory_results_and_survive_a_move(data, tmp_pa
 
 def test_tune_nprobe_takes_the_smallest_reaching_the_target(data) -> None:
     _, x, q = data
-    _, truth = ann.exact_knn(x, q, 10)
-    plan = ann.plan_index(len(x), DIM, "ivf_flat")
-    index, _ = ann.build_index(x, plan)
-    nprobe, recall = ann.tune_nprobe(index, q, truth, target=0.9)
+    _, truth = exact_knn(x, q, 10)
+    plan = plan_index(len(x), DIM, "ivf_flat")
+    index, _ = build_index(x, plan)
+    nprobe, recall = tune_nprobe(index, q, truth, target=0.9)
     assert recall >= 0.9 and faiss.extract_index_ivf(index).nprobe == nprobe
     if nprobe > 1:
-        ann.set_search_params(index, nprobe=nprobe // 2)
-        assert ann.recall_at_k(index.search(q, 10)[1], truth) < 0.9
+        set_search_params(index, nprobe=nprobe // 2)
+        assert recall_at_k(index.search(q, 10)[1], truth) < 0.9
 
 
 def test_a_damaged_index_file_is_named(tmp_path: Path) -> None:
     bad = tmp_path / "ecg.index"
     bad.write_bytes(b"not an index")
     with pytest.raises(IndexStaleError, match=r"ecg.index is damaged.*--rebuild-index"):
-        ann.load_index(bad)
+        read_index_file(bad)
 
 
 def test_plan_and_data_of_different_shapes_are_refused(data) -> None:
     _, x, _ = data
-    with pytest.raises(ann.AnnError, match="plan again"):
-        ann.build_index(x[:100], ann.plan_index(len(x), DIM))
+    with pytest.raises(PlanError, match="plan again"):
+        build_index(x[:100], plan_index(len(x), DIM))

@@ -50,3 +50,38 @@ def test_writer_reads_the_stored_ids_once_and_skips_them(tmp_path, monkeypatch):
     w.close()
     with EmbeddingStore.open(path) as s:
         assert len(s) == 303 and s.ids_at([300, 301, 302]) == ["new0", "new1", "new2"]
+
+
+def test_auto_index_is_built_on_a_gpu_and_explicit_factories_stream_from_the_store(tmp_path, monkeypatch):
+    """One builder for every factory (issue 10): ``index --factory auto`` builds on a GPU when faiss
+    sees one (the streamed auto builder never did), is saved from a CPU copy, and an explicit factory
+    reads the store's vectors in chunks instead of all at once."""
+    import faiss
+
+    import indexing.gpu as gpu
+    from indexing.index_files import load_index
+    from tests.test_indexing import GpuFakeIndex
+
+    moved: list[str] = []
+    monkeypatch.setattr(gpu, "gpu_available", lambda: True)
+    monkeypatch.setattr(gpu, "_gpu_resources", lambda: object())
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu",
+                        lambda res, dev, idx: moved.append(type(idx).__name__) or GpuFakeIndex(faiss.clone_index(idx)),
+                        raising=False)
+    monkeypatch.setattr(faiss, "index_gpu_to_cpu", lambda idx: faiss.clone_index(idx.cpu), raising=False)
+    path = tmp_path / "s.h5"
+    w = StoreWriter(path, DIM, PROV)
+    assert w.write(*_batch([f"r{i}" for i in range(300)])) == 300
+    out = w.finish(use_gpu="auto")
+    assert moved == ["IndexFlat", "IndexFlat"] and out["ecg_index"]["on_gpu"] and out["text_index"]["on_gpu"]
+    loaded, info = load_index(f"{path}.ecg.faiss", w.store.uuid, 300, which="ecg")  # saved from the CPU copy
+    assert loaded.ntotal == 300 and not info["on_gpu"] and info["factory_requested"] == "auto"
+
+    reads: list[int] = []
+    vectors = w.store.vectors
+    monkeypatch.setattr(w.store, "vectors", lambda which, rows=None: (reads.append(rows.stop - rows.start), vectors(which, rows))[1])
+    from indexing.build import store_builder
+
+    w2 = w.finish(factory="IVF4,Flat", use_gpu=False, builder=store_builder(use_gpu=False, chunk_rows=64))
+    assert w2["ecg_index"]["factory"] == "IVF4,Flat" and reads and max(reads) <= 64
+    w.close()

@@ -1,4 +1,4 @@
-"""`index --factory auto --max-index-memory`: indexing.ann's layout, streamed from the store, filtered search."""
+"""`index --factory auto --max-index-memory`: indexing.plan's layout, streamed from the store, filtered search."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from etp_search.cli import _register, app
-from indexing import ann
+from indexing.build import store_builder
 from indexing.faiss_index import search
 from indexing.index_files import build_or_update, load_index, sidecar_path
 from indexing.store import EmbeddingStore
@@ -57,7 +57,7 @@ def test_store_builder_streams_ivf_pq_refine_and_filters_still_work(tmp_path: Pa
     reads: list[int] = []
     vectors = store.vectors
     store.vectors = lambda which, rows=None: (reads.append(rows.stop - rows.start), vectors(which, rows))[1]  # type: ignore[method-assign]
-    _, info = build_or_update(store, "ecg", builder=ann.store_builder(budget, chunk_rows=2000))
+    _, info = build_or_update(store, "ecg", builder=store_builder(max_memory=budget, chunk_rows=2000))
     store.vectors = vectors  # type: ignore[method-assign]
     assert info["layout"] == "ivf_pq_refine" and info["memory_estimate_bytes"] <= budget
     assert max(reads) <= 2000 and info["recall_at_10"] >= 0.75 and info["n_rows"] == n
@@ -80,7 +80,7 @@ def test_ondisk_lists_sit_beside_the_index_under_its_digest_and_a_flipped_byte_i
     budget = n * dim * 2
     path = Path(f"{store.path}.ecg.faiss")
     lists = Path(f"{path}.ivfdata")
-    _, info = build_or_update(store, "ecg", builder=ann.store_builder(budget, ondisk=True, chunk_rows=3000), ondisk=True)
+    _, info = build_or_update(store, "ecg", builder=store_builder(max_memory=budget, ondisk=True, chunk_rows=3000), ondisk=True)
     assert info["ondisk"] is True and info["layout"] == "ivf_flat"  # lists on disk: IVF-Flat fits the budget
     assert info["ivfdata"]["file"] == lists.name and info["ivfdata"]["bytes"] == lists.stat().st_size > 0
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no build leftovers
@@ -99,7 +99,7 @@ def test_ondisk_lists_sit_beside_the_index_under_its_digest_and_a_flipped_byte_i
     assert "\n" not in said and str(lists) in said and "SHA-256" in said and "--rebuild-index" in said
 
     # The writer rebuilds a damaged one; appended rows rebuild on-disk lists instead of writing them in place.
-    _, again = build_or_update(store, "ecg", builder=ann.store_builder(budget, ondisk=True, chunk_rows=3000), ondisk=True)
+    _, again = build_or_update(store, "ecg", builder=store_builder(max_memory=budget, ondisk=True, chunk_rows=3000), ondisk=True)
     # The build is deterministic, so the rebuilt lists equal the undamaged ones (and "saved" may fall in
     # the same second): what shows the rebuild is that the flipped byte is gone and the digest holds.
     assert lists.read_bytes() != bytes(raw)
@@ -107,10 +107,10 @@ def test_ondisk_lists_sit_beside_the_index_under_its_digest_and_a_flipped_byte_i
     load_index(path, store.uuid, n, which="ecg")
     more = _clustered(3000, dim, seed=2)
     store.append([f"m{i}" for i in range(3000)], more)
-    _, grown = build_or_update(store, "ecg", builder=ann.store_builder(budget, ondisk=True, chunk_rows=3000), ondisk=True)
+    _, grown = build_or_update(store, "ecg", builder=store_builder(max_memory=budget, ondisk=True, chunk_rows=3000), ondisk=True)
     assert grown["n_rows"] == grown["n_rows_at_build"] == n + 3000 and grown["added_since_build"] == 0
     # Asked for in-memory lists again: rebuilt, and the lists file goes.
-    _, mem = build_or_update(store, "ecg", builder=ann.store_builder(budget, chunk_rows=3000), ondisk=False)
+    _, mem = build_or_update(store, "ecg", builder=store_builder(max_memory=budget, chunk_rows=3000), ondisk=False)
     assert "ivfdata" not in mem and not lists.exists()
     load_index(path, store.uuid, n + 3000, which="ecg")
     store.close()
@@ -137,7 +137,7 @@ def test_an_ondisk_build_removes_the_lists_file_a_killed_build_left(tmp_path: Pa
     other = tmp_path / f".s.h5.text.{gone.stdout.strip()}.build.faiss.ivfdata"  # the other index's
     for p in (dead, live, other):
         p.write_bytes(b"\0" * 4096)
-    build_or_update(store, "ecg", builder=ann.store_builder(n * dim * 2, ondisk=True, chunk_rows=3000), ondisk=True)
+    build_or_update(store, "ecg", builder=store_builder(max_memory=n * dim * 2, ondisk=True, chunk_rows=3000), ondisk=True)
     assert not dead.exists() and live.exists() and other.exists()
     assert Path(f"{store.path}.ecg.faiss.ivfdata").exists()
     store.close()

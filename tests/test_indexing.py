@@ -12,9 +12,11 @@ import pytest
 import indexing.faiss_index as fi
 import indexing.gpu as gpu
 from indexing.errors import IndexingError, IndexStaleError, StoreError
-from indexing.build import build_index, measure_recall
+from indexing.build import build_index
+from indexing.recall import measure_recall
 from indexing.faiss_index import normalized, search, update_index
 from indexing.index_files import build_or_update, load_index, save_index
+from indexing.plan import default_nlist
 from indexing.store import EmbeddingStore
 from indexing.view import SearchView
 
@@ -94,7 +96,7 @@ def test_auto_switches_to_ivf_past_threshold():
     x = _clustered(3000)
     _, info = build_index(x, ivf_threshold=2000, recall_queries=100)
     assert info["factory"].startswith("IVF") and info["factory_requested"] == "auto"
-    assert info["nlist"] == fi.default_nlist(3000)
+    assert info["nlist"] == default_nlist(3000)
 
 
 def test_ivf_selective_filter_returns_every_allowed_row():

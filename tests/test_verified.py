@@ -140,7 +140,7 @@ def test_record_location_follows_the_environment(tmp_path: Path, monkeypatch: py
 
 def test_ondisk_lists_are_remembered_and_a_flip_in_them_is_still_named(tmp_path: Path, record: Path,
                                                                        hashes: list[int]) -> None:
-    from indexing import ann
+    from indexing.build import store_builder
     from indexing.index_files import build_or_update
     from indexing.store import EmbeddingStore
 
@@ -148,7 +148,7 @@ def test_ondisk_lists_are_remembered_and_a_flip_in_them_is_still_named(tmp_path:
     x = np.random.default_rng(1).standard_normal((n, dim)).astype(np.float32)
     store = EmbeddingStore.create(tmp_path / "s.h5", dim, {"test": 1}, has_text=False)
     store.append([f"r{i}" for i in range(n)], x)
-    build_or_update(store, "ecg", builder=ann.store_builder(n * dim * 2, ondisk=True, chunk_rows=3000), ondisk=True)
+    build_or_update(store, "ecg", builder=store_builder(max_memory=n * dim * 2, ondisk=True, chunk_rows=3000), ondisk=True)
     path = Path(f"{store.path}.ecg.faiss")
     lists = Path(f"{path}.ivfdata")
     hashes.clear()

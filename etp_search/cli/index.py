@@ -41,11 +41,11 @@ def index(
         if not d.exists():
             raise fail(f"{d} does not exist; pass a dataset folder or a signal cache .h5")
     from etp_search.export import index_data
-    from indexing.ann import AnnError, parse_bytes
+    from indexing.plan import PlanError, parse_bytes
 
     try:
         budget = parse_bytes(max_index_memory) if max_index_memory is not None else None
-    except AnnError as e:
+    except PlanError as e:
         raise fail(f"--max-index-memory: {e}") from None
     if budget is not None and factory != "auto":
         raise fail("--max-index-memory applies to --factory auto; drop one of the two")

@@ -11,6 +11,7 @@ import numpy as np
 
 from etp_search.export.source import META_SCHEMA, NORM_COLUMN, Batch
 from indexing.gpu import UseGpu
+from indexing.build import store_builder
 from indexing.index_files import IndexBuilder, build_or_update
 from indexing.store import EmbeddingStore
 
@@ -82,16 +83,16 @@ class StoreWriter:
                use_gpu: UseGpu = "auto", builder: IndexBuilder | None = None,
                max_index_memory: int | None = None, ondisk_lists: bool = False) -> dict[str, Any]:
         """Fold appended parts into the main file and build or extend, then save, the ECG and report
-        indexes (queries only read them). ``builder`` replaces how a new index is made; for
-        ``factory="auto"`` it defaults to ``indexing.ann.store_builder(max_index_memory, ondisk=
-        ondisk_lists)`` (layout by rows and budget, vectors streamed from the store in chunks, IVF
-        lists in ``STORE.<which>.faiss.ivfdata`` when ``ondisk_lists``)."""
+        indexes (queries only read them). ``builder`` replaces how a new index is made; it defaults
+        to ``indexing.build.store_builder`` (vectors streamed from the store in chunks; for "auto"
+        a layout by rows and ``max_index_memory``; IVF lists in ``STORE.<which>.faiss.ivfdata``
+        when ``ondisk_lists``; on a GPU when ``use_gpu`` finds one)."""
         if ondisk_lists and factory != "auto":
             from indexing.errors import IndexingError
 
             raise IndexingError("on-disk inverted lists apply to --factory auto; drop --ondisk-lists or the factory")
-        if builder is None and factory == "auto":
-            builder = _ann_builder(max_index_memory, ondisk_lists)
+        if builder is None:
+            builder = store_builder(max_memory=max_index_memory, ondisk=ondisk_lists, use_gpu=use_gpu)
         if self.written:
             self.store.compact()
         out: dict[str, Any] = {"rows": len(self.store)}
@@ -126,19 +127,3 @@ class StoredIds(Set):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.store.ids)
-
-
-def _ann_builder(max_index_memory: int | None, ondisk: bool = False) -> IndexBuilder:
-    """``indexing.ann.store_builder`` with its plan errors (a budget nothing fits) as one CLI line."""
-    from indexing.ann import AnnError, store_builder
-    from indexing.errors import IndexingError
-
-    inner = store_builder(max_index_memory, ondisk=ondisk)
-
-    def build(store: Any, which: str, factory: str) -> tuple[Any, dict]:
-        try:
-            return inner(store, which, factory)
-        except AnnError as e:
-            raise IndexingError(str(e)) from None
-
-    return build

@@ -2,25 +2,28 @@
 
 ``plan_index`` picks a layout from the row count and a byte budget (``auto``: Flat below ~200k
 rows, IVF-Flat up to a few million, IVF-PQ with an SQ8 refine step beyond, or whenever the budget
-no longer holds the full float vectors); ``estimate_memory`` is the arithmetic behind it and
-``parse_bytes`` reads ``--max-index-memory``. Numbers only: nothing here touches FAISS or a file.
+no longer holds the full float vectors); ``default_nlist`` sizes the IVF lists of every "auto";
+``estimate_memory`` is the arithmetic behind it and ``parse_bytes`` reads ``--max-index-memory``.
+Numbers only: nothing here touches FAISS or a file (``indexing.build`` builds the plan).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from indexing.faiss_index import DEFAULT_IVF_THRESHOLD, default_nlist
+from indexing.errors import IndexingError
 
-logger = logging.getLogger("indexing.ann")
+logger = logging.getLogger(__name__)
 
 Kind = Literal["flat", "ivf_flat", "ivf_pq_refine"]
 KINDS: tuple[Kind, ...] = ("flat", "ivf_flat", "ivf_pq_refine")
 
-#: Row counts at which ``auto`` moves to the next layout when the budget allows the cheaper one.
-FLAT_MAX_ROWS = DEFAULT_IVF_THRESHOLD  # the one flat -> IVF threshold of every "auto"
+#: Row counts at which ``auto`` moves to the next layout when the budget allows the cheaper one
+#: (DESIGN.md: flat search of 1M x 256 takes ~100 ms on this class of machine; at 200k ~20 ms).
+FLAT_MAX_ROWS = 200_000
 IVF_FLAT_MAX_ROWS = 3_000_000
 #: Rows per training example per IVF list, and the cap on the training sample.
 TRAIN_PER_LIST = 64
@@ -29,8 +32,8 @@ TRAIN_MAX = 262_144
 PQ_MIN_ROWS = 39 * 256
 
 
-class AnnError(ValueError):
-    """A plan that cannot be met (budget too small, unknown factory, bad source)."""
+class PlanError(IndexingError, ValueError):
+    """A plan that cannot be met (budget too small, unknown layout, data of another shape)."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,18 @@ class IndexPlan:
         return {**asdict(self), "factory": self.factory}
 
 
+def default_nlist(n: int) -> int:
+    """IVF lists of every "auto" layout: about 4 sqrt(n) (FAISS guidelines: 4-16 sqrt(n)), a power
+    of two in [16, 4096], never fewer than 39 rows per list."""
+    if n < 16 * 39:
+        return max(1, n // 39)
+    target = min(4096, max(16, 4 * math.sqrt(n)))
+    nlist = 1 << int(round(math.log2(target)))
+    while nlist > 16 and n < 39 * nlist:
+        nlist //= 2
+    return nlist
+
+
 def default_pq_m(dim: int) -> int:
     """PQ sub-quantizers: dim/8 (8 dimensions each, 8 bits), a divisor of dim, at least 1."""
     m = max(1, dim // 8)
@@ -80,25 +95,26 @@ def estimate_memory(kind: Kind, n: int, dim: int, nlist: int = 0, pq_m: int = 0,
         refine = n * dim  # SQ8: one byte per dimension
         pq_tables = dim * 256 * 4
         return centroids + pq_tables + refine + (0 if ondisk else lists)
-    raise AnnError(f"unknown index kind {kind!r}; choose auto, {', '.join(KINDS)}")
+    raise PlanError(f"unknown index kind {kind!r}; choose auto, {', '.join(KINDS)}")
 
 
 def plan_index(n: int, dim: int, factory: str = "auto", max_memory: int | None = None,
-               ondisk: bool = False, nlist: int | None = None, pq_m: int | None = None) -> IndexPlan:
+               ondisk: bool = False, nlist: int | None = None, pq_m: int | None = None,
+               flat_max_rows: int = FLAT_MAX_ROWS) -> IndexPlan:
     """Choose a layout for ``n`` rows of ``dim`` floats under ``max_memory`` bytes (None: no limit).
 
-    ``factory`` is ``auto`` or one of ``KINDS``. ``auto`` takes the first of Flat (n < 200k),
-    IVF-Flat (n <= 3M), IVF-PQ+refine whose estimated RAM fits the budget; a named kind that does
-    not fit raises ``AnnError`` with the figure, as does a budget nothing fits.
+    ``factory`` is ``auto`` or one of ``KINDS``. ``auto`` takes the first of Flat (n <
+    ``flat_max_rows``), IVF-Flat (n <= 3M), IVF-PQ+refine whose estimated RAM fits the budget; a
+    named kind that does not fit raises ``PlanError`` with the figure, as does a budget nothing fits.
     """
     if n <= 0 or dim <= 0:
-        raise AnnError(f"cannot plan an index for {n} rows of dimension {dim}; add rows first")
+        raise PlanError(f"cannot plan an index for {n} rows of dimension {dim}; add rows first")
     if factory != "auto" and factory not in KINDS:
-        raise AnnError(f"unknown index factory {factory!r}; choose auto, {', '.join(KINDS)}")
+        raise PlanError(f"unknown index factory {factory!r}; choose auto, {', '.join(KINDS)}")
     nl = nlist or default_nlist(n)
     m = pq_m or default_pq_m(dim)
     if dim % m:
-        raise AnnError(f"PQ sub-quantizers {m} must divide the dimension {dim}")
+        raise PlanError(f"PQ sub-quantizers {m} must divide the dimension {dim}")
 
     def make(kind: Kind, reason: str) -> IndexPlan:
         use_nlist = 0 if kind == "flat" else nl
@@ -112,15 +128,15 @@ def plan_index(n: int, dim: int, factory: str = "auto", max_memory: int | None =
     if factory != "auto":
         plan = make(factory, "named")  # type: ignore[arg-type]
         if plan.kind == "ivf_pq_refine" and n < PQ_MIN_ROWS:
-            raise AnnError(f"IVF-PQ needs at least {PQ_MIN_ROWS} rows to train (have {n}); use Flat or IVF-Flat")
+            raise PlanError(f"IVF-PQ needs at least {PQ_MIN_ROWS} rows to train (have {n}); use Flat or IVF-Flat")
         if not fits(plan):
-            raise AnnError(
+            raise PlanError(
                 f"a {plan.factory} index of {n} rows needs ~{_mb(plan.memory_bytes)} in RAM, over the "
                 f"budget of {_mb(max_memory or 0)}; raise --max-index-memory or use --factory auto"
             )
         return plan
     candidates: list[tuple[Kind, bool, str]] = [
-        ("flat", n < FLAT_MAX_ROWS, f"{n} rows < {FLAT_MAX_ROWS}: exact search"),
+        ("flat", n < flat_max_rows, f"{n} rows < {flat_max_rows}: exact search"),
         ("ivf_flat", n <= IVF_FLAT_MAX_ROWS, f"{n} rows <= {IVF_FLAT_MAX_ROWS}: IVF over full vectors"),
         ("ivf_pq_refine", True, "PQ codes with an SQ8 refine step"),
     ]
@@ -137,9 +153,9 @@ def plan_index(n: int, dim: int, factory: str = "auto", max_memory: int | None =
         return plan
     hint = "raise --max-index-memory" + ("" if ondisk else " or keep the inverted lists on disk")
     if n < PQ_MIN_ROWS:
-        raise AnnError(f"{n} rows x {dim} need ~{_mb(make('flat', '').memory_bytes)} as exact vectors, over "
+        raise PlanError(f"{n} rows x {dim} need ~{_mb(make('flat', '').memory_bytes)} as exact vectors, over "
                        f"{_mb(max_memory or 0)}, and PQ codes need {PQ_MIN_ROWS} rows to train; raise --max-index-memory")
-    raise AnnError(
+    raise PlanError(
         f"no index of {n} rows x {dim} fits {_mb(max_memory or 0)} (IVF-PQ+refine needs ~{_mb(plan.memory_bytes)}); {hint}"
     )
 
@@ -156,7 +172,7 @@ def parse_bytes(text: str) -> int:
     try:
         value = float(num)
     except ValueError:
-        raise AnnError(f"cannot read {text!r} as a memory size; write e.g. 4G, 512M or 1073741824") from None
+        raise PlanError(f"cannot read {text!r} as a memory size; write e.g. 4G, 512M or 1073741824") from None
     if value <= 0:
-        raise AnnError(f"memory size {text!r} must be positive; write e.g. 4G or 512M")
+        raise PlanError(f"memory size {text!r} must be positive; write e.g. 4G or 512M")
     return int(value * mult)
