@@ -149,3 +149,25 @@ def test_plan_and_data_of_different_shapes_are_refused(data) -> None:
     _, x, _ = data
     with pytest.raises(PlanError, match="plan again"):
         build_index(x[:100], plan_index(len(x), DIM))
+
+
+def test_recall_counts_rows_tied_with_a_true_neighbour() -> None:
+    truth, truth_scores = np.array([[0, 1]]), np.array([[0.9, 0.8]], np.float32)
+    found, found_scores = np.array([[0, 5]]), np.array([[0.9, 0.8]], np.float32)  # row 5: row 1's twin
+    assert recall_at_k(found, truth, 2) == 0.5
+    assert recall_at_k(found, truth, 2, found_scores=found_scores, truth_scores=truth_scores) == 1.0
+    worse = np.array([[0.9, 0.7]], np.float32)  # row 5 really is farther: still a miss
+    assert recall_at_k(found, truth, 2, found_scores=worse, truth_scores=truth_scores) == 0.5
+
+
+def test_an_index_over_duplicated_vectors_is_not_underrated() -> None:
+    """Report vectors repeat (PTB-XL: 1,646 records, 563 distinct reports). Counting ids alone, an
+    IVF index over them measured recall@10 0.46 at nprobe 16 of 32 on the real store, since any 10
+    of a report's copies are equally right; by exact score it is 0.97 at nprobe 4."""
+    unique = _clustered(60, seed=3)
+    x = np.repeat(unique, 40, axis=0)  # every vector stored 40 times
+    index, info = build_index(x, "IVF16,Flat", use_gpu=False, recall_queries=200)
+    assert info["recall_at_10"] >= 0.95 and info["nprobe"] < 16
+    _, ids = index.search(x[:5], 11)
+    by_id = recall_at_k(ids[:, 1:], exact_knn(x, x[:5], 11)[1][:, 1:], 10)
+    assert by_id < 0.9  # the same results, counted by id: the ties look like misses
