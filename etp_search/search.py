@@ -5,6 +5,10 @@
     hits = s.query_text("atrial fibrillation", k=10, where=["strat_fold=10"])
     hits = s.query_record("1234", k=5)                 # ECG -> ECG, from a stored ECG
     hits = s.query_file("rec.hea", target="report")    # ECG -> report, from a WFDB/.mat file
+
+Target "report" returns distinct reports: many records share one report (PTB-XL: 1,646 records,
+563 distinct reports), and their report vectors are the same, so each report text is listed once,
+as its best-scoring record.
 """
 
 from __future__ import annotations
@@ -359,9 +363,35 @@ class Searcher:
                 allowed[exclude_row] = False
         if allowed is not None and not allowed.any():
             return []
-        scores, rows = _single_thread_search(view, vec, k, allowed)
+        if target == "report":
+            scores_1, rows_1 = self._distinct_reports(view, vec, k, allowed)
+        else:
+            scores, rows = _single_thread_search(view, vec, k, allowed)
+            scores_1, rows_1 = scores[0], rows[0]
         with self.lock:
-            return self.hits(rows[0], scores[0])
+            return self.hits(rows_1, scores_1)
+
+    def _distinct_reports(self, view: SearchView, vec: np.ndarray, k: int,
+                          allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """The top ``k`` distinct report texts (each as its first hit): fetch 4k hits, then 16k, ...
+        until k distinct ones are found or every allowed row was fetched."""
+        n_allowed = view.n if allowed is None else int(allowed.sum())
+        fetch = min(n_allowed, 4 * k)
+        while True:
+            scores, rows = _single_thread_search(view, vec, fetch, allowed)
+            scores, rows = scores[0], rows[0]
+            with self.lock:
+                texts = ([self.columns.texts[r] for r in rows.tolist()] if self.columns is not None
+                         else self.store.texts(rows))
+            keep: list[int] = []
+            seen: set[str] = set()
+            for i, text in enumerate(texts):
+                if text not in seen and len(keep) < k:
+                    seen.add(text)
+                    keep.append(i)
+            if len(keep) == k or fetch >= n_allowed:
+                return scores[keep], rows[keep]
+            fetch = min(n_allowed, 4 * fetch)
 
     def search_batch(self, vecs: np.ndarray, ks: Sequence[int], target: Target = "ecg", where: Sequence[str] = (),
                      exclude_rows: Sequence[int | None] | None = None) -> list[list[Hit]]:
@@ -374,6 +404,10 @@ class Searcher:
         target = check_target(target)
         if any(k < 1 for k in ks):
             raise EtpError(f"k must be at least 1 (got {min(ks)}); pass e.g. -k 10")
+        if target == "report":  # distinct reports: each query fetches as deep as its own answer needs
+            excl_r = list(exclude_rows) if exclude_rows is not None else [None] * len(ks)
+            return [self.search_vector(np.asarray(vecs, np.float32)[i:i + 1], k, target, where, excl_r[i])
+                    for i, k in enumerate(ks)]
         which: Which = "ecg" if target == "ecg" else "text"
         if which == "text" and not self.store.has_text:
             raise EtpError(f"store {self.store.path.name} holds no report vectors; search with target 'ecg'")

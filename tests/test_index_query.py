@@ -112,6 +112,25 @@ def test_search_matches_brute_force_and_filters(built):
         assert len(reports) == 3
 
 
+def test_report_target_lists_each_report_once(built):
+    """15 of the 50 example records share "sinus rhythm, normal ECG" (and so one report vector):
+    target "report" lists distinct reports, each as its best record, in brute-force order."""
+    store, _ = built
+    with Searcher.open(store) as s:
+        texts = s.store.texts(np.arange(len(s.store)))
+        tvecs = s.store.vectors("text", slice(0, len(s.store)))
+        q = s.model.encode_text(["sinus rhythm, normal ECG"]).detach().numpy()[0]
+        order = np.argsort(-(tvecs @ q), kind="stable")
+        distinct = list(dict.fromkeys(texts[i] for i in order))
+        hits = s.query_text("sinus rhythm, normal ECG", k=5, target="report")
+        assert [h.text for h in hits] == distinct[:5] and hits[0].text == "sinus rhythm, normal ECG"
+        assert texts.count("sinus rhythm, normal ECG") == 15
+        every = s.query_text("sinus rhythm", k=45, target="report")  # more than the store's distinct reports
+        assert sorted(h.text for h in every) == sorted(set(texts)) and len(every) == len(set(texts)) < 45
+        batch = s.search_batch(np.stack([q, q]), [5, 2], "report")
+        assert [[h.text for h in b] for b in batch] == [distinct[:5], distinct[:2]]
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda s: s.query_text("   "), "query text is empty"),
     (lambda s: s.query_text("afib", k=0), "k must be at least 1"),
