@@ -85,6 +85,29 @@ def test_interrupted_index_resumes_to_the_same_store(tmp_path, ckpts, example_pt
         assert a.texts() == b.texts()
 
 
+def test_ctrl_c_while_reports_wait_keeps_the_embedded_rows(tmp_path, ckpts, example_ptbxl, built, monkeypatch):
+    """With the default --append-every (2,048 rows) the 50 example records all wait for their report
+    vectors; a Ctrl-C during the third batch's ECG encoding dropped the 32 rows embedded before it
+    (the store stayed empty though the message said finished batches were kept). They are saved."""
+    store = tmp_path / "store.h5"
+    real = runner_mod.EtpMapper.ecg_with_norms
+    calls = {"n": 0}
+
+    def ctrl_c_on_third(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(runner_mod.EtpMapper, "ecg_with_norms", ctrl_c_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        index_data(example_ptbxl, store, ckpts[0], batch_size=16, workers=0, progress=False)
+    with EmbeddingStore.open(store) as s:
+        assert len(s) == 32 and s.texts()[:2] == EmbeddingStore.open(built[0]).texts()[:2]
+    monkeypatch.setattr(runner_mod.EtpMapper, "ecg_with_norms", real)
+    assert index_data(example_ptbxl, store, ckpts[0], batch_size=16, workers=0, progress=False)["written"] == 18
+
+
 def test_store_from_another_checkpoint_is_refused(built, ckpts, example_ptbxl):
     with pytest.raises(ProvenanceMismatchError) as exc:
         index_data(example_ptbxl, built[0], ckpts[1], workers=0, progress=False)

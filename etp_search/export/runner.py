@@ -292,9 +292,12 @@ def _embed(source: Any, todo: list[int], writer: StoreWriter, mapper: EtpMapper,
                     deferred.flush()  # the hook stands for a kill right after the N-th batch was written
                     logger.warning("test hook %s: leaving after %d batches", shards.DIE_ENV, n_batches)
                     os._exit(1)
-        except Exception:
-            # A reader that failed mid-run (a damaged cache): what it delivered is kept, as its error says.
-            if not deferred.failed:
+        except BaseException as e:
+            # A reader that failed mid-run (a damaged cache) or Ctrl-C: the rows embedded so far are
+            # kept (their reports encoded now, seconds), so the next run resumes after them.
+            if not deferred.failed and deferred.pending:
+                if isinstance(e, KeyboardInterrupt):
+                    logger.warning("interrupted: saving the %d embedded rows (Ctrl-C again drops them)", deferred.rows)
                 deferred.flush()
             raise
         deferred.flush()
