@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+from pathlib import Path
 
 import pytest
 import typer
@@ -40,6 +41,19 @@ def test_os_errors_a_user_can_fix_are_one_line(exc, words, capsys):
 
 def test_other_os_errors_are_not_hidden():
     assert os_error_line(OSError(errno.EIO, "I/O error")) is None
+
+
+@pytest.mark.parametrize("verb", ["index", "prepare"])
+def test_an_output_path_under_a_file_is_one_line(verb, tmp_path, example_ptbxl):
+    """--store / --out under a path that is a file, or in a folder that cannot hold files: tracebacks
+    (FileExistsError from mkdir, FileNotFoundError from the lock file) before; one line now."""
+    (tmp_path / "afile").write_text("x")
+    flag = "--store" if verb == "index" else "--out"
+    for target, words in ((tmp_path / "afile" / "s.h5", "a file stands where the path needs a folder"),
+                          (Path("/proc/etp-store.h5"), "cannot use")):
+        res = cli.invoke(app, [verb, str(example_ptbxl), flag, str(target), "--workers", "0", "--no-progress"])
+        assert res.exit_code == 1, res.output
+        assert words in res.output and "Traceback" not in res.output and res.output.count("error:") == 1
 
 
 def test_query_text_with_undecodable_bytes_is_one_line(example_store):

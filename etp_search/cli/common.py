@@ -39,13 +39,22 @@ _OS_FIXES = {errno.EACCES: "choose a folder you can write to (or fix its permiss
              errno.EPERM: "choose a folder you can write to (or fix its permissions)",
              errno.EROFS: "the file system is read-only: choose another folder",
              errno.ENOSPC: "the disk is full: free space, then run the same command again (finished work is kept)",
-             errno.EDQUOT: "the disk quota is exceeded: free space, then run the same command again"}
+             errno.EDQUOT: "the disk quota is exceeded: free space, then run the same command again",
+             # a path that cannot be made: a file where a folder should be, or a folder that cannot hold files
+             errno.EEXIST: "a file stands where the path needs a folder: choose another path",
+             errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path",
+             errno.EISDIR: "the path is a folder, not a file: choose another path",
+             errno.ENOENT: "its folder does not exist or cannot hold files: choose another path",
+             errno.ENAMETOOLONG: "the path is too long: choose a shorter one"}
+#: Codes for which the line says "cannot use PATH": the path itself is wrong, not the right to write it.
+_PATH_CODES = {errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ENOENT, errno.ENAMETOOLONG}
 _H5_ERRNO = re.compile(r"errno = (\d+)")
 _H5_NAME = re.compile(r"name = '([^']*)'")  # h5py names the file only inside its message
 
 
 def os_error_line(exc: OSError) -> str | None:
-    """One line for an OSError a user can fix (permissions, read-only or full disk), else None."""
+    """One line for an OSError a user can fix (permissions, read-only or full disk, a path that cannot
+    be made), else None."""
     code = exc.errno
     if code is None:  # h5py folds the C errno into its message
         m = _H5_ERRNO.search(str(exc))
@@ -60,7 +69,7 @@ def os_error_line(exc: OSError) -> str | None:
         m = _H5_NAME.search(str(exc))
         name = m.group(1) if m else None
     where = f" {name}" if name else ""
-    return f"cannot write{where} ({os.strerror(code)}); {fix}"
+    return f"cannot {'use' if code in _PATH_CODES else 'write'}{where} ({os.strerror(code)}); {fix}"
 
 
 def user_errors(fn: F) -> F:
