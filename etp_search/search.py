@@ -152,8 +152,17 @@ def read_ecg_file(path: str | Path) -> EcgRecord:
     return rec
 
 
+#: Longest query text taken (the server's limit too): the text tower reads the first 128 tokens,
+#: a few hundred characters, so a longer query would be cut without notice.
+MAX_QUERY_CHARS = 1000
+
+
 def check_text(text: str) -> None:
-    """EtpError for text that is not valid Unicode (bytes a shell passed through as surrogates)."""
+    """EtpError for text that is not valid Unicode (bytes a shell passed through as surrogates) or
+    longer than ``MAX_QUERY_CHARS``."""
+    if len(text) > MAX_QUERY_CHARS:
+        raise EtpError(f"the query text has {len(text):,} characters; the model reads only its first 128 tokens "
+                       f"(a few hundred characters): shorten it to at most {MAX_QUERY_CHARS}")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -373,8 +382,8 @@ class Searcher:
 
     def _distinct_reports(self, view: SearchView, vec: np.ndarray, k: int,
                           allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """The top ``k`` distinct report texts (each as its first hit): fetch 4k hits, then 16k, ...
-        until k distinct ones are found or every allowed row was fetched."""
+        """The top ``k`` distinct, non-empty report texts (each as its first hit): fetch 4k hits, then
+        16k, ... until k distinct ones are found or every allowed row was fetched."""
         n_allowed = view.n if allowed is None else int(allowed.sum())
         fetch = min(n_allowed, 4 * k)
         while True:
@@ -386,7 +395,7 @@ class Searcher:
             keep: list[int] = []
             seen: set[str] = set()
             for i, text in enumerate(texts):
-                if text not in seen and len(keep) < k:
+                if text not in seen and len(keep) < k and text.strip():  # an empty report is no answer
                     seen.add(text)
                     keep.append(i)
             if len(keep) == k or fetch >= n_allowed:

@@ -125,3 +125,26 @@ def test_a_failed_atomic_write_names_the_file_the_user_asked_for(tmp_path):
     with pytest.raises(PermissionError) as exc:
         atomic_write(final, h5py_like)
     assert os_error_line(exc.value).startswith(f"cannot write {final} (Permission denied)")
+
+
+@pytest.mark.parametrize("verb, says", [("index", "finished batches are kept"), ("serve", "stopped"),
+                                        ("query", "interrupted")])
+def test_ctrl_c_says_what_was_kept_by_verb(verb, says, capsys):
+    """One message for every verb told a stopped server or a query that finished batches were kept."""
+    def command() -> None:
+        raise KeyboardInterrupt
+
+    command.__name__ = verb
+    with pytest.raises(typer.Exit) as e:
+        user_errors(command)()
+    err = capsys.readouterr().err.strip()
+    assert e.value.exit_code == 130 and says in err and (verb == "index") == ("resume" in err)
+
+
+def test_a_query_longer_than_the_text_tower_reads_is_one_line_and_titles_are_one_line(example_store):
+    long = "atrial fibrillation " * 2000
+    res = cli.invoke(app, ["query", "--store", str(example_store), "--text", long])
+    assert res.exit_code == 1 and "40,000 characters" in res.output and "at most 1000" in res.output
+    res = cli.invoke(app, ["query", "--store", str(example_store), "--text", "atrial\nfibrillation\tflutter", "-k", "2"])
+    assert res.exit_code == 0, res.output
+    assert 'text: "atrial fibrillation flutter" -> top 2' in res.stdout

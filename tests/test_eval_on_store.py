@@ -146,6 +146,28 @@ def test_probe_on_store_aligns_a_baseline_written_in_another_order(folded):
     assert set(res.to_dict()) == {"task", "store", "n_records", "main", "baseline", "baseline_store"}
 
 
+def test_retrieval_leaves_out_records_without_a_report_and_refuses_a_store_of_none(tmp_path):
+    """A WFDB folder without header comments gives empty reports: retrieval called every recall@k 1.0
+    (one 'unique report', the empty one, matched everything). Empty reports are no queries and no
+    hits; fewer than two distinct reports is one line that says why."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    texts = ["" if i % 4 == 0 else f"report {i % 3}" for i in range(40)]
+    with EmbeddingStore.create(tmp_path / "some.h5", 8, {"note": "t"}) as s:
+        s.append([str(i) for i in range(40)], x, x, texts=texts, labels=[{}] * 40, meta={"strat_fold": [10] * 40})
+    with EmbeddingStore.open(tmp_path / "some.h5") as s:
+        res = O.retrieval_on_store(s, "test")
+        keep = [i for i, t in enumerate(texts) if t]
+        want = evaluate_retrieval(x[keep], x[keep], [texts[i] for i in keep])
+        assert res.main.ecg_to_report == want["ecg_to_report"] and res.main.n_records == 30
+        assert "10 without a report left out" in res.split_note
+    with EmbeddingStore.create(tmp_path / "none.h5", 8, {"note": "t"}) as s:
+        s.append([str(i) for i in range(40)], x, x, texts=[""] * 40, labels=[{}] * 40, meta={"strat_fold": [10] * 40})
+    with EmbeddingStore.open(tmp_path / "none.h5") as s, pytest.raises(DataError, match="0 of the 40 records"):
+        O.retrieval_on_store(s, "test")
+
+
 def test_retrieval_on_store_equals_the_array_function_and_the_cli(folded):
     main_p, base_p, _ = folded
     out = _json("retrieval", "--store", main_p, "--baseline-store", base_p)

@@ -72,6 +72,12 @@ def os_error_line(exc: OSError) -> str | None:
     return f"cannot {'use' if code in _PATH_CODES else 'write'}{where} ({os.strerror(code)}); {fix}"
 
 
+#: What Ctrl-C says, by verb: the writers keep their finished work; a server just stops.
+_INTERRUPTED = dict.fromkeys(("prepare", "index", "train"),
+                             "interrupted: finished batches are kept; run the same command again to resume")
+_INTERRUPTED["serve"] = "stopped"
+
+
 def user_errors(fn: F) -> F:
     """Turn user-caused errors raised below the CLI into one line on stderr and exit code 1."""
 
@@ -87,7 +93,7 @@ def user_errors(fn: F) -> F:
                 raise
             raise fail(message) from None
         except KeyboardInterrupt:
-            typer.echo("interrupted: finished batches are kept; run the same command again to resume", err=True)
+            typer.echo(_INTERRUPTED.get(fn.__name__, "interrupted"), err=True)
             raise typer.Exit(code=130) from None
 
     return wrapper  # type: ignore[return-value]

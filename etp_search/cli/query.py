@@ -48,22 +48,27 @@ def query(
         to = check_target(target)
         if text is not None:
             hits = s.query_text(text, k, to, where or ())
-            title = f'text: "{text}"'
+            shown = " ".join(text.split())  # newlines and tabs would split the table's title
+            title = f'text: "{shown if len(shown) <= 80 else shown[:77] + "..."}"'
+            json_title = f'text: "{text}"'
         elif ecg is not None:
             rec = read_ecg_file(ecg)
             query_signal = (rec.signal, rec.fs)
             hits = s.query_signal(rec.signal, rec.fs, k, to, where or ())
-            title = f"ECG file: {ecg}"
+            title = json_title = f"ECG file: {ecg}"
         else:
             hits = s.query_record(str(record), k, to, where or ())
-            title = f"record {record}"
+            title = json_title = f"record {record}"
         if plot is not None:
             _plot(s, hits, title, query_signal, plot, record)
         if json_out:
-            emit_json({"query": title, "target": target, "k": k, "where": where or [], "hits": [h.as_dict() for h in hits]})
+            emit_json({"query": json_title, "target": target, "k": k, "where": where or [], "hits": [h.as_dict() for h in hits]})
             return
         if not hits:
-            typer.echo(f"no records match {' and '.join(where or [])} in {store}", err=True)
+            if where:
+                typer.echo(f"no records match {' and '.join(where)} in {store}", err=True)
+            else:  # only target report can find nothing in a store that is not empty
+                typer.echo(f"no record of {store} has a report text; index a dataset with reports (see --text-source)", err=True)
             return
         rows = [{"rank": h.rank, "id": h.id, "score": h.score, "labels": _label_str(h.labels), "report": h.text} for h in hits]
         emit(rows, False, title=f"{title} -> top {len(hits)} {target}s in {store}")

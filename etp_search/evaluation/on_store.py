@@ -373,6 +373,14 @@ def retrieval_on_store(main: EmbeddingStore, split: Split = "test", baseline: Op
 
     rows, split_note = split_rows(main, split)
     texts = main.texts(rows)
+    has_text = np.array([bool(t.strip()) for t in texts], dtype=bool)
+    if len(set(t for t, h in zip(texts, has_text) if h)) < 2:
+        raise DataError(f"retrieval needs records with at least 2 distinct reports; {int(has_text.sum())} of the "
+                        f"{len(rows)} records of {split_note} have a report text: index a dataset with reports "
+                        "(see --text-source)")
+    if not has_text.all():  # an empty report is no report: not a query, not a hit
+        split_note += f", {int((~has_text).sum())} without a report left out"
+        rows, texts = rows[has_text], [t for t, h in zip(texts, has_text) if h]
 
     def run(store: EmbeddingStore, r: np.ndarray) -> RetrievalRun:
         return RetrievalRun(**evaluate_retrieval(store.ecg(r), store.text(r), texts))

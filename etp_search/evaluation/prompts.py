@@ -14,7 +14,7 @@ Prompt file format (JSON, UTF-8)::
 
     {
       "task": "rhythm",                              # optional, informational
-      "templates": ["ECG showing {}"],               # optional: wrap every phrase
+      "templates": ["{}", "a tracing of {}"],        # optional: wrap every phrase (see below)
       "classes": {                                   # required: class -> phrase(s)
         "AFIB": ["atrial fibrillation", "irregularly irregular rhythm"],
         "SR": "sinus rhythm"                         # a single string is one phrase
@@ -23,9 +23,11 @@ Prompt file format (JSON, UTF-8)::
 
 Templates (CLIP-style prompt templates): each must hold the placeholder ``{}`` or ``{description}``
 (the same thing), which is replaced by a phrase; a class's prompts are every template applied to
-every one of its phrases (above: "ECG showing atrial fibrillation", "ECG showing irregularly
-irregular rhythm"). Add ``"{}"`` as a template to keep the bare phrase too. Without ``templates``
-the phrases are the prompts, as written.
+every one of its phrases (above: "atrial fibrillation", "a tracing of atrial fibrillation", ...).
+Add ``"{}"`` as a template to keep the bare phrase too. Without ``templates`` the phrases are the
+prompts, as written. With the shipped checkpoint (trained on SCP-ECG statement lists) templates
+cost AUC, "ECG showing {}" most (it pulls every class toward "normal ECG"): see
+benchmarks/results/prompt_templates.md.
 
 With a task, class names must be the task's classes; a class left out gets its description (put
 through the file's templates, when it has any). Without a task (a store of any dataset), the class names are matched against the

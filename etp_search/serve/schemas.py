@@ -6,11 +6,11 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from etp_search.search import Target
+from etp_search.search import MAX_QUERY_CHARS, Target
 
 #: Bounds on what one request may ask for.
 MAX_K = 100
-MAX_TEXT = 1000
+MAX_TEXT = MAX_QUERY_CHARS
 MAX_WHERE = 8
 MAX_WHERE_LEN = 200
 MAX_LABELS = 50
