@@ -152,12 +152,17 @@ def test_readme_prompt_file_example_verbatim(tmp_path):
     f.write_text(_readme_prompt_example(), encoding="utf-8")
     task = get_task("rhythm")
     cp = P.class_prompts(task, f)
-    # its templates wrap every phrase of a listed class and the description of a class left out
-    assert cp["AFIB"] == ["ECG showing atrial fibrillation", "ECG showing irregularly irregular rhythm"]
-    assert cp["SR"] == ["ECG showing sinus rhythm"]
-    assert cp["STACH"] == [f"ECG showing {task.description['STACH']}"]
+    # no templates: the phrases are the prompts, and a class left out gets its description
+    assert cp["AFIB"] == ["atrial fibrillation", "irregularly irregular rhythm"]
+    assert cp["SR"] == ["sinus rhythm"]
+    assert cp["STACH"] == [task.description["STACH"]]
     # without a task (zeroshot --prompts FILE on any store) the file's classes carry the same prompts
     assert P.load_prompt_file(f).classes["AFIB"] == cp["AFIB"]
+    # the templates the README then shows wrap every phrase of a listed class and a left-out description
+    f.write_text(json.dumps({**json.loads(_readme_prompt_example()), "templates": ["{}", "a tracing of {}"]}))
+    cp = P.class_prompts(task, f)
+    assert cp["AFIB"][:2] == ["atrial fibrillation", "a tracing of atrial fibrillation"]
+    assert cp["STACH"] == [task.description["STACH"], f"a tracing of {task.description['STACH']}"]
 
 
 @pytest.mark.parametrize("template", ["ECG showing {}", "ECG showing {description}"])
