@@ -156,9 +156,19 @@ def info(
     progress: ProgressOpt = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
-    """Describe a dataset folder: layout, records, rates, lengths, labels per task, text coverage."""
+    """Describe a dataset folder (layout, records, rates, lengths, labels per task, text coverage), or
+    a store from `index` / a cache from `prepare` (what it holds, what made it, its index files)."""
     from etp_search.readers import open_dataset
 
+    if len(data_dir) == 1 and data_dir[0].is_file() and data_dir[0].suffix in (".h5", ".hdf5"):
+        from etp_search.describe import describe_file
+
+        described = describe_file(data_dir[0])
+        if as_json:
+            emit_json(described)
+        else:
+            _print_file(described)
+        return
     reader = open_dataset(data_dir[0] if len(data_dir) == 1 else data_dir, fmt=fmt, sampling_rate=sampling_rate)
     result = dataset_info(reader, sample=sample, workers=workers, progress=progress)
     duplicates = getattr(reader, "duplicates", 0)  # a MultiReader over several folders counts ids met twice
@@ -168,3 +178,22 @@ def info(
         emit_json(result)
     else:
         _print(result)
+
+
+def _print_file(d: dict[str, Any]) -> None:
+    """A store or a cache as field / value rows (nested facts on one line each)."""
+    rows = []
+    for key, value in d.items():
+        if key == "indexes":
+            for which, facts in value.items():
+                line = facts["state"] if "factory" not in facts else (
+                    f"{facts['factory']} over {facts['rows_covered']} rows, recall@10 {facts.get('recall_at_10')}"
+                    + (f", nprobe {facts['nprobe']}" if facts.get("nprobe") else "") + f"; {facts['state']}")
+                rows.append({"field": f"{which} index", "value": line})
+        elif isinstance(value, dict):
+            rows.append({"field": key, "value": ", ".join(f"{k} {v}" for k, v in value.items()) or "-"})
+        elif isinstance(value, list):
+            rows.append({"field": key, "value": ", ".join(str(v) for v in value) or "-"})
+        else:
+            rows.append({"field": key, "value": value})
+    typer.echo(format_table(rows, max_width=100))
