@@ -60,9 +60,10 @@ def describe_store(path: str | Path) -> dict[str, Any]:
             "data_dir": prov.get("data_dir"), "created": prov.get("created"), "columns": list(s.meta_columns),
         }
         if "strat_fold" in s.meta_columns:
-            out["folds"] = {str(k): v for k, v in sorted(Counter(s.meta("strat_fold", rows).tolist()).items())}
+            folds: Counter[int] = Counter(np.asarray(s.meta("strat_fold", rows)).tolist())
+            out["folds"] = {str(k): v for k, v in sorted(folds.items())}
         if "dataset" in s.meta_columns:
-            out["datasets"] = dict(Counter(str(x) for x in s.meta("dataset", rows).tolist()).most_common(8))
+            out["datasets"] = dict(Counter(str(x) for x in np.asarray(s.meta("dataset", rows)).tolist()).most_common(8))
         texts = s.texts(rows) if n else []
         out["reports"] = {"counted_rows": len(rows), "non_empty": sum(1 for t in texts if t.strip()),
                           "distinct": len({t for t in texts if t.strip()})}
