@@ -55,3 +55,53 @@ def test_workers_die_with_their_process(example_ptbxl: Path, tmp_path: Path):
     for p in left:
         os.kill(p, 9)
     assert not left, f"reader worker(s) {left} outlived their process"
+
+
+def test_workers_ignore_sigint(example_ptbxl: Path):
+    """A terminal's Ctrl-C reaches the workers too; one that died of it made the main process fail
+    with "DataLoader worker exited unexpectedly" (a traceback, exit 1) instead of "interrupted"."""
+    import signal
+
+    from etp_search.pipeline import read_records
+    from etp_search.preprocess import get_preset
+    from etp_search.readers import open_dataset
+
+    reader = open_dataset(example_ptbxl)
+    it = read_records(reader, reader.refs(), get_preset("etp-100hz"), lambda rec, x, flags: rec.id,
+                      workers=2, chunk=4)
+    got = [item.value for item in next(it)]
+    for w in it._workers:
+        os.kill(w.pid, signal.SIGINT)
+    time.sleep(0.5)
+    assert all(w.is_alive() for w in it._workers)
+    got += [item.value for chunk in it for item in chunk]
+    assert len(got) == len(reader.refs())
+
+
+PREPARE_INTERRUPTED = textwrap.dedent("""
+    import os, signal, sys
+    import indexing._crash as crash
+    from etp_search.cli import main
+
+    # Ctrl-C as a terminal sends it: to the whole process group, workers included, mid-run.
+    crash.hook = lambda point: point == "after-batch" and os.killpg(0, signal.SIGINT)
+    sys.argv = ["etp-search", "prepare", *sys.argv[1:]]
+    main()
+""")
+
+
+def test_prepare_ctrl_c_with_workers_is_one_line_and_resumes(example_ptbxl: Path, tmp_path: Path):
+    script = tmp_path / "child.py"
+    script.write_text(PREPARE_INTERRUPTED)
+    out = tmp_path / "signals.h5"
+    args = [str(example_ptbxl), "--out", str(out), "--workers", "2", "--batch-size", "8", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=180,
+                          env=env, start_new_session=True)
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("interrupted: ")
+    again = subprocess.run([sys.executable, "-m", "etp_search", "prepare", *args, "--json"], capture_output=True,
+                           text=True, timeout=180, env=env)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert '"resumed_from": 8' in again.stdout
