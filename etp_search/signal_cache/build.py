@@ -198,7 +198,10 @@ def _open_partial(partial: Path, config: dict[str, Any]) -> h5py.File:
             if not diff and "refs_done" in f.attrs:
                 return f
             f.close()
-            logger.warning("%s was started with different settings (%s); starting over", partial, ", ".join(diff))
+            if diff:
+                logger.warning("%s was started with different settings (%s); starting over", partial, ", ".join(diff))
+            else:  # interrupted before its first batch: nothing to keep, and nothing differs
+                logger.info("%s holds no finished batch; starting it again", partial)
         except Exception as exc:  # noqa: BLE001 - a half-written HDF5 file fails in many ways
             logger.warning("%s is unreadable (%s); starting over", partial, exc)
         partial.unlink()
