@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional, Sequence
 
 import typer
 
-from etp_search.cli.common import ProgressOpt, emit, emit_json, user_errors
+from etp_search.cli.common import ProgressOpt, emit, emit_json, setup_logging, skip_rows, user_errors
 
 if TYPE_CHECKING:
     from etp_search.preprocess import Preset
@@ -52,7 +52,7 @@ def _summary_rows(s: dict[str, Any]) -> list[dict[str, Any]]:
         {"field": "records found", "value": s["refs"]},
         {"field": "skipped", "value": sum(skipped.values())},
     ]
-    rows += [{"field": f"  skipped: {reason}", "value": n} for reason, n in sorted(skipped.items())]
+    rows += skip_rows(s)
     rows.append({"field": "listed without files", "value": s["missing_files"]})
     if s.get("duplicate_ids"):
         rows.append({"field": "duplicate ids (kept once)", "value": s["duplicate_ids"]})
@@ -82,8 +82,11 @@ def prepare(
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if the cache is up to date.")] = False,
     progress: ProgressOpt = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More log output (e.g. each skipped record).")] = False,
 ) -> None:
     """Preprocess every record of DATA_DIR into one HDF5 signal cache (parallel, resumable)."""
+    if verbose:  # without it only warnings are printed, as before
+        setup_logging(True)
     from etp_search.preprocess import get_preset
     from etp_search.signal_cache import build_cache
 
