@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional, Sequence
 
@@ -19,9 +21,16 @@ logger = logging.getLogger(__name__)
 CACHE_DIR = Path("etp-data")
 
 
-def default_cache_path(fmt: str, preset: str) -> Path:
-    """Where `prepare` writes when no --out is given (relative to the working directory)."""
-    return CACHE_DIR / f"signals-{fmt}-{preset}.h5"
+def default_cache_path(fmt: str, preset: str, paths: Sequence[Path]) -> Path:
+    """Where `prepare` (and `train`) write when no --out is given (relative to the working directory).
+
+    Named after the dataset folder(s) plus a hash of their resolved paths: with format and preset
+    alone, two PTB-XL folders shared one default cache (the second refused it, and --force would
+    have destroyed the first's)."""
+    resolved = [Path(p).resolve() for p in paths]
+    name = re.sub(r"[^A-Za-z0-9.+_-]+", "_", "+".join(p.name for p in resolved))[:40].strip("._-+") or "data"
+    digest = hashlib.sha256("\n".join(map(str, resolved)).encode()).hexdigest()[:8]
+    return CACHE_DIR / f"signals-{fmt}-{name}-{digest}-{preset}.h5"
 
 
 def open_reader(data_dir: Path | Sequence[Path], preset: Preset, *, sampling_rate: int | None = None,
@@ -69,7 +78,7 @@ def prepare(
         help="Dataset folder(s) (PTB-XL, CPSC2018, CinC, MIMIC-IV-ECG, WFDB, NumPy sidecar .json) or a list file; "
              "several are cached together, each record id once.")],
     out: Annotated[Optional[Path], typer.Option(
-        "--out", "-o", help="Cache file (default: etp-data/signals-<format>-<preset>.h5 under the working directory).")] = None,
+        "--out", "-o", help="Cache file (default: etp-data/signals-<format>-<folder>-<hash>-<preset>.h5 under the working directory).")] = None,
     preset: Annotated[str, typer.Option(help="Preprocessing preset: etp-100hz, etp-500hz, raw-100hz, raw-500hz.")] = "etp-100hz",
     sampling_rate: Annotated[Optional[int], typer.Option(
         "--sampling-rate", help="PTB-XL files to read: 100 or 500 (default: the preset's rate).")] = None,
@@ -92,7 +101,11 @@ def prepare(
 
     p = get_preset(preset)
     reader = open_reader(data_dir, p, sampling_rate=sampling_rate, text_source=text_source, fmt=fmt)
-    target = out if out is not None else default_cache_path(reader.format_name, p.name)
+    if out is None:
+        from etp_search.readers import dataset_paths
+
+        out = default_cache_path(reader.format_name, p.name, dataset_paths(data_dir))
+    target = out
     summary = build_cache(reader, target, p, workers=workers, batch_size=batch_size, progress=progress, force=force)
     duplicates = getattr(reader, "duplicates", 0)  # a MultiReader over several folders counts ids met twice
     if duplicates:
