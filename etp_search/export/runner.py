@@ -15,14 +15,14 @@ from tqdm import tqdm
 import torch
 
 import etp_search
-from etp_search.errors import DataError, EtpError
+from etp_search.errors import DataError, EtpError, StoreMismatchError
 from etp_search.export import shards
 from etp_search.export.mapper import EtpMapper
 from etp_search.export.source import NORM_COLUMN, open_source
 from etp_search.export.writer import StoreWriter
 from etp_search.models import checkpoint_fingerprint, load_checkpoint
 from etp_search.models.config import EtpConfig
-from etp_search.models.resolve import config_of, pick_device, resolve_checkpoint
+from etp_search.models.resolve import RANDOM, config_of, pick_device, resolve_checkpoint
 from indexing.index_files import IndexBuilder
 from indexing.store import EmbeddingStore
 from etp_search.preprocess import get_preset
@@ -162,6 +162,8 @@ def index_data(
         from indexing.faiss_index import check_factory
 
         check_factory(factory, cfg0.embed_dim)
+    if str(checkpoint) == RANDOM and store.is_file() and not rebuild:
+        _check_random_store(store)
     ckpt = resolve_checkpoint(checkpoint, store_path=store)
     model = load_checkpoint(ckpt, device=device, load_text=True)
     cfg = model.cfg
@@ -216,6 +218,20 @@ def index_data(
         writer.close()
     return _summary(store, ckpt, device, source, writer.written, already, skipped, seconds,
                     int(index_info["rows"]), index_info)
+
+
+def _check_random_store(store: Path) -> None:
+    """Refuse ``--checkpoint random`` into a store of another checkpoint before the random-init
+    checkpoint (35 MB beside the store) is written: it was written first, then refused. A store of a
+    random initialisation names a ``*.random-init`` folder (perhaps moved with it); the fingerprint
+    check after ``resolve_checkpoint`` still compares the weights."""
+    with EmbeddingStore.open(store) as s:
+        built_with = str(s.provenance.get("checkpoint_path") or "")
+    if built_with and not built_with.endswith(".random-init"):
+        raise StoreMismatchError(
+            f"store {store} was written by checkpoint {built_with}, not by a random initialisation; pass "
+            f"that checkpoint with --checkpoint, or index the random baseline into a new store with "
+            f"`etp-search index DATA_DIR --checkpoint random --store NEW.h5` (--rebuild would replace this one)")
 
 
 def _summary(store: Path, ckpt: Path, device: str, source: Any, written: int, already: int,
