@@ -116,6 +116,18 @@ def read_records(reader: Any, refs: Sequence[str], preset: Preset | None, transf
     # in between waits for this process (where it raises KeyboardInterrupt) instead of killing one.
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
-        return iter(loader)
+        it = iter(loader)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    return _shut_down_when_done(it)
+
+
+def _shut_down_when_done(it: Any) -> Iterator[list[Item]]:
+    """The chunks of ``it``; its workers are shut down as soon as the consumer stops, not when the
+    iterator is collected. A Ctrl-C raised while waiting for a chunk kept the iterator alive in its
+    traceback until after the "interrupted" line, and a second SIGINT (``timeout -s INT`` sends
+    two) then landed in its ``__del__``: "Exception ignored ... KeyboardInterrupt" and a traceback."""
+    try:
+        yield from it
+    finally:
+        it._shutdown_workers()

@@ -3,6 +3,7 @@ DataLoader worker blocked for ever on a full pipe, holding the store's lock and 
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 CHILD = textwrap.dedent("""
-    import os, sys
+    import multiprocessing, os, sys
     import numpy as np
     from etp_search.pipeline import read_records
     from etp_search.preprocess import get_preset
@@ -24,7 +25,7 @@ CHILD = textwrap.dedent("""
     it = read_records(reader, reader.refs(), get_preset("etp-100hz"),
                       lambda rec, x, flags: np.tile(x, (8, 1)), workers=1, chunk=8)
     next(it)
-    print(" ".join(str(w.pid) for w in it._workers), flush=True)
+    print(" ".join(str(w.pid) for w in multiprocessing.active_children()), flush=True)
     os._exit(1)  # as a killed rank does: no clean shutdown of the workers
 """)
 
@@ -67,15 +68,45 @@ def test_workers_ignore_sigint(example_ptbxl: Path):
     from etp_search.readers import open_dataset
 
     reader = open_dataset(example_ptbxl)
+    before = multiprocessing.active_children()
     it = read_records(reader, reader.refs(), get_preset("etp-100hz"), lambda rec, x, flags: rec.id,
                       workers=2, chunk=4)
     got = [item.value for item in next(it)]
-    for w in it._workers:
+    workers = [w for w in multiprocessing.active_children() if w not in before]
+    assert len(workers) == 2
+    for w in workers:
         os.kill(w.pid, signal.SIGINT)
     time.sleep(0.5)
-    assert all(w.is_alive() for w in it._workers)
+    assert all(w.is_alive() for w in workers)
     got += [item.value for chunk in it for item in chunk]
     assert len(got) == len(reader.refs())
+
+
+def _slow_id(rec, x, flags):
+    time.sleep(0.5)
+    return rec.id
+
+
+def test_workers_are_shut_down_before_an_interrupt_reaches_the_caller(example_ptbxl: Path):
+    """A Ctrl-C while waiting for a chunk: its traceback kept the DataLoader iterator (and its
+    workers) alive past the "interrupted" line, and a second SIGINT then hit the iterator's
+    ``__del__`` ("Exception ignored ... KeyboardInterrupt" and a traceback after the line)."""
+    import signal
+    import threading
+
+    from etp_search.pipeline import read_records
+    from etp_search.preprocess import get_preset
+    from etp_search.readers import open_dataset
+
+    reader = open_dataset(example_ptbxl)
+    before = multiprocessing.active_children()
+    it = read_records(reader, reader.refs(), get_preset("etp-100hz"), _slow_id, workers=2, chunk=1)
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()  # lands while next() waits
+    with pytest.raises(KeyboardInterrupt) as err:
+        while True:
+            next(it)
+    assert err.value.__traceback__ is not None  # the traceback is alive here, as in the CLI's handler
+    assert [w for w in multiprocessing.active_children() if w not in before] == []
 
 
 PREPARE_INTERRUPTED = textwrap.dedent("""
