@@ -88,6 +88,16 @@ def _die_with_parent(parent: int, _worker_id: int) -> None:
         os._exit(1)
 
 
+def _init_worker(parent: int, worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: ignore SIGINT, then die with the parent. A terminal's Ctrl-C
+    reaches the whole process group; a worker killed by it made the main process fail with
+    "DataLoader worker exited unexpectedly" (a traceback, exit 1) instead of its own clean
+    KeyboardInterrupt. Only the main process handles the interrupt, and shuts the workers down."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by read_records around the fork
+    _die_with_parent(parent, worker_id)
+
+
 def read_records(reader: Any, refs: Sequence[str], preset: Preset | None, transform: Transform, *,
                  workers: int = 0, chunk: int = CHUNK) -> Iterator[list[Item]]:
     """Chunks of ``Item`` for ``refs``, in order; ``workers`` processes (0 = in this process).
@@ -99,5 +109,25 @@ def read_records(reader: Any, refs: Sequence[str], preset: Preset | None, transf
     ds = _Records(reader, refs, preset, transform)
     loader = DataLoader(ds, batch_size=max(1, chunk), shuffle=False, num_workers=max(0, int(workers)),
                         collate_fn=_as_list, prefetch_factor=2 if workers else None, persistent_workers=False,
-                        worker_init_fn=functools.partial(_die_with_parent, os.getpid()) if workers else None)
-    return iter(loader)
+                        worker_init_fn=functools.partial(_init_worker, os.getpid()) if workers else None)
+    if not workers:
+        return iter(loader)
+    # The workers start here; SIGINT stays blocked until each has set it to ignored, so a Ctrl-C
+    # in between waits for this process (where it raises KeyboardInterrupt) instead of killing one.
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        it = iter(loader)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    return _shut_down_when_done(it)
+
+
+def _shut_down_when_done(it: Any) -> Iterator[list[Item]]:
+    """The chunks of ``it``; its workers are shut down as soon as the consumer stops, not when the
+    iterator is collected. A Ctrl-C raised while waiting for a chunk kept the iterator alive in its
+    traceback until after the "interrupted" line, and a second SIGINT (``timeout -s INT`` sends
+    two) then landed in its ``__del__``: "Exception ignored ... KeyboardInterrupt" and a traceback."""
+    try:
+        yield from it
+    finally:
+        it._shutdown_workers()

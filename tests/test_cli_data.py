@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import typer
 from typer.testing import CliRunner
 
 from etp_search.cli.info import info, sample_refs
-from etp_search.cli.prepare import open_reader, prepare
+from etp_search.cli.prepare import default_cache_path, open_reader, prepare
 from etp_search.preprocess import get_preset
 from etp_search.signal_cache import SignalCache
 
@@ -35,13 +36,33 @@ def test_prepare_writes_default_path_then_is_up_to_date(app, runner, example_ptb
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     assert summary["records"] == 50 and summary["skipped"] == {} and not summary["up_to_date"]
-    out = tmp_path / "etp-data" / "signals-ptbxl-etp-100hz.h5"
+    out = tmp_path / default_cache_path("ptbxl", "etp-100hz", [example_ptbxl])
     with SignalCache.open(out) as c:
         assert len(c) == 50 and c.signals().shape == (50, 12, 1000)
         assert np.isfinite(c.signals()).all()
     res = runner.invoke(app, ["prepare", str(example_ptbxl), "--workers", "0"])
     assert res.exit_code == 0
     assert "up to date" in res.output and "records written" in res.output
+
+
+def test_default_cache_names_differ_per_dataset_folder(app, runner, example_ptbxl, tmp_path, monkeypatch):
+    # Named after format and preset alone, a second PTB-XL folder met the first's cache: refused,
+    # and --force would have overwritten it.
+    import shutil
+
+    other = tmp_path / "data" / "ptbxl"
+    shutil.copytree(example_ptbxl, other)
+    monkeypatch.chdir(tmp_path)
+    for d in (example_ptbxl, other):
+        res = runner.invoke(app, ["prepare", str(d), "--workers", "0", "--json"])
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.stdout)["records"] == 50
+    names = sorted(p.name for p in (tmp_path / "etp-data").glob("*.h5"))
+    assert len(names) == 2 and all(n.startswith("signals-ptbxl-ptbxl-") for n in names), names
+    assert default_cache_path("ptbxl", "etp-100hz", [Path("data/ptbxl")]).name in names  # relative = resolved
+    res = runner.invoke(app, ["prepare", "data/ptbxl", "--workers", "0"])
+    assert res.exit_code == 0 and "up to date" in res.output
+    assert default_cache_path("ptbxl", "etp-100hz", [example_ptbxl, other]).name not in names
 
 
 def test_prepare_reads_ptbxl_files_at_the_preset_rate(app, runner, shared_ptbxl, tmp_path):
@@ -159,7 +180,7 @@ def test_help_shows_defaults_that_rich_would_eat(verb):
     if verb in ("info", "prepare"):
         assert "Worker processes (default: all cores)." in res.output
     if verb == "prepare":
-        assert "(default: etp-data/signals-<format>-<preset>.h5" in res.output
+        assert "(default: etp-data/signals-<format>-<folder>-<hash>-<preset>.h5" in res.output
         assert "(default: the preset's rate)" in res.output
     if verb in ("zeroshot", "probe", "retrieval"):
         assert "More log output." in res.output

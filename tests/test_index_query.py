@@ -427,3 +427,13 @@ def test_append_every_lands_rows_batch_by_batch_from_the_cli(tmp_path, ckpts, ex
     assert sizes[-1] == 50 and len(sizes) == 7  # the same batches, all appended after the last was embedded
     bad = cli.invoke(app, args + ["--store", str(tmp_path / "c.h5"), "--append-every", "0"])
     assert bad.exit_code != 0 and "--append-every" in bad.output and not (tmp_path / "c.h5").exists()
+
+
+def test_random_checkpoint_into_a_store_of_another_is_refused_before_writing_it(example_store, example_ptbxl,
+                                                                                tmp_path):
+    # It wrote a 35 MB random-init checkpoint beside the store, then refused the store.
+    store = tmp_path / "store.h5"
+    shutil.copy(example_store, store)
+    with pytest.raises(EtpError, match="not by a random initialisation.*--checkpoint random --store NEW.h5"):
+        index_data(example_ptbxl, store, "random", workers=0, progress=False)
+    assert not (tmp_path / "store.h5.random-init").exists()

@@ -200,3 +200,16 @@ def test_open_errors_are_one_line_user_errors(built, tmp_path):
         with pytest.raises(EtpError, match="age"):
             c.meta("height")
         assert json.loads(json.dumps(c.attrs))  # attrs are plain JSON-able values
+
+
+def test_partial_without_a_finished_batch_is_restarted_without_a_settings_warning(reader, built, tmp_path, caplog):
+    # Interrupted before its first commit: the same settings, no batch; it said "different settings ()".
+    from etp_search.signal_cache.build import _config, _open_partial
+
+    out = tmp_path / "c.h5"
+    _open_partial(tmp_path / "c.h5.partial", _config(reader, get_preset("etp-100hz"), reader.refs())).close()
+    with caplog.at_level(logging.INFO, logger="etp_search.signal_cache"):
+        s = build_cache(reader, out, "etp-100hz", workers=0, batch_size=8, progress=False)
+    assert "different settings" not in caplog.text and "holds no finished batch" in caplog.text
+    assert s["resumed_from"] is None
+    _assert_same_cache(built, out)

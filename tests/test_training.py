@@ -275,7 +275,7 @@ def test_best_follows_the_latest_model_while_the_figure_has_no_value(example_cac
 
 def test_help_shows_the_cache_default():
     res = CliRunner().invoke(_cli(), ["train", "--help"], env={"COLUMNS": "300"})
-    assert "etp-data/signals-<format>-<preset>.h5" in res.output
+    assert "etp-data/signals-<format>-<folder>-<hash>-<preset>.h5" in res.output
 
 
 # -- statement-level text, hierarchy, fractions ------------------------------------------------------

@@ -127,6 +127,18 @@ def setup_logging(verbose: bool = False) -> None:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
+def skip_rows(summary: dict[str, Any], shown: int = 3) -> list[dict[str, Any]]:
+    """One table row per skip reason: the count and the first few record ids (``--json`` names up
+    to 20 per reason in ``skipped_examples``, ``-v`` logs every one), so broken files can be found."""
+    examples = summary.get("skipped_examples") or {}
+    rows = []
+    for reason, n in sorted((summary.get("skipped") or {}).items()):
+        ids = examples.get(reason, [])[:shown]
+        more = ", ..." if n > len(ids) else ""
+        rows.append({"field": f"  skipped: {reason}", "value": f"{n} ({', '.join(ids)}{more})" if ids else n})
+    return rows
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         if math.isnan(value):

@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from etp_search.cli.common import DEFAULT_STORE, ProgressOpt, emit_json, fail, format_table, setup_logging, user_errors
+from etp_search.cli.common import (DEFAULT_STORE, ProgressOpt, emit_json, fail, format_table, setup_logging, skip_rows,
+                                   user_errors)
 
 #: Under torchrun: how long a rank may wait in a collective for the others (6 h).
 INDEX_GROUP_TIMEOUT_S = 6 * 3600.0
@@ -83,5 +84,6 @@ def index(
             info = summary[which]
             rows.append({"field": which, "value": f"{info['factory']} over {info['n_rows']} rows, recall@10 {info['recall_at_10']}"})
     if summary["skipped"]:
-        rows.append({"field": "skipped", "value": ", ".join(f"{k}: {v}" for k, v in summary["skipped"].items())})
+        rows.append({"field": "skipped", "value": sum(summary["skipped"].values())})
+        rows += skip_rows(summary)
     typer.echo(format_table(rows, max_width=100))

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional, Sequence
 
 import typer
 
-from etp_search.cli.common import ProgressOpt, emit, emit_json, user_errors
+from etp_search.cli.common import ProgressOpt, emit, emit_json, setup_logging, skip_rows, user_errors
 
 if TYPE_CHECKING:
     from etp_search.preprocess import Preset
@@ -19,9 +21,16 @@ logger = logging.getLogger(__name__)
 CACHE_DIR = Path("etp-data")
 
 
-def default_cache_path(fmt: str, preset: str) -> Path:
-    """Where `prepare` writes when no --out is given (relative to the working directory)."""
-    return CACHE_DIR / f"signals-{fmt}-{preset}.h5"
+def default_cache_path(fmt: str, preset: str, paths: Sequence[Path]) -> Path:
+    """Where `prepare` (and `train`) write when no --out is given (relative to the working directory).
+
+    Named after the dataset folder(s) plus a hash of their resolved paths: with format and preset
+    alone, two PTB-XL folders shared one default cache (the second refused it, and --force would
+    have destroyed the first's)."""
+    resolved = [Path(p).resolve() for p in paths]
+    name = re.sub(r"[^A-Za-z0-9.+_-]+", "_", "+".join(p.name for p in resolved))[:40].strip("._-+") or "data"
+    digest = hashlib.sha256("\n".join(map(str, resolved)).encode()).hexdigest()[:8]
+    return CACHE_DIR / f"signals-{fmt}-{name}-{digest}-{preset}.h5"
 
 
 def open_reader(data_dir: Path | Sequence[Path], preset: Preset, *, sampling_rate: int | None = None,
@@ -52,7 +61,7 @@ def _summary_rows(s: dict[str, Any]) -> list[dict[str, Any]]:
         {"field": "records found", "value": s["refs"]},
         {"field": "skipped", "value": sum(skipped.values())},
     ]
-    rows += [{"field": f"  skipped: {reason}", "value": n} for reason, n in sorted(skipped.items())]
+    rows += skip_rows(s)
     rows.append({"field": "listed without files", "value": s["missing_files"]})
     if s.get("duplicate_ids"):
         rows.append({"field": "duplicate ids (kept once)", "value": s["duplicate_ids"]})
@@ -69,7 +78,7 @@ def prepare(
         help="Dataset folder(s) (PTB-XL, CPSC2018, CinC, MIMIC-IV-ECG, WFDB, NumPy sidecar .json) or a list file; "
              "several are cached together, each record id once.")],
     out: Annotated[Optional[Path], typer.Option(
-        "--out", "-o", help="Cache file (default: etp-data/signals-<format>-<preset>.h5 under the working directory).")] = None,
+        "--out", "-o", help="Cache file (default: etp-data/signals-<format>-<folder>-<hash>-<preset>.h5 under the working directory).")] = None,
     preset: Annotated[str, typer.Option(help="Preprocessing preset: etp-100hz, etp-500hz, raw-100hz, raw-500hz.")] = "etp-100hz",
     sampling_rate: Annotated[Optional[int], typer.Option(
         "--sampling-rate", help="PTB-XL files to read: 100 or 500 (default: the preset's rate).")] = None,
@@ -82,14 +91,21 @@ def prepare(
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if the cache is up to date.")] = False,
     progress: ProgressOpt = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More log output (e.g. each skipped record).")] = False,
 ) -> None:
     """Preprocess every record of DATA_DIR into one HDF5 signal cache (parallel, resumable)."""
+    if verbose:  # without it only warnings are printed, as before
+        setup_logging(True)
     from etp_search.preprocess import get_preset
     from etp_search.signal_cache import build_cache
 
     p = get_preset(preset)
     reader = open_reader(data_dir, p, sampling_rate=sampling_rate, text_source=text_source, fmt=fmt)
-    target = out if out is not None else default_cache_path(reader.format_name, p.name)
+    if out is None:
+        from etp_search.readers import dataset_paths
+
+        out = default_cache_path(reader.format_name, p.name, dataset_paths(data_dir))
+    target = out
     summary = build_cache(reader, target, p, workers=workers, batch_size=batch_size, progress=progress, force=force)
     duplicates = getattr(reader, "duplicates", 0)  # a MultiReader over several folders counts ids met twice
     if duplicates:

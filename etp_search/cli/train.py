@@ -41,7 +41,7 @@ def _ensure_cache(data: list[Path], preset: str, cache: Optional[Path], text_sou
     paths = dataset_paths(data[0] if len(data) == 1 else data)
     p = get_preset(preset)
     fmts = [detect_format(d) for d in paths]
-    target = cache or default_cache_path("+".join(dict.fromkeys(fmts)), p.name)
+    target = cache or default_cache_path("+".join(dict.fromkeys(fmts)), p.name, paths)
     if len(paths) == 1 and is_signal_cache(target):
         from etp_search.signal_cache import SignalCache
 
@@ -113,7 +113,7 @@ def train(
         "--text-trainable-layers", min=0, help="Last N text layers to train (0 = frozen, features cached).")] = 0,
     preset: Annotated[str, typer.Option(help="Preprocessing preset when DATA_DIR is a folder.")] = "etp-100hz",
     cache: Annotated[Optional[Path], typer.Option(
-        help="Where to build/reuse the signal cache of a folder (default: etp-data/signals-<format>-<preset>.h5).")] = None,
+        help="Where to build/reuse the signal cache of a folder (default: etp-data/signals-<format>-<folder>-<hash>-<preset>.h5).")] = None,
     epochs: Annotated[int, typer.Option(min=1, help="Epochs.")] = 10,
     batch_size: Annotated[int, typer.Option("--batch-size", min=2, help="Global batch size (split over DDP processes).")] = 64,
     lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (warm-up + cosine, stepped per optimizer step).")] = 1e-3,

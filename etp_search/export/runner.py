@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -15,19 +15,24 @@ from tqdm import tqdm
 import torch
 
 import etp_search
-from etp_search.errors import DataError, EtpError
+from etp_search.errors import DataError, EtpError, StoreMismatchError
 from etp_search.export import shards
 from etp_search.export.mapper import EtpMapper
 from etp_search.export.source import NORM_COLUMN, open_source
 from etp_search.export.writer import StoreWriter
 from etp_search.models import checkpoint_fingerprint, load_checkpoint
 from etp_search.models.config import EtpConfig
-from etp_search.models.resolve import config_of, pick_device, resolve_checkpoint
+from etp_search.models.resolve import RANDOM, config_of, pick_device, resolve_checkpoint
 from indexing.index_files import IndexBuilder
 from indexing.store import EmbeddingStore
 from etp_search.preprocess import get_preset
+from etp_search.readers.base import merge_skips
 
 logger = logging.getLogger(__name__)
+
+#: Skipped records: (reason -> count, reason -> the first ids), as ``note_skip`` keeps them.
+Skips = tuple[dict[str, int], dict[str, list[str]]]
+
 
 def provenance_for(ckpt: Path, cfg: EtpConfig, data: Path | list[Path], fmt: str, text_source: str) -> dict[str, Any]:
     preset = get_preset(cfg.preset)
@@ -73,6 +78,7 @@ class IndexSummary:
     rows: int
     ecg_index: IndexInfo | None = None
     text_index: IndexInfo | None = None
+    skipped_examples: dict[str, list[str]] = field(default_factory=dict)  # reason -> the first ids
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -156,6 +162,8 @@ def index_data(
         from indexing.faiss_index import check_factory
 
         check_factory(factory, cfg0.embed_dim)
+    if str(checkpoint) == RANDOM and store.is_file() and not rebuild:
+        _check_random_store(store)
     ckpt = resolve_checkpoint(checkpoint, store_path=store)
     model = load_checkpoint(ckpt, device=device, load_text=True)
     cfg = model.cfg
@@ -212,15 +220,29 @@ def index_data(
                     int(index_info["rows"]), index_info)
 
 
+def _check_random_store(store: Path) -> None:
+    """Refuse ``--checkpoint random`` into a store of another checkpoint before the random-init
+    checkpoint (35 MB beside the store) is written: it was written first, then refused. A store of a
+    random initialisation names a ``*.random-init`` folder (perhaps moved with it); the fingerprint
+    check after ``resolve_checkpoint`` still compares the weights."""
+    with EmbeddingStore.open(store) as s:
+        built_with = str(s.provenance.get("checkpoint_path") or "")
+    if built_with and not built_with.endswith(".random-init"):
+        raise StoreMismatchError(
+            f"store {store} was written by checkpoint {built_with}, not by a random initialisation; pass "
+            f"that checkpoint with --checkpoint, or index the random baseline into a new store with "
+            f"`etp-search index DATA_DIR --checkpoint random --store NEW.h5` (--rebuild would replace this one)")
+
+
 def _summary(store: Path, ckpt: Path, device: str, source: Any, written: int, already: int,
-             skipped: dict[str, int], seconds: float, rows: int,
+             skipped: Skips, seconds: float, rows: int,
              index_info: dict[str, Any] | None = None) -> IndexSummary:
     """The ``IndexSummary`` of a run (one process, one rank, or the merged torchrun job)."""
     index_info = index_info or {}
     return IndexSummary(
         store=str(store), checkpoint=str(ckpt), device=device, format=source.format_name,
         records_found=source.total, written=written, already_stored=already,
-        skipped=skipped, seconds=round(seconds, 2),
+        skipped=skipped[0], skipped_examples=skipped[1], seconds=round(seconds, 2),
         records_per_s=round(written / seconds, 1) if seconds > 0 and written else None,
         rows=rows, **{k: IndexInfo(**index_info[k]) for k in ("ecg_index", "text_index") if k in index_info})
 
@@ -262,8 +284,9 @@ class _DeferredTexts:
 
 
 def _embed(source: Any, todo: list[int], writer: StoreWriter, mapper: EtpMapper, progress: bool,
-           die_after: int | None = None, defer_rows: int | None = None) -> tuple[dict[str, int], float]:
-    """Read -> encode -> append the records at positions ``todo``; returns (skips by reason, seconds).
+           die_after: int | None = None, defer_rows: int | None = None) -> tuple[Skips, float]:
+    """Read -> encode -> append the records at positions ``todo``; returns ((skips by reason, their
+    first ids by reason), seconds).
 
     ECG vectors are made batch by batch as the reader delivers; the report vectors of up to
     ``defer_rows`` rows (default ``TEXT_DEFER_ROWS``) wait, so that the report tower gets all their
@@ -273,14 +296,13 @@ def _embed(source: Any, todo: list[int], writer: StoreWriter, mapper: EtpMapper,
     the waiting rows, which the next run embeds again.
     """
     deferred = _DeferredTexts(writer, mapper, TEXT_DEFER_ROWS if defer_rows is None else max(1, int(defer_rows)))
-    skipped: dict[str, int] = {}
+    skipped: Skips = ({}, {})
     t0 = time.perf_counter()
     n_batches = 0
     with tqdm(total=len(todo), unit="rec", desc="index", disable=not progress or not todo, dynamic_ncols=True) as bar:
         try:
             for batch in source.batches(todo):
-                for reason, n in batch.skipped.items():
-                    skipped[reason] = skipped.get(reason, 0) + n
+                merge_skips(*skipped, batch.skipped, batch.skipped_examples)
                 if batch.ids:
                     ecg, norms = mapper.ecg_with_norms(batch.signals)
                     for row, norm in zip(batch.meta, norms.tolist()):
@@ -408,8 +430,9 @@ def _check_same_records(ids: list[str], rank: int) -> None:
                         "every rank (and node) must see the same data folder, unchanged during the run")
 
 
-def _gather_skips(skipped: dict[str, int]) -> dict[str, int]:
-    """Sum the per-rank skip counts (reason -> n) over ranks; they travel as JSON bytes in tensors."""
+def _gather_skips(skipped: Skips) -> Skips:
+    """Sum the per-rank skip counts (reason -> n) over ranks, and join their named ids; they travel
+    as JSON bytes in tensors."""
     import json
 
     import torch.distributed as dist
@@ -422,8 +445,7 @@ def _gather_skips(skipped: dict[str, int]) -> dict[str, int]:
     padded[:raw.numel()] = raw
     out = [torch.zeros_like(padded) for _ in range(dist.get_world_size())]
     dist.all_gather(out, padded)
-    total: dict[str, int] = {}
+    total: Skips = ({}, {})
     for t in out:
-        for k, v in json.loads(bytes(t.cpu().tolist()).rstrip(b"\0").decode()).items():
-            total[k] = total.get(k, 0) + int(v)
-    return dict(sorted(total.items()))
+        merge_skips(*total, *json.loads(bytes(t.cpu().tolist()).rstrip(b"\0").decode()))
+    return dict(sorted(total[0].items())), dict(sorted(total[1].items()))

@@ -17,6 +17,7 @@ from etp_search.errors import DataError
 from etp_search.pipeline import read_records
 from etp_search.preprocess import Preset
 from etp_search.readers import open_dataset
+from etp_search.readers.base import note_skip
 from etp_search.records import NORM_COLUMN, STORE_META_SCHEMA, RecordMeta
 from etp_search.signal_cache import SignalCache, is_signal_cache
 
@@ -37,6 +38,7 @@ class Batch:
     labels: list[dict[str, float]]
     meta: list[dict[str, Any]]
     skipped: dict[str, int] = field(default_factory=dict)
+    skipped_examples: dict[str, list[str]] = field(default_factory=dict)  # reason -> ids (see note_skip)
 
 
 def _meta_row(meta: dict[str, Any], dataset: str, flags: dict[str, Any]) -> dict[str, Any]:
@@ -53,12 +55,13 @@ def _index_item(dataset: str, rec: Any, x: np.ndarray, flags: dict) -> dict[str,
 def _batch(items: list[Any]) -> Batch:
     ok = [it.value for it in items if it.skip is None]
     skipped: dict[str, int] = {}
+    examples: dict[str, list[str]] = {}
     for it in items:
         if it.skip is not None:
-            skipped[it.skip] = skipped.get(it.skip, 0) + 1
+            note_skip(skipped, examples, it.ref, it.skip)
     sig = np.stack([v["signal"] for v in ok]) if ok else np.empty((0, 12, 0), np.float32)
     return Batch([v["id"] for v in ok], sig, [v["text"] for v in ok], [v["labels"] for v in ok],
-                 [v["meta"] for v in ok], skipped)
+                 [v["meta"] for v in ok], skipped, examples)
 
 
 @dataclass

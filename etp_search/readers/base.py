@@ -45,6 +45,9 @@ REPORT = "report"
 SCP_EN = "scp_en"
 COLUMN_PREFIX = "column:"
 
+#: Record ids a summary names per skip reason (``skipped_examples``); the counts cover every skip.
+SKIP_EXAMPLES = 20
+
 
 class SkipRecord(Exception):
     """One record cannot be read; ``reason`` is a short stable key counted in the summary."""
@@ -58,6 +61,25 @@ class SkipRecord(Exception):
 
     def __reduce__(self):  # picklable across worker processes with both arguments
         return type(self), (self.reason, self.detail)
+
+
+def note_skip(skipped: dict[str, int], examples: dict[str, list[str]], ref: str, reason: str) -> None:
+    """Count one skipped record and name it: ``-v`` logs each, summaries name the first few per
+    reason. A count alone left the user of a large download unable to find the broken files."""
+    skipped[reason] = skipped.get(reason, 0) + 1
+    ids = examples.setdefault(reason, [])
+    if len(ids) < SKIP_EXAMPLES:
+        ids.append(ref)
+    logger.debug("skipped %s: %s", ref, reason)
+
+
+def merge_skips(skipped: dict[str, int], examples: dict[str, list[str]], counts: dict[str, int],
+                names: dict[str, list[str]]) -> None:
+    """Add the counts and named ids of another part of a run (a batch, a resumed build, a rank)."""
+    for reason, n in counts.items():
+        skipped[reason] = skipped.get(reason, 0) + int(n)
+    for reason, ids in names.items():
+        examples[reason] = (examples.get(reason, []) + list(ids))[:SKIP_EXAMPLES]
 
 
 def check_sampling_rate(fs: object, where: str) -> float:

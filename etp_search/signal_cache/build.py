@@ -21,6 +21,7 @@ import numpy as np
 from etp_search import __version__
 from etp_search.errors import DataError
 from etp_search.preprocess import Preset, get_preset
+from etp_search.readers.base import merge_skips, note_skip
 from etp_search.records import STANDARD_LEADS, RecordMeta
 from etp_search.signal_cache.format import _STR, CACHE_KIND, CACHE_VERSION, META_COLUMNS, _text_key
 from indexing._crash import crash_point
@@ -129,6 +130,7 @@ class _Writer:
         self.rows = int(f.attrs.get("rows", 0))
         self.refs_done = int(f.attrs.get("refs_done", 0))
         self.skipped: dict[str, int] = json.loads(f.attrs.get("skipped", "{}"))
+        self.skipped_examples: dict[str, list[str]] = json.loads(f.attrs.get("skipped_examples", "{}"))
         self._truncate(self.rows)  # rows past the committed counter belong to a batch that never committed
 
     def _datasets(self) -> Iterator[h5py.Dataset]:
@@ -143,7 +145,8 @@ class _Writer:
             if ds.shape[0] != n:
                 ds.resize(n, axis=0)
 
-    def write(self, rows: list[dict[str, Any]], consumed: int, skipped: dict[str, int]) -> None:
+    def write(self, rows: list[dict[str, Any]], consumed: int, skipped: dict[str, int],
+              examples: dict[str, list[str]]) -> None:
         start, n = self.rows, len(rows)
         if n:
             end = start + n
@@ -164,13 +167,13 @@ class _Writer:
                 ds[start:end] = [r["texts"].get(s, "") for r in rows]
             for col in META_COLUMNS:
                 self.f["meta"][col][start:end] = [r[col] for r in rows]
-        for reason, c in skipped.items():
-            self.skipped[reason] = self.skipped.get(reason, 0) + c
+        merge_skips(self.skipped, self.skipped_examples, skipped, examples)
         # The counter is written last and flushed: a crash before this line leaves rows past the
         # old counter, which the next run truncates and redoes.
         self.rows += n
         self.refs_done += consumed
         self.f.attrs["skipped"] = json.dumps(self.skipped, sort_keys=True)
+        self.f.attrs["skipped_examples"] = json.dumps(self.skipped_examples, sort_keys=True)
         self.f.attrs["rows"] = self.rows
         self.f.attrs["refs_done"] = self.refs_done
         self.f.flush()
@@ -198,7 +201,10 @@ def _open_partial(partial: Path, config: dict[str, Any]) -> h5py.File:
             if not diff and "refs_done" in f.attrs:
                 return f
             f.close()
-            logger.warning("%s was started with different settings (%s); starting over", partial, ", ".join(diff))
+            if diff:
+                logger.warning("%s was started with different settings (%s); starting over", partial, ", ".join(diff))
+            else:  # interrupted before its first batch: nothing to keep, and nothing differs
+                logger.info("%s holds no finished batch; starting it again", partial)
         except Exception as exc:  # noqa: BLE001 - a half-written HDF5 file fails in many ways
             logger.warning("%s is unreadable (%s); starting over", partial, exc)
         partial.unlink()
@@ -236,7 +242,8 @@ def build_cache(
             with 16-record chunks, and sequential reads lose little (77k vs 92k rec/s).
 
     Returns:
-        Summary: out, records, refs, skipped (reason -> count), missing_files, up_to_date, resumed_from,
+        Summary: out, records, refs, skipped (reason -> count), skipped_examples (reason -> the first
+        ``SKIP_EXAMPLES`` record ids), missing_files, up_to_date, resumed_from,
         seconds, records_per_s.
     """
     p = get_preset(preset)
@@ -257,6 +264,7 @@ def build_cache(
                 if not diff:
                     logger.info("%s is up to date (%d records); use --force to rebuild", out, int(f.attrs["rows"]))
                     return {**base, "records": int(f.attrs["rows"]), "skipped": json.loads(f.attrs["skipped"]),
+                            "skipped_examples": json.loads(f.attrs.get("skipped_examples", "{}")),
                             "up_to_date": True, "resumed_from": None, "seconds": 0.0, "records_per_s": None}
         except OSError as exc:
             raise DataError(f"{out} exists but is not a readable cache ({exc}); delete it or pass --force") from None
@@ -281,22 +289,23 @@ def build_cache(
         bar = tqdm(total=len(refs), initial=resumed_from, unit="rec", desc="prepare", disable=not progress, dynamic_ncols=True)
         batch: list[dict[str, Any]] = []
         skipped: dict[str, int] = {}
+        examples: dict[str, list[str]] = {}
         consumed = 0
         results = _iter_results(reader, p, todo, workers)
         try:
-            for _ref, reason, row in results:
+            for ref, reason, row in results:
                 consumed += 1
                 if reason is None:
                     batch.append(row)
                 else:
-                    skipped[reason] = skipped.get(reason, 0) + 1
+                    note_skip(skipped, examples, ref, reason)
                 bar.update(1)
                 if consumed == batch_size:
-                    w.write(batch, consumed, skipped)
-                    batch, skipped, consumed = [], {}, 0
+                    w.write(batch, consumed, skipped, examples)
+                    batch, skipped, examples, consumed = [], {}, {}, 0
                     crash_point("after-batch")
             if consumed:
-                w.write(batch, consumed, skipped)
+                w.write(batch, consumed, skipped, examples)
         finally:
             results.close()  # stops the pool now, not whenever the generator is collected
             bar.close()
@@ -304,11 +313,11 @@ def build_cache(
         f.attrs["fs"] = p.fs
         f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         f.attrs["complete"] = True
-        rows, skipped_all = w.rows, dict(w.skipped)
+        rows, skipped_all, examples = w.rows, dict(w.skipped), dict(w.skipped_examples)
     finally:
         f.close()
     publish(partial, out)
     dt = time.perf_counter() - t0
     done = len(refs) - resumed_from
-    return {**base, "records": rows, "skipped": skipped_all, "up_to_date": False, "resumed_from": resumed_from or None,
+    return {**base, "records": rows, "skipped": skipped_all, "skipped_examples": examples, "up_to_date": False, "resumed_from": resumed_from or None,
             "seconds": dt, "records_per_s": done / dt if dt > 0 else None}
