@@ -1,4 +1,4 @@
-"""The server's compute thread (serve.batching) and the in-memory hit columns (search.ColumnCache).
+"""The server's compute thread (serve.batching) and the in-memory hit columns (hits.ColumnCache).
 
 Batched answers must be the answers of one query at a time: the same ids and scores as the
 in-process ``Searcher``'s single-query path, each job with its own k, exclusion and errors.
