@@ -10,8 +10,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from etp_search.cli.info import info, sample_refs
-from etp_search.cli.prepare import default_cache_path, open_reader, prepare
+from etp_search.cli.info import info
+from etp_search.describe import sample_refs
+from etp_search.cli.prepare import prepare
+from etp_search.signal_cache.locate import default_cache_path, open_reader
 from etp_search.preprocess import get_preset
 from etp_search.signal_cache import SignalCache
 

@@ -243,6 +243,6 @@ def test_index_and_train_take_several_folders(example_ptbxl, wfdb_records, tmp_p
     cfg = json.loads((tmp_path / "run" / "train_config.json").read_text())
     with SignalCache.open(cfg["cache"]) as c:
         assert len(c) == 54 and len(set(c.ids)) == 54
-    from etp_search.cli.prepare import default_cache_path
+    from etp_search.signal_cache.locate import default_cache_path
 
     assert Path(cfg["cache"]).name == default_cache_path("ptbxl+npy", "etp-100hz", [example_ptbxl, folder]).name

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from etp_search.errors import ModelError
+from etp_search.errors import EtpError, ModelError
 from etp_search.models.checkpoint import atomic_save_tensors, atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -148,6 +148,35 @@ def save_state(
 
 def has_state(run_dir: Path) -> bool:
     return (Path(run_dir) / "resume" / "latest.json").is_file()
+
+
+def check_new_run_dir(out: Path) -> None:
+    """A new run's folder must be new or empty (our own text feature files from an unstarted attempt aside)."""
+    from training.config import CONFIG_FILE
+
+    if (out / CONFIG_FILE).exists() or has_state(out):
+        raise EtpError(f"{out} already holds a run; continue it with --resume {out} or choose another --out")
+    if out.exists() and not out.is_dir():
+        raise EtpError(f"--out {out} is a file; pass a new or empty folder")
+    if out.is_dir():
+        # text_features-* are written by an attempt stopped before its first step: reusable, not the user's.
+        foreign = sorted(p.name for p in out.iterdir() if not p.name.lstrip(".").startswith("text_features-"))
+        if foreign:
+            raise EtpError(
+                f"--out {out} is not empty and holds no training run (it has {len(foreign)} entries, e.g. "
+                f"{foreign[0]!r}); pass a new or empty folder"
+            )
+
+
+def interrupted_line(run_dir: Path) -> str:
+    """The one line a Ctrl-C during training prints: where the state is and how to continue."""
+    from training.config import CONFIG_FILE
+
+    if has_state(run_dir):
+        return f"interrupted: the last saved state is in {run_dir / 'resume'}; continue with `etp-search train --resume {run_dir}`"
+    if (run_dir / CONFIG_FILE).is_file():
+        return f"interrupted before the first saved state; `etp-search train --resume {run_dir}` starts the run from the beginning"
+    return "interrupted before training started; nothing was saved — run the same command again"
 
 
 def load_state(

@@ -1,118 +1,18 @@
-"""`etp-search info DATA_DIR`: what a dataset folder holds, without preparing it.
+"""`etp-search info DATA_DIR | FILE.h5`: what a dataset folder, a store or a signal cache holds.
 
-Record counts (found, listed without files) come from ``reader.refs()`` and cover the whole
-dataset. Everything that needs a record (rates, lengths, labels, texts, skip reasons) comes from an
-evenly spaced, deterministic sample of ``--sample`` records (default 1000; 0 = all), read in
-parallel. Why a sample rather than headers only: the reader API yields labels and texts only with
-the signal, and labels/texts live in different places per layout (CSV rows, header comments, .mat
-files); a 1000-record sample takes seconds and estimates fractions to about +-3 %.
+The facts come from ``etp_search.describe`` (``describe_folder`` reads an evenly spaced sample of
+``--sample`` records; ``describe_file`` a store or a cache); this module parses and prints.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
-import numpy as np
 import typer
 
 from etp_search.cli.common import ProgressOpt, emit, emit_json, format_table, user_errors
-
-DEFAULT_SAMPLE = 1000
-#: Tasks reported per layout; other layouts get every task that matches at least one record.
-_TASKS_FOR_FORMAT = {
-    "ptbxl": ("all", "diagnostic", "subdiagnostic", "superdiagnostic", "form", "rhythm"),
-    "cpsc2018": ("cpsc2018",),
-    "cinc": ("cpsc2018",),
-}
-
-def _stats(text_source: str, rec: Any, _signal: Any, _flags: dict) -> dict[str, Any]:
-    """Small per-record facts (the signal itself never leaves the worker)."""
-    texts = dict((rec.meta or {}).get("texts") or {})
-    texts.setdefault(text_source, rec.text or "")
-    return {
-        "fs": float(rec.fs),
-        "seconds": rec.signal.shape[-1] / float(rec.fs),
-        "labels": dict(rec.labels or {}),
-        "texts": {k: bool(str(v).strip()) for k, v in texts.items()},
-        "missing_leads": len((rec.meta or {}).get("missing_leads") or []),
-    }
-
-
-def sample_refs(refs: list[str], sample: int) -> list[str]:
-    """Evenly spaced, deterministic subset (all refs when sample <= 0 or >= len(refs))."""
-    if sample <= 0 or sample >= len(refs):
-        return list(refs)
-    idx = np.unique(np.linspace(0, len(refs) - 1, sample).round().astype(int))
-    return [refs[i] for i in idx]
-
-
-def dataset_info(reader: Any, sample: int = DEFAULT_SAMPLE, workers: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """Describe a dataset: counts over all refs, everything else over a sample of records."""
-    from tqdm.auto import tqdm
-
-    from etp_search.labels import get_task, list_tasks
-    from etp_search.signal_cache import default_workers
-
-    refs = reader.refs()
-    chosen = sample_refs(refs, sample)
-    workers = default_workers() if workers is None else workers
-    skipped: Counter[str] = Counter()
-    rows: list[dict[str, Any]] = []
-    bar = tqdm(total=len(chosen), unit="rec", desc="info", disable=not progress)
-    from functools import partial
-
-    from etp_search.pipeline import read_records
-
-    transform = partial(_stats, getattr(reader, "text_source", None) or "default")
-    chunks = read_records(reader, chosen, None, transform, workers=0 if workers <= 1 or len(chosen) < 64 else workers)
-    try:
-        for chunk in chunks:
-            for item in chunk:
-                bar.update(1)
-                if item.skip is None:
-                    rows.append(item.value)
-                else:
-                    skipped[item.skip] += 1
-    finally:
-        bar.close()
-        del chunks  # shuts the pipeline's workers down now
-
-    secs = np.array([r["seconds"] for r in rows]) if rows else np.array([np.nan])
-    fmt = reader.format_name
-    names = _TASKS_FOR_FORMAT.get(fmt, tuple(list_tasks()))
-    tasks: dict[str, Any] = {}
-    for name in names:
-        task = get_task(name)
-        y = task.matrix([r["labels"] for r in rows]) if rows else np.zeros((0, len(task.classes)))
-        labelled = int(y.any(axis=1).sum())
-        if labelled == 0 and fmt not in _TASKS_FOR_FORMAT:
-            continue
-        counts = y.sum(axis=0).astype(int)
-        tasks[name] = {"classes": len(task.classes), "labelled": labelled,
-                       "counts": {c: int(n) for c, n in zip(task.classes, counts)}}
-    coverage: dict[str, float] = {}
-    for src in sorted({s for r in rows for s in r["texts"]}):
-        coverage[src] = float(np.mean([r["texts"].get(src, False) for r in rows]))
-    summary = getattr(reader, "summary", None)
-    return {
-        "data_dir": str(Path(reader.root)),
-        "format": fmt,
-        "records_found": len(refs),
-        "listed_without_files": int(getattr(summary, "missing_files", 0) or 0),
-        "sampled": len(chosen),
-        "sample_rule": "all records" if len(chosen) == len(refs) else "evenly spaced over refs()",
-        "read": len(rows),
-        "skipped": dict(sorted(skipped.items())),
-        "sampling_rates": {str(int(k) if float(k).is_integer() else k): v
-                           for k, v in sorted(Counter(r["fs"] for r in rows).items())},
-        "seconds": {"min": float(np.nanmin(secs)), "median": float(np.nanmedian(secs)), "max": float(np.nanmax(secs))},
-        "records_with_missing_leads": sum(1 for r in rows if r["missing_leads"]),
-        "tasks": tasks,
-        "text_coverage": coverage,
-        "top_label_codes": dict(Counter(c for r in rows for c in r["labels"]).most_common(10)),
-    }
+from etp_search.describe import DEFAULT_SAMPLE
 
 
 def _print(info: dict[str, Any]) -> None:
@@ -169,11 +69,10 @@ def info(
         else:
             _print_file(described)
         return
+    from etp_search.describe import describe_folder
+
     reader = open_dataset(data_dir[0] if len(data_dir) == 1 else data_dir, fmt=fmt, sampling_rate=sampling_rate)
-    result = dataset_info(reader, sample=sample, workers=workers, progress=progress)
-    duplicates = getattr(reader, "duplicates", 0)  # a MultiReader over several folders counts ids met twice
-    if duplicates:
-        result["duplicate_ids"] = duplicates
+    result = describe_folder(reader, sample=sample, workers=workers, progress=progress)
     if as_json:
         emit_json(result)
     else:

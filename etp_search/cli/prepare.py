@@ -2,52 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
-import logging
-import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional, Sequence
+from typing import Annotated, Any, Optional
 
 import typer
 
 from etp_search.cli.common import ProgressOpt, emit, emit_json, setup_logging, skip_rows, user_errors
-
-if TYPE_CHECKING:
-    from etp_search.preprocess import Preset
-    from etp_search.readers import Reader
-
-logger = logging.getLogger(__name__)
-
-CACHE_DIR = Path("etp-data")
-
-
-def default_cache_path(fmt: str, preset: str, paths: Sequence[Path]) -> Path:
-    """Where `prepare` (and `train`) write when no --out is given (relative to the working directory).
-
-    Named after the dataset folder(s) plus a hash of their resolved paths: with format and preset
-    alone, two PTB-XL folders shared one default cache (the second refused it, and --force would
-    have destroyed the first's)."""
-    resolved = [Path(p).resolve() for p in paths]
-    name = re.sub(r"[^A-Za-z0-9.+_-]+", "_", "+".join(p.name for p in resolved))[:40].strip("._-+") or "data"
-    digest = hashlib.sha256("\n".join(map(str, resolved)).encode()).hexdigest()[:8]
-    return CACHE_DIR / f"signals-{fmt}-{name}-{digest}-{preset}.h5"
-
-
-def open_reader(data_dir: Path | Sequence[Path], preset: Preset, *, sampling_rate: int | None = None,
-                text_source: str = "scp_en", fmt: str | None = None) -> Reader:
-    """Open the dataset (or several, or a list file), reading PTB-XL's files at the preset's rate unless a rate is given."""
-    from etp_search.readers import dataset_paths, detect_format, open_dataset
-
-    paths = dataset_paths(data_dir)
-    names = [fmt or detect_format(p) for p in paths]
-    if sampling_rate is None and "ptbxl" in names and preset.fs in (100, 500):
-        sampling_rate = preset.fs  # never upsample PTB-XL's 100 Hz files when 500 Hz ones exist
-    data_dir = paths[0] if len(paths) == 1 else paths
-    reader = open_dataset(data_dir, fmt=names[0] if len(paths) == 1 else fmt, sampling_rate=sampling_rate,
-                          text_source=text_source)
-    if reader.fs and reader.fs < preset.fs:
-        logger.warning("upsampling %s Hz records to %s Hz adds no information", reader.fs, preset.fs)
-    return reader
 
 
 def _summary_rows(s: dict[str, Any]) -> list[dict[str, Any]]:
@@ -98,6 +58,7 @@ def prepare(
         setup_logging(True)
     from etp_search.preprocess import get_preset
     from etp_search.signal_cache import build_cache
+    from etp_search.signal_cache.locate import default_cache_path, open_reader
 
     p = get_preset(preset)
     reader = open_reader(data_dir, p, sampling_rate=sampling_rate, text_source=text_source, fmt=fmt)

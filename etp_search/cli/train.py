@@ -3,92 +3,13 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from etp_search.cli.common import ProgressOpt, emit, emit_json, setup_logging, user_errors
-from etp_search.errors import DataError, EtpError
-
-logger = logging.getLogger(__name__)
-
-
-def _ensure_cache(data: list[Path], preset: str, cache: Optional[Path], text_source: str, is_main: bool,
-                  progress: bool) -> Path:
-    """DATA_DIR as a signal cache path: itself when it is one, else build/reuse a cache of the folder(s).
-
-    Several folders (or a list file, or a NumPy sidecar .json) become one cache; a record id present
-    in more than one of them is kept once (the reader logs how many).
-    """
-    from etp_search.cli.prepare import default_cache_path, open_reader
-    from etp_search.preprocess import get_preset
-    from etp_search.readers import dataset_paths, detect_format
-    from etp_search.signal_cache import build_cache, is_signal_cache
-    from training.distributed import barrier
-
-    from etp_search.readers.multi import is_list_file
-    from etp_search.readers.npy_folder import is_sidecar_file
-
-    if len(data) == 1 and data[0].is_file() and is_signal_cache(data[0]):
-        return data[0]
-    for d in data:
-        if not d.exists():
-            raise DataError(f"{d} does not exist; pass a dataset folder or a signal cache .h5")
-        if d.is_file() and not (is_list_file(d) or is_sidecar_file(d)):
-            raise DataError(f"{d} is not a finished signal cache; pass a dataset folder or a cache from `etp-search prepare`")
-    paths = dataset_paths(data[0] if len(data) == 1 else data)
-    p = get_preset(preset)
-    fmts = [detect_format(d) for d in paths]
-    target = cache or default_cache_path("+".join(dict.fromkeys(fmts)), p.name, paths)
-    if len(paths) == 1 and is_signal_cache(target):
-        from etp_search.signal_cache import SignalCache
-
-        with SignalCache.open(target) as existing:
-            same_data = Path(str(existing.attrs.get("data_dir", ""))).resolve() == paths[0].resolve()
-            if same_data and existing.preset.name == p.name and text_source in existing.text_sources:
-                # Every text source is cached, so a cache built for another default source serves too.
-                logger.info("signal cache %s: %d records (reused)", target, len(existing))
-                return target
-    if is_main:  # PTB-XL read at the preset's rate, as `prepare` reads it
-        reader = open_reader(paths[0] if len(paths) == 1 else paths, p, text_source=text_source)
-        summary = build_cache(reader, target, p, progress=progress)
-        logger.info("signal cache %s: %d records (%s)", target, summary["records"],
-                    "reused" if summary["up_to_date"] else "built")
-    barrier()
-    return target
-
-
-def _check_new_out(out: Path) -> None:
-    """--out must be new or empty (our own text feature files from an unstarted attempt aside)."""
-    from training.state import has_state
-    from training.trainer import CONFIG_FILE
-
-    if (out / CONFIG_FILE).exists() or has_state(out):
-        raise EtpError(f"{out} already holds a run; continue it with --resume {out} or choose another --out")
-    if out.exists() and not out.is_dir():
-        raise EtpError(f"--out {out} is a file; pass a new or empty folder")
-    if out.is_dir():
-        # text_features-* are written by an attempt stopped before its first step: reusable, not the user's.
-        foreign = sorted(p.name for p in out.iterdir() if not p.name.lstrip(".").startswith("text_features-"))
-        if foreign:
-            raise EtpError(
-                f"--out {out} is not empty and holds no training run (it has {len(foreign)} entries, e.g. "
-                f"{foreign[0]!r}); pass a new or empty folder"
-            )
-
-
-def _interrupted(run_dir: Path) -> str:
-    """The one line a Ctrl-C during training prints: where the state is and how to continue."""
-    from training.state import has_state
-    from training.trainer import CONFIG_FILE
-
-    if has_state(run_dir):
-        return f"interrupted: the last saved state is in {run_dir / 'resume'}; continue with `etp-search train --resume {run_dir}`"
-    if (run_dir / CONFIG_FILE).is_file():
-        return f"interrupted before the first saved state; `etp-search train --resume {run_dir}` starts the run from the beginning"
-    return "interrupted before training started; nothing was saved — run the same command again"
+from etp_search.errors import EtpError
 
 
 def _folds(text: str, flag: str) -> list[int]:
@@ -141,7 +62,8 @@ def train(
     Under torchrun the same command trains with DistributedDataParallel (gloo on CPU, NCCL on GPU).
     """
     from training.augment import AugmentConfig
-    from training.distributed import cleanup, init_distributed
+    from training.distributed import barrier, cleanup, init_distributed
+    from training.state import check_new_run_dir, interrupted_line
     from training.trainer import CONFIG_FILE, Trainer, TrainConfig, check_config
 
     setup_logging()
@@ -154,7 +76,7 @@ def train(
     else:
         if not data_dir or out is None:
             raise EtpError("pass DATA_DIR and --out RUN_DIR (or --resume RUN_DIR to continue a run)")
-        _check_new_out(out)
+        check_new_run_dir(out)
         cfg = TrainConfig(
             cache="", out=str(out), encoder=encoder, text_model=text_model,
             text_trainable_layers=text_trainable_layers, text_source=text_source, embed_dim=embed_dim,
@@ -169,13 +91,17 @@ def train(
     check_config(cfg)
     env = init_distributed(cfg.device)
     if resume is None:
+        from etp_search.signal_cache.locate import ensure_cache
+
         assert data_dir  # a new run was refused above without DATA_DIR
-        cfg.cache = str(_ensure_cache(data_dir, preset, cache, text_source, env.is_main, progress))
+        # Rank 0 builds (or reuses) the cache; the other ranks wait for it, then read the same path.
+        cfg.cache = str(ensure_cache(data_dir, preset, cache, text_source, build=env.is_main, progress=progress))
+        barrier()
     try:
         result = Trainer(cfg, resume=resume is not None, progress=progress).run()
     except KeyboardInterrupt:
         if env.is_main:
-            typer.echo(_interrupted(Path(cfg.out)), err=True)
+            typer.echo(interrupted_line(Path(cfg.out)), err=True)
         raise typer.Exit(code=130) from None
     finally:
         cleanup()

@@ -19,13 +19,18 @@ The pieces:
   rename (``indexing._io.publish``), so an existing cache is never left half-written.
 - ``etp_search.signal_cache.read``: ``SignalCache``, read access to a finished cache (picklable,
   reopened per process), ``is_signal_cache`` and ``iter_batches``.
+- ``etp_search.signal_cache.locate``: where a cache lives (``default_cache_path``), the reader
+  `prepare` opens (``open_reader``: PTB-XL at the preset's rate) and ``ensure_cache``, `train`'s
+  DATA_DIR as a cache (itself, a reusable one, or one built now).
 
 Every name is importable from ``etp_search.signal_cache`` itself.
 """
 
 from etp_search.signal_cache.build import DEFAULT_BATCH_SIZE, build_cache, cache_row, default_workers
 from etp_search.signal_cache.format import CACHE_KIND, CACHE_VERSION, META_COLUMNS
+from etp_search.signal_cache.locate import CACHE_DIR, default_cache_path, ensure_cache, open_reader
 from etp_search.signal_cache.read import SignalCache, is_signal_cache, iter_batches
 
-__all__ = ["CACHE_KIND", "CACHE_VERSION", "DEFAULT_BATCH_SIZE", "META_COLUMNS", "SignalCache", "build_cache",
-           "cache_row", "default_workers", "is_signal_cache", "iter_batches"]
+__all__ = ["CACHE_DIR", "CACHE_KIND", "CACHE_VERSION", "DEFAULT_BATCH_SIZE", "META_COLUMNS", "SignalCache", "build_cache",
+           "cache_row", "default_cache_path", "default_workers", "ensure_cache", "is_signal_cache", "iter_batches",
+           "open_reader"]
