@@ -26,6 +26,7 @@ from etp_search.records import EcgRecord
 
 if TYPE_CHECKING:
     from etp_search.models import EtpModel
+    from etp_search.readers import Reader
     from indexing.index_files import Which
     from indexing.store import EmbeddingStore
     from indexing.view import SearchView
@@ -81,6 +82,18 @@ def read_ecg_file(path: str | Path) -> EcgRecord:
 #: Longest query text taken (the server's limit too): the text tower reads the first 128 tokens,
 #: a few hundred characters, so a longer query would be cut without notice.
 MAX_QUERY_CHARS = 1000
+
+
+def source_reader(provenance: dict[str, Any], fix: str) -> Reader:
+    """A reader of the dataset folder a store was indexed from (its provenance names folder, layout
+    and rate), to re-read raw signals for plots; a folder that is gone is one line ending in ``fix``."""
+    from etp_search.readers import open_dataset
+
+    data_dir = provenance.get("data_dir")
+    if not data_dir or not Path(data_dir).is_dir():
+        raise DataError(f"the raw signals of this store's dataset ({data_dir}) are not here; {fix}")
+    rate = int(provenance.get("sampling_rate") or 0) or None
+    return open_dataset(data_dir, fmt=provenance.get("dataset_format"), sampling_rate=rate if rate in (100, 500) else None)
 
 
 def check_text(text: str) -> None:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from etp_search.cli.common import DEFAULT_STORE, emit, emit_json, fail, setup_logging, user_errors
-from etp_search.errors import DataError
-
 
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 
@@ -77,15 +74,9 @@ def query(
 def _plot(searcher, hits, title: str, query_signal, out: Path, record: Optional[str]) -> None:
     """Re-read the hits' raw signals from the dataset the store was built from and draw them."""
     from etp_search.plotting import plot_query_results
-    from etp_search.readers import open_dataset
+    from etp_search.search import source_reader
 
-    prov = searcher.store.provenance
-    data_dir = prov.get("data_dir")
-    if not data_dir or not Path(data_dir).is_dir():
-        raise DataError(f"--plot needs the signals of the dataset the store was built from ({data_dir}), which is not there; "
-                        "re-index from the dataset folder or drop --plot")
-    rate = int(prov.get("sampling_rate") or 0) or None
-    reader = open_dataset(data_dir, fmt=prov.get("dataset_format"), sampling_rate=rate if rate in (100, 500) else None)
+    reader = source_reader(searcher.store.provenance, "--plot needs the folder the store was indexed from: re-index from it, or drop --plot")
     if record is not None:
         r = reader.read(str(record))
         query_signal = (r.signal, r.fs)

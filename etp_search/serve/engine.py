@@ -366,15 +366,12 @@ class Engine:
 
     @staticmethod
     def _open_reader(prov: dict) -> Reader:
-        from etp_search.readers import open_dataset
+        from etp_search.search import source_reader
 
-        data_dir = prov.get("data_dir")
-        if not data_dir or not Path(data_dir).is_dir():
-            raise NotAvailableError("the raw signals of this store's dataset are not on this server (its data "
-                                    "folder is gone); plots need the folder the store was indexed from")
-        rate = int(prov.get("sampling_rate") or 0) or None
-        return open_dataset(data_dir, fmt=prov.get("dataset_format"),
-                            sampling_rate=rate if rate in (100, 500) else None)
+        try:
+            return source_reader(prov, "plots need the folder the store was indexed from on this server")
+        except DataError as exc:
+            raise NotAvailableError(str(exc)) from None
 
     # ------------------------------------------------------------------ zero-shot
 
