@@ -1,6 +1,8 @@
 """Embedding store (HDF5) and FAISS index: arrays in, arrays out (numpy, h5py, faiss only).
 
-- ``indexing.store.EmbeddingStore``: crash-safe append-only store of vectors + record metadata.
+- ``indexing.store.EmbeddingStore``: crash-safe append-only store of vectors + record metadata
+  (schema and column reads) on ``indexing.segments`` (parts, tier merges, compaction, the writer's
+  lock) and ``indexing.columns`` (the file's column layout); ``indexing.batch`` checks an append.
 - ``indexing.faiss_index``: chunked reads, factory checks, filtered search, incremental add, one index file.
 - ``indexing.build``: the one builder (any factory or a planned layout, streamed in chunks, GPU,
   on-disk lists) over ``indexing.plan`` (layout and RAM by rows and budget) and ``indexing.recall``
