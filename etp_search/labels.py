@@ -47,6 +47,10 @@ CPSC2018_DESCRIPTIONS = {
 CPSC2018_ALIASES = {
     "NSR": "NORM", "SNR": "NORM", "IAVB": "I-AVB", "CRBBB": "RBBB", "CLBBB": "LBBB",
     "SVPB": "PAC", "VPB": "PVC", "VEB": "PVC",
+    # PTB-XL's SCP codes for the same classes, so `--task cpsc2018` reads a PTB-XL store too (its
+    # PAC, PVC and NORM are spelled alike; CRBBB/CLBBB are above). Without these, AF, I-AVB, STD and
+    # STE had no positives on PTB-XL and were dropped from the macro AUC as "no positives".
+    "AFIB": "AF", "1AVB": "I-AVB", "STD_": "STD", "STE_": "STE",
 }
 
 # Descriptions of diagnostic subclasses/superclasses that are not themselves SCP codes.

@@ -110,3 +110,21 @@ def test_split_of_and_unknown_task() -> None:
     assert [split_of(f) for f in (1, 8, 9, 10, -1)] == ["train", "train", "val", "test", "unknown"]
     with pytest.raises(EtpError, match="known tasks: all, diagnostic"):
         get_task("superdiag")
+
+
+def test_cpsc_task_on_ptbxl_codes_finds_af_avb_and_st_classes(example_ptbxl) -> None:
+    """`--task cpsc2018` on a PTB-XL store: every class with PTB-XL records gets them (AF, I-AVB,
+    STD and STE had none, so they were skipped as 'no positives' and the macro AUC left them out)."""
+    import ast
+
+    import pandas as pd
+
+    task = get_task("cpsc2018")
+    codes = [ast.literal_eval(s) for s in pd.read_csv(example_ptbxl / "ptbxl_database.csv")["scp_codes"]]
+    y = task.matrix(codes)
+    col = {c: y[:, task.classes.index(c)] for c in task.classes}
+    for cls, code in (("AF", "AFIB"), ("I-AVB", "1AVB"), ("STD", "STD_"), ("STE", "STE_"), ("RBBB", "CRBBB")):
+        has = np.array([code in c for c in codes])
+        np.testing.assert_array_equal(col[cls].astype(bool), has, err_msg=cls)
+    assert int(col["AF"].sum()) == 4  # the 4 AFIB records of the shipped example
+    np.testing.assert_array_equal(task.vector({"AFIB": 100.0, "STE_": 50.0}), task.vector({"AF": 1.0, "STE": 1.0}))
