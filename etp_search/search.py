@@ -159,7 +159,7 @@ class Searcher:
         from etp_search.models.resolve import resolve_checkpoint
 
         if self._checkpoint is not None:
-            return resolve_checkpoint(self._checkpoint)
+            return resolve_checkpoint(self._checkpoint, store_path=self.store.path)  # never writes one
         stored = self.store.provenance.get("checkpoint_path")
         if stored and (Path(stored) / "config.json").exists():
             return Path(stored)

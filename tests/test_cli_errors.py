@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,21 @@ def test_a_store_whose_random_init_folder_was_deleted_names_the_missing_folder(e
     index_data(example_ptbxl, store, "random", workers=0, progress=False)  # the same command makes it again
     res = cli.invoke(app, ["query", "--store", str(store), "--ecg", str(rec), "-k", "3", "--json"])
     assert res.exit_code == 0, res.output
+    # --checkpoint random on a query means this store's random-init folder, not etp-data/store.h5's
+    ok = cli.invoke(app, ["query", "--store", str(store), "--ecg", str(rec), "-k", "3", "--json", "--checkpoint", "random"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)["hits"] == json.loads(res.stdout)["hits"]
+
+
+def test_query_with_checkpoint_random_writes_nothing(example_store, tmp_path, monkeypatch):
+    """A query wrote a 36 MB etp-data/store.h5.random-init/ into the working folder (the default
+    store's name, whatever --store said), then refused it as not the store's checkpoint."""
+    monkeypatch.chdir(tmp_path)
+    res = cli.invoke(app, ["query", "--store", str(example_store), "--text", "afib", "--checkpoint", "random"])
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 1 and len(lines) == 1, res.output
+    assert f"no random-init checkpoint beside {example_store}" in lines[0] and "--checkpoint random --store" in lines[0]
+    assert list(tmp_path.iterdir()) == [] and not Path(str(example_store) + ".random-init").exists()
 
 
 def test_a_failed_atomic_write_names_the_file_the_user_asked_for(tmp_path):

@@ -164,7 +164,7 @@ def index_data(
         check_factory(factory, cfg0.embed_dim)
     if str(checkpoint) == RANDOM and store.is_file() and not rebuild:
         _check_random_store(store)
-    ckpt = resolve_checkpoint(checkpoint, store_path=store)
+    ckpt = resolve_checkpoint(checkpoint, store_path=store, create=True)
     model = load_checkpoint(ckpt, device=device, load_text=True)
     cfg = model.cfg
     prov = provenance_for(ckpt, cfg, paths, source.format_name, text_source)

@@ -1,7 +1,7 @@
 """Which checkpoint a command means, and whether it is the one a store was written by.
 
 ``resolve_checkpoint(arg, expect_sha256=None)``: None -> the shipped starter checkpoint; "random" ->
-a random-init model of the starter's architecture, written once to ``STORE.random-init/`` (the
+a random-init model of the starter's architecture, written once by `index` to ``STORE.random-init/`` (the
 baseline beside every figure); a folder -> itself. With ``expect_sha256`` (a store's provenance),
 a checkpoint with another fingerprint raises StoreMismatchError naming both. The config's numbers
 are checked here too, before any weights are allocated (an ``embed_dim`` of 1e10 would try).
@@ -64,14 +64,21 @@ def _starter_config() -> EtpConfig:
 
 
 def resolve_checkpoint(checkpoint: str | Path | None, expect_sha256: str | None = None, *,
-                       store_path: str | Path | None = None, seed: int = 0) -> Path:
-    """The checkpoint folder ``checkpoint`` stands for (see the module docstring)."""
+                       store_path: str | Path | None = None, seed: int = 0, create: bool = False) -> Path:
+    """The checkpoint folder ``checkpoint`` stands for (see the module docstring).
+
+    "random" is ``STORE.random-init/`` beside ``store_path``; only ``create=True`` (what `index`
+    passes) writes it when it is missing: a reader that finds none is told how it is made."""
     if checkpoint is None or str(checkpoint) == "":
         path = default_checkpoint()
         if not (path / "config.json").exists():
             raise ModelError(f"no starter checkpoint at {path}; pass --checkpoint RUN_DIR/best from `etp-search train`")
     elif str(checkpoint) == RANDOM:
         out = Path(str(store_path or "etp-data/store.h5") + ".random-init")
+        if not (out / "config.json").exists() and not create:
+            where = store_path or "etp-data/store.h5"
+            raise ModelError(f"no random-init checkpoint beside {where} ({out} is missing); it is written by "
+                             f"`etp-search index DATA_DIR --checkpoint random --store {where}`")
         if not (out / "config.json").exists():
             import torch
 
