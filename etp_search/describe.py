@@ -20,6 +20,7 @@ fractions to about +-3 %.
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,7 @@ def describe_folder(reader: Any, sample: int = DEFAULT_SAMPLE, workers: int | No
         bar.close()
         del chunks  # shuts the pipeline's workers down now
 
-    secs = np.array([r["seconds"] for r in rows]) if rows else np.array([np.nan])
+    secs = np.array([r["seconds"] for r in rows])
     fmt = reader.format_name
     names = _TASKS_FOR_FORMAT.get(fmt, tuple(list_tasks()))
     tasks: dict[str, Any] = {}
@@ -121,7 +122,8 @@ def describe_folder(reader: Any, sample: int = DEFAULT_SAMPLE, workers: int | No
         "skipped": dict(sorted(skipped.items())),
         "sampling_rates": {str(int(k) if float(k).is_integer() else k): v
                            for k, v in sorted(Counter(r["fs"] for r in rows).items())},
-        "seconds": {"min": float(np.nanmin(secs)), "median": float(np.nanmedian(secs)), "max": float(np.nanmax(secs))},
+        "seconds": ({"min": float(secs.min()), "median": float(np.median(secs)), "max": float(secs.max())} if rows
+                    else {"min": math.nan, "median": math.nan, "max": math.nan}),  # no record read: no lengths
         "records_with_missing_leads": sum(1 for r in rows if r["missing_leads"]),
         "tasks": tasks,
         "text_coverage": coverage,

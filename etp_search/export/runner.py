@@ -26,7 +26,7 @@ from etp_search.models.resolve import RANDOM, config_of, pick_device, resolve_ch
 from indexing.index_files import IndexBuilder
 from indexing.store import EmbeddingStore
 from etp_search.preprocess import get_preset
-from etp_search.readers.base import merge_skips
+from etp_search.readers.base import merge_skips, nothing_read
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +175,7 @@ def index_data(
                               finish_kw=dict(build_index=build_index, factory=factory, rebuild_index=rebuild_index,
                                              builder=builder, max_index_memory=max_index_memory,
                                              ondisk_lists=ondisk_lists))
+    fresh = rebuild or not store.exists()
     writer = StoreWriter(store, cfg.embed_dim, prov, rebuild=rebuild)
     try:
         already = source.total - len(source.todo(writer.done_ids))
@@ -210,6 +211,10 @@ def index_data(
             logger.info("%s; %d to embed, %d already in %s", source.summary_line, len(todo),
                         source.total - len(todo), store)
             skipped, seconds = _embed(source, todo, writer, mapper, progress, defer_rows=append_every)
+            if fresh and todo and len(writer.store) == 0:  # every record skipped: not the folder meant
+                writer.close()
+                shards.remove_store_files(store)  # the empty store this run made
+                raise nothing_read(paths, len(todo), *skipped)
         index_info = writer.finish(build_index=build_index, factory=factory, rebuild_index=rebuild_index,
                                    builder=builder, max_index_memory=max_index_memory, ondisk_lists=ondisk_lists)
         for p in left:

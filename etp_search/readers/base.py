@@ -82,6 +82,15 @@ def merge_skips(skipped: dict[str, int], examples: dict[str, list[str]], counts:
         examples[reason] = (examples.get(reason, []) + list(ids))[:SKIP_EXAMPLES]
 
 
+def nothing_read(where: object, found: int, skipped: dict[str, int], examples: dict[str, list[str]]) -> DataError:
+    """The one line of a run in which every record found was skipped: nothing was written, and the
+    folder is most likely not the dataset meant (or not of the layout it was taken for)."""
+    top = sorted(skipped.items(), key=lambda kv: -kv[1])[:3]
+    reasons = "; ".join(f"{r}: {n}" + (f" (e.g. {examples[r][0]})" if examples.get(r) else "") for r, n in top)
+    return DataError(f"none of the {found} records found in {where} could be read ({reasons}); nothing was "
+                     "written: check that it is the dataset folder you meant (-v logs each skipped record)")
+
+
 def check_sampling_rate(fs: object, where: str) -> float:
     """``fs`` as a float within ``MIN_FS``..``MAX_FS``; else SkipRecord "sampling rate out of range"."""
     try:

@@ -21,7 +21,7 @@ import numpy as np
 from etp_search import __version__
 from etp_search.errors import DataError
 from etp_search.preprocess import Preset, get_preset
-from etp_search.readers.base import merge_skips, note_skip
+from etp_search.readers.base import merge_skips, note_skip, nothing_read
 from etp_search.records import STANDARD_LEADS, RecordMeta
 from etp_search.signal_cache.format import _STR, CACHE_KIND, CACHE_VERSION, META_COLUMNS, _text_key
 from indexing._crash import crash_point
@@ -316,6 +316,9 @@ def build_cache(
         rows, skipped_all, examples = w.rows, dict(w.skipped), dict(w.skipped_examples)
     finally:
         f.close()
+    if rows == 0 and refs:  # a cache of nothing: the folder is not what it was taken for
+        partial.unlink(missing_ok=True)
+        raise nothing_read(reader.root, len(refs), skipped_all, examples)
     publish(partial, out)
     dt = time.perf_counter() - t0
     done = len(refs) - resumed_from
