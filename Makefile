@@ -31,7 +31,7 @@ demo: $(STAMP)
 	$(ETP) query --store $(DEMO_DIR)/store.h5 --text "atrial fibrillation" -k 5
 	$(ETP) zeroshot --store $(DEMO_DIR)/store.h5 --task superdiagnostic --split all --prompts ensemble
 
-# The whole suite, slow tests included (about a minute on 2 cores once set up).
+# The whole suite, slow tests included (about 7-8 minutes on 2 cores once set up; test-fast skips the slow ones).
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 

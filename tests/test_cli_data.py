@@ -197,3 +197,27 @@ def test_no_progress_silences_the_bars_of_prepare_and_info(app, runner, example_
         assert "rec/s" in shown.stderr, verb
         assert "rec/s" not in quiet.stderr and "%|" not in quiet.stderr, (verb, quiet.stderr)
         assert json.loads(quiet.stdout)["records" if verb == "prepare" else "records_found"] == 50
+
+
+def test_the_same_folder_given_twice_is_read_once(app, runner, shared_ptbxl, tmp_path):
+    """`info DIR DIR` counted the 20,191 table rows without files twice (40,382)."""
+    from etp_search.readers import dataset_paths
+
+    link = tmp_path / "same"
+    link.symlink_to(shared_ptbxl)
+    assert dataset_paths([shared_ptbxl, Path(str(shared_ptbxl) + "/"), link]) == [shared_ptbxl]
+    once = json.loads(runner.invoke(app, ["info", str(shared_ptbxl), "--json", "--sample", "5", "--workers", "0"]).stdout)
+    res = runner.invoke(app, ["info", str(shared_ptbxl), str(link), "--json", "--sample", "5", "--workers", "0"])
+    assert res.exit_code == 0, res.output
+    twice = json.loads(res.stdout)
+    assert twice["listed_without_files"] == once["listed_without_files"] > 0
+    assert twice["records_found"] == once["records_found"] and not twice.get("duplicate_ids")
+
+
+def test_version_option_prints_the_package_version():
+    from etp_search import __version__
+    from etp_search.cli import _register, app as root
+
+    _register()
+    res = CliRunner().invoke(root, ["--version"])
+    assert res.exit_code == 0 and res.stdout.strip() == f"etp-search {__version__}"

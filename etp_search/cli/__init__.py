@@ -17,6 +17,20 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from etp_search import __version__
+
+        typer.echo(f"etp-search {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """ECG-text embeddings (ETP): prepare data, train, index, query, zero-shot, probe."""
+
+
 def _register() -> None:
     from etp_search.cli import evaluate, index, info, prepare, query, serve, train
 

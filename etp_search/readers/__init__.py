@@ -143,9 +143,16 @@ def dataset_paths(path: str | Path | Sequence[str | Path]) -> list[Path]:
 
     items = [path] if isinstance(path, (str, Path)) else list(path)
     out: list[Path] = []
+    seen: set[Path] = set()
     for item in items:
         p = Path(item)
-        out.extend(read_list_file(p) if is_list_file(p) else [p])
+        for d in read_list_file(p) if is_list_file(p) else [p]:
+            key = d.resolve()
+            if key in seen:  # read twice, its records would be counted twice ("listed without files" too)
+                logger.warning("%s is given twice; it is read once", d)
+                continue
+            seen.add(key)
+            out.append(d)
     return out
 
 
