@@ -221,3 +221,18 @@ def test_version_option_prints_the_package_version():
     _register()
     res = CliRunner().invoke(root, ["--version"])
     assert res.exit_code == 0 and res.stdout.strip() == f"etp-search {__version__}"
+
+
+def test_tables_show_a_cut_and_info_never_cuts_the_folder(app, runner, example_ptbxl, tmp_path):
+    """`info` printed .../ptbxl-npy10 for .../ptbxl-npy100: a path cut at 60 characters without a mark."""
+    import shutil
+
+    from etp_search.cli.common import format_table
+
+    table = format_table([{"a": "x" * 70, "b": "short"}])
+    assert "x" * 57 + "..." in table and "x" * 58 not in table and "short" in table
+    deep = tmp_path / ("a-long-folder-name-" * 4) / "ptbxl-copy100"
+    shutil.copytree(example_ptbxl, deep)
+    res = runner.invoke(app, ["info", str(deep), "--workers", "0", "--sample", "3"])
+    assert res.exit_code == 0, res.output
+    assert str(deep) in res.stdout and len(str(deep)) > 60

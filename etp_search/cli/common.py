@@ -154,7 +154,8 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None =
     if not rows:
         return "(no rows)"
     columns = list(columns or rows[0].keys())
-    cells = [[_cell(r.get(c, ""))[:max_width] for c in columns] for r in rows]
+    cut = lambda v: v if len(v) <= max_width else v[:max_width - 3] + "..."  # noqa: E731 - a cut is shown, never silent
+    cells = [[cut(_cell(r.get(c, ""))) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
     out = [line(columns), line(["-" * w for w in widths])]
@@ -166,7 +167,8 @@ def emit_json(obj: Any) -> None:
     typer.echo(json.dumps(to_jsonable(obj), indent=2, ensure_ascii=False))
 
 
-def emit(rows: Iterable[dict[str, Any]], as_json: bool, columns: Sequence[str] | None = None, title: str | None = None) -> None:
+def emit(rows: Iterable[dict[str, Any]], as_json: bool, columns: Sequence[str] | None = None, title: str | None = None,
+         max_width: int = 60) -> None:
     """Print rows as a table (with an optional title line) or as a JSON list."""
     rows = list(rows)
     if as_json:
@@ -174,4 +176,4 @@ def emit(rows: Iterable[dict[str, Any]], as_json: bool, columns: Sequence[str] |
         return
     if title:
         typer.echo(title)
-    typer.echo(format_table(rows, columns))
+    typer.echo(format_table(rows, columns, max_width))

@@ -30,7 +30,7 @@ def _print(info: dict[str, Any]) -> None:
         {"field": "length s (min/median/max)", "value": f"{s['min']:.1f} / {s['median']:.1f} / {s['max']:.1f}"},
         {"field": "records with missing leads", "value": info["records_with_missing_leads"]},
     ]
-    typer.echo(format_table(overview))
+    typer.echo(format_table(overview, max_width=200))  # a folder path is never cut
     if info["tasks"]:
         typer.echo("")
         rows = []

@@ -76,4 +76,4 @@ def prepare(
         return
     if summary["up_to_date"]:
         typer.echo(f"{target} is up to date ({summary['records']} records); use --force to rebuild", err=True)
-    emit(_summary_rows(summary), as_json=False)
+    emit(_summary_rows(summary), as_json=False, max_width=200)  # paths are never cut
