@@ -260,7 +260,10 @@ def test_cli_ctrl_c_says_how_to_resume(example_cache, tmp_path, monkeypatch):
     assert res.exit_code == 130, res.output
     assert f"continue with `etp-search train --resume {run}`" in res.output and "run the same command" not in res.output
     monkeypatch.setattr(Trainer, "_end_epoch", real)
-    again = CliRunner().invoke(_cli(), ["train", "--resume", str(run), "--no-progress", "--json"])
+    # Settings given with --resume were ignored without a word (it resumed the saved 2-epoch run).
+    changed = CliRunner().invoke(_cli(), ["train", "--resume", str(run), "--epochs", "6", "--lr", "0.5"])
+    _one_error(changed, "drop --epochs, --lr")
+    again = CliRunner().invoke(_cli(), ["train", "--resume", str(run), "--no-progress", "--json", "--threads", "1"])
     assert again.exit_code == 0, again.output
     assert json.loads(again.output[again.output.index("{"):])["last"]["epoch"] == 2
 

@@ -19,8 +19,20 @@ def _folds(text: str, flag: str) -> list[int]:
         raise EtpError(f"{flag} takes comma-separated fold numbers such as 1,2,3; got {text!r}") from None
 
 
+def _typed(ctx: typer.Context, name: str) -> bool:
+    """Whether the user gave option ``name`` on the command line (not its default or an env var)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name == "COMMANDLINE"  # typer vendors Click: compare by name
+
+
+#: Options a resumed run may change: where and how fast it runs, and what it prints. Every other
+#: setting is the run's own (train_config.json); one given with --resume was silently ignored.
+RESUME_OPTIONS = {"resume", "device", "threads", "progress", "as_json"}
+
+
 @user_errors
 def train(
+    ctx: typer.Context,
     data_dir: Annotated[Optional[list[Path]], typer.Argument(
         help="Dataset folder(s), NumPy sidecar .json or a list file (one signal cache is built or reused; each "
              "record id once), or a signal cache .h5; omit with --resume.")] = None,
@@ -71,8 +83,17 @@ def train(
         cfg_file = resume / CONFIG_FILE
         if not cfg_file.is_file():
             raise EtpError(f"{resume} holds no training run ({CONFIG_FILE} missing); start one with `etp-search train DATA_DIR --out {resume}`")
+        given = [p for p in ctx.command.params if p.name and p.name not in RESUME_OPTIONS and _typed(ctx, p.name)]
+        if given:
+            names = ", ".join(p.opts[0] if p.param_type_name == "option" else str(p.name).upper() for p in given)
+            raise EtpError(f"--resume continues {resume} with its saved settings; drop {names} (only --device, "
+                           "--threads and output options may change), or start a new run with --out")
         cfg = TrainConfig.from_dict(json.loads(cfg_file.read_text()))
         cfg.out = str(resume)
+        if _typed(ctx, "device"):
+            cfg.device = device
+        if _typed(ctx, "threads"):
+            cfg.threads = threads
     else:
         if not data_dir or out is None:
             raise EtpError("pass DATA_DIR and --out RUN_DIR (or --resume RUN_DIR to continue a run)")
