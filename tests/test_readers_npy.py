@@ -140,6 +140,25 @@ def test_wrong_layout_through_the_cli_is_one_error_line(wfdb_records, tmp_path):
     assert not (tmp_path / "c.h5").exists()
 
 
+def test_one_odd_array_among_agreeing_ones_is_a_skip_not_the_folders_error(wfdb_records, tmp_path):
+    """The first array transposed (or short) refused the whole folder with advice that, followed,
+    would have broken the 11 good arrays; most arrays agreeing with the sidecar, it is that record's skip."""
+    folder = _write_folder(tmp_path / "o", wfdb_records)
+    first, second = sorted(wfdb_records, key=lambda r: int(r))[:2]  # the checked picks include the first
+    sig = folder / "signals"
+    np.save(sig / f"{first}.npy", np.load(sig / f"{first}.npy").T)  # (12, 1000) under "samples x leads"
+    np.save(sig / f"{second}.npy", np.load(sig / f"{second}.npy")[:500])  # 5 s where "seconds" says 10
+    reader = open_dataset(folder)
+    got = sorted(r.id for r in reader)
+    assert got == sorted(set(wfdb_records) - {first, second})
+    assert sum(reader.summary.skipped.values()) == 2
+    # the same two arrays, but now most arrays are transposed: the declaration is what is wrong
+    for rid in sorted(wfdb_records, key=lambda r: int(r))[2:9]:
+        np.save(sig / f"{rid}.npy", np.load(sig / f"{rid}.npy").T)
+    with pytest.raises(DataError, match=r'set "layout": "leads x samples" \(\d+ of the \d+ arrays checked\)'):
+        open_dataset(folder)
+
+
 def test_folder_of_arrays_without_a_sidecar_asks_for_one(tmp_path):
     (tmp_path / "signals").mkdir()
     np.save(tmp_path / "signals" / "1.npy", np.zeros((1000, 12), np.float32))

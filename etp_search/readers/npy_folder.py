@@ -23,11 +23,12 @@ file passed in its place, carries a small JSON sidecar that states them::
     }
 
 ``FOLDER/etp-arrays.json`` makes a folder self-describing; any other ``*.json`` sidecar can be passed
-where a dataset folder is expected (for a read-only folder). Declarations are checked against the
-first arrays when the folder is opened: a layout whose lead axis does not match the declared leads,
-a duration that contradicts ``seconds``, or a rate whose beats would be implausibly fast or slow
-ends in one line naming the file and the field to fix. Per record, arrays are loaded without
-pickle; a record whose array is unreadable or of another shape is a counted skip.
+where a dataset folder is expected (for a read-only folder). Declarations are checked against up
+to 8 evenly spaced arrays when the folder is opened: a layout whose lead axis does not match the
+declared leads, or a duration that contradicts ``seconds``, in most of them, or a rate whose beats
+would be implausibly fast or slow, ends in one line naming the file and the field to fix. One odd
+array among agreeing ones is its record's counted skip, not the folder's error. Per record, arrays
+are loaded without pickle; a record whose array is unreadable or of another shape is a counted skip.
 
 Records are the arrays present; table rows without an array are not counted as missing (the
 table may describe a larger dataset, as ptbxl_database.csv does), arrays without a table row are
@@ -297,23 +298,36 @@ class NpyFolderReader(Reader):
         refs = self.refs()
         picks = [refs[i] for i in np.unique(np.linspace(0, len(refs) - 1, min(n, len(refs))).round().astype(int))]
         bpm: list[float] = []
+        checked, shape_bad, length_bad = 0, [], []
         for rid in picks:
             path = self.signal_dir / self._files[rid]
             try:
                 arr = np.load(path, mmap_mode="r", allow_pickle=False)
             except (OSError, ValueError):
                 continue  # a damaged file is that record's skip, not the folder's error
+            checked += 1
             problem = self._shape_problem(tuple(arr.shape), path.name)
             if problem:
-                raise _fail(self.sidecar, problem)
+                shape_bad.append(problem)
+                continue
             samples = int(arr.shape[LAYOUTS[self.layout]])
             if self.seconds is not None and abs(samples / self.fs - float(self.seconds)) > 1.0 / self.fs + 1e-9:
-                raise _fail(self.sidecar, f'"fs" {self.fs:g} Hz and "seconds" {self.seconds:g} disagree with '
-                                          f"{path.name}: {samples} samples last {samples / self.fs:g} s at {self.fs:g} Hz "
-                                          f"({samples / float(self.seconds):g} Hz would give {self.seconds:g} s); fix \"fs\"")
+                length_bad.append(f'"fs" {self.fs:g} Hz and "seconds" {self.seconds:g} disagree with '
+                                  f"{path.name}: {samples} samples last {samples / self.fs:g} s at {self.fs:g} Hz "
+                                  f"({samples / float(self.seconds):g} Hz would give {self.seconds:g} s); fix \"fs\"")
+                continue
             if check_rate and np.issubdtype(arr.dtype, np.number) and not np.iscomplexobj(arr):
                 x = np.asarray(arr, np.float64)
                 bpm.append(estimate_bpm(x.T if LAYOUTS[self.layout] == 0 else x, self.fs))
+        # A declaration is wrong when most arrays contradict it; one odd array among agreeing ones is
+        # that record's counted skip (read() refuses it), not the whole folder's error.
+        for bad in (shape_bad, length_bad):
+            if bad and 2 * len(bad) > checked:
+                more = f" ({len(bad)} of the {checked} arrays checked)" if checked > 1 else ""
+                raise _fail(self.sidecar, bad[0] + more)
+        if shape_bad or length_bad:
+            logger.warning("%s: %d of %d arrays checked do not match the declarations (e.g. %s); they are skipped",
+                           self.sidecar, len(shape_bad) + len(length_bad), checked, (shape_bad + length_bad)[0])
         good = [b for b in bpm if math.isfinite(b)]
         if check_rate and len(good) >= 3:
             med = float(np.median(good))
