@@ -295,6 +295,18 @@ class SegmentFiles:
                     f.close()
 
     def _read_sel(self, name: str, sel: np.ndarray | slice, width: int | None, dtype: Any) -> np.ndarray:
+        """Rows ``sel`` of dataset ``name`` across the segments; a read that fails carries the
+        segment's file as ``exc.segment_file``, so the damage names the part, not only the store."""
+        where: list[Path | None] = [None]  # the segment being read (a local: readers share a store)
+        try:
+            return self._read_segments(name, sel, width, dtype, where)
+        except DAMAGE as e:
+            if where[0] is not None:
+                e.segment_file = where[0]  # type: ignore[union-attr]
+            raise
+
+    def _read_segments(self, name: str, sel: np.ndarray | slice, width: int | None, dtype: Any,
+                       where: list[Path | None]) -> np.ndarray:
         if isinstance(sel, slice):
             lo, hi = sel.start, max(sel.start, sel.stop)
             out = np.empty((hi - lo,) + ((width,) if width else ()), dtype=dtype)
@@ -302,6 +314,7 @@ class SegmentFiles:
                 a, b = max(lo, seg.start), min(hi, seg.start + seg.n)
                 if a >= b:
                     continue
+                where[0] = seg.path
                 ds = self._file(seg.path)[name]
                 if dtype == object:
                     out[a - lo:b - lo] = ds[a - seg.start:b - seg.start]
@@ -320,6 +333,7 @@ class SegmentFiles:
                 continue
             local = sorted_rows[a:b] - seg.start
             uniq, inv = np.unique(local, return_inverse=True)  # h5py wants increasing, unique indices
+            where[0] = seg.path
             ds = self._file(seg.path)[name]
             if len(uniq) > 0.25 * seg.n:  # dense selection: one contiguous read beats fancy indexing
                 block = ds[int(uniq[0]):int(uniq[-1]) + 1][uniq - uniq[0]]

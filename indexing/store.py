@@ -260,7 +260,9 @@ class EmbeddingStore(SegmentFiles):
             except StoreError:  # Vanished among them: retried
                 raise
             except DAMAGE as e:
-                raise _damaged(self.path, f"reading {name}", e) from e
+                part = getattr(e, "segment_file", None)  # a part file, not the main one: name it
+                where = f" in {os.path.relpath(part, self.path.parent)}" if part is not None and Path(part) != self.path else ""
+                raise _damaged(self.path, f"reading {name}{where}", e) from e
 
         return self._retry_vanished(read_once, rescan=True)
 

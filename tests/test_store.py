@@ -351,3 +351,28 @@ def test_open_reads_no_ids_and_the_id_map_is_built_once_then_extended(tmp_path):
     assert reader.ids[:3] == ["r0", "r1", "r2"] and len(reader.ids) == 45
     reader.close()
     w.close()
+
+
+def test_damage_in_a_part_file_names_the_part(store):
+    """Flipped bytes in one part made every verb say only 'store s.h5 is damaged' (user trial)."""
+    import os
+
+    for start in (0, 5):
+        store.append(*_batch(start, 5))
+    parts = sorted(store.path.parent.glob("store.h5.parts/*.h5"))
+    assert len(parts) == 2, parts
+    victim = parts[1]  # rows 5..9
+    with h5py.File(victim, "r") as f:
+        info = f["ecg"].id.get_chunk_info(0)
+    raw = bytearray(victim.read_bytes())
+    raw[info.byte_offset + 4:info.byte_offset + 12] = bytes(8 - i for i in range(8))
+    victim.write_bytes(bytes(raw))
+    again = EmbeddingStore.open(store.path)
+    try:
+        assert again.ecg([0, 1]).shape == (2, DIM)  # the undamaged part still reads
+        with pytest.raises(StoreError) as exc:
+            again.ecg([7])
+        msg = str(exc.value)
+        assert os.path.relpath(victim, store.path.parent) in msg and "reading ecg" in msg and "\n" not in msg
+    finally:
+        again.close()
