@@ -275,9 +275,14 @@ def test_store_without_index_files_is_searched_in_memory_and_nothing_is_written(
 def test_random_baseline_checkpoint_is_materialised_once(tmp_path):
     if not (resolve_mod.default_checkpoint() / "config.json").exists():
         pytest.skip("starter checkpoint not shipped yet")
-    a = resolve_mod.resolve_checkpoint("random", store_path=tmp_path / "s.h5")
-    b = resolve_mod.resolve_checkpoint("random", store_path=tmp_path / "s.h5")
-    assert a == b and (a / "model.safetensors").exists()
+    with pytest.raises(EtpError, match="no random-init checkpoint beside"):  # a reader never writes one
+        resolve_mod.resolve_checkpoint("random", store_path=tmp_path / "s.h5")
+    assert not (tmp_path / "s.h5.random-init").exists()
+    a = resolve_mod.resolve_checkpoint("random", store_path=tmp_path / "s.h5", create=True)
+    stamp = (a / "model.safetensors").stat().st_mtime_ns
+    b = resolve_mod.resolve_checkpoint("random", store_path=tmp_path / "s.h5", create=True)
+    c = resolve_mod.resolve_checkpoint("random", store_path=tmp_path / "s.h5")
+    assert a == b == c and (a / "model.safetensors").stat().st_mtime_ns == stamp  # written once
 
 
 def test_missing_checkpoint_is_one_line(tmp_path):
