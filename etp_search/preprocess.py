@@ -183,6 +183,14 @@ def _rational(target: float, native: float) -> tuple[int, int]:
     return max(frac.numerator, 1), max(frac.denominator, 1)
 
 
+def no_signal(flags: dict[str, Any]) -> bool:
+    """Whether ``preprocess`` zeroed every lead (flat, mostly NaN or absent): no ECG is left to embed."""
+    return len(set(flags["nan_leads"]) | set(flags["flat_leads"])) >= len(STANDARD_LEADS)
+
+
+NO_SIGNAL = "the ECG has no signal: every lead is flat (constant) or missing; pass a recorded ECG"
+
+
 def _repair(x: np.ndarray, preset: Preset, leads: Sequence[str], flags: dict[str, Any]) -> np.ndarray:
     """Interpolate sparse NaNs; zero and flag mostly-NaN and flat leads. x is float64 (12, L)."""
     nan = np.isnan(x)

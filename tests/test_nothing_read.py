@@ -50,3 +50,38 @@ def test_one_readable_record_among_unreadable_ones_is_written(unreadable, exampl
 
     summary = json.loads(res.stdout)
     assert summary["records"] == 1 and sum(summary["skipped"].values()) == 3
+
+
+def test_an_ecg_without_signal_is_a_counted_skip_and_a_one_line_query_error(example_ptbxl, example_store, tmp_path):
+    """An all-zero (1000, 12) array was written as a record and came back from queries (score 0.31)."""
+    import json
+
+    import numpy as np
+
+    from etp_search.errors import DataError
+    from etp_search.readers import open_dataset
+    from etp_search.search import Searcher
+
+    folder = tmp_path / "arrays"
+    (folder / "signals").mkdir(parents=True)
+    reader = open_dataset(example_ptbxl)
+    for rid in reader.refs()[:3]:
+        np.save(folder / "signals" / f"{rid}.npy", reader.read(rid).signal.T)
+    np.save(folder / "signals" / "99999.npy", np.zeros((1000, 12), np.float32))
+    ids = [*reader.refs()[:3], "99999"]
+    (folder / "meta.csv").write_text("id,report\n" + "".join(f"{i},sinus rhythm\n" for i in ids))
+    (folder / "etp-arrays.json").write_text(json.dumps({"format": "npy-folder", "signals": "signals", "fs": 100,
+                                                        "layout": "samples x leads", "leads": "standard",
+                                                        "unit": "mV", "seconds": 10, "table": "meta.csv"}))
+    res = cli.invoke(app, ["prepare", str(folder), "--out", str(tmp_path / "c.h5"), "--json", "--no-progress",
+                           "--workers", "0"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["records"] == 3 and summary["skipped"] == {"no signal": 1}
+    assert summary["skipped_examples"]["no signal"] == ["99999"]
+    with Searcher.open(example_store) as s:
+        with pytest.raises(DataError, match="no signal: every lead is flat"):
+            s.query_signal(np.zeros((12, 1000), np.float32), 100.0, k=3)
+        flat_but_one = np.zeros((12, 1000), np.float32)
+        flat_but_one[1] = reader.read(reader.refs()[0]).signal[1]
+        assert len(s.query_signal(flat_but_one, 100.0, k=3)) == 3  # one recorded lead is still an ECG
