@@ -19,7 +19,7 @@ def _label_str(labels: dict[str, float]) -> str:
 @user_errors
 def query(
     text: Annotated[Optional[str], typer.Option("--text", "-t", help="Report text to search with.")] = None,
-    ecg: Annotated[Optional[Path], typer.Option("--ecg", help="An ECG file to search with: WFDB record (.hea) or .mat.")] = None,
+    ecg: Annotated[Optional[Path], typer.Option("--ecg", help="An ECG file to search with: WFDB record (.hea), .mat, or .npy (with --fs and --layout).")] = None,
     record: Annotated[Optional[str], typer.Option("--record", help="Id of an ECG already in the store.")] = None,
     target: Annotated[str, typer.Option(help="What to return: 'ecg' or 'report'.")] = "ecg",
     k: Annotated[int, typer.Option("-k", "--k", help="Number of results.")] = 10,
@@ -28,6 +28,9 @@ def query(
     checkpoint: Annotated[Optional[str], typer.Option(help="Checkpoint for encoding the query; default: the store's.")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: auto).")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Draw the query and top hits as 12-lead ECGs (PNG or PDF).")] = None,
+    fs: Annotated[Optional[float], typer.Option("--fs", help="--ecg X.npy: its sampling rate in Hz.")] = None,
+    layout: Annotated[Optional[str], typer.Option(help="--ecg X.npy: 'samples x leads' or 'leads x samples' (standard lead order).")] = None,
+    unit: Annotated[str, typer.Option(help="--ecg X.npy: mV, uV, V or sd (per-lead standardised).")] = "mV",
     json_out: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More log output.")] = False,
 ) -> None:
@@ -38,7 +41,7 @@ def query(
         raise fail("give exactly one of --text, --ecg or --record" + (f" (got {', '.join(given)})" if given else ""))
     if plot is not None and (plot.is_dir() or plot.suffix.lower() not in PLOT_SUFFIXES):
         raise fail(f"--plot {plot}: give a file name ending in {', '.join(PLOT_SUFFIXES)}, e.g. --plot hits.png")
-    from etp_search.search import Searcher, check_target, read_ecg_file
+    from etp_search.search import Searcher, check_target
 
     with Searcher.open(store, checkpoint=checkpoint, device=device) as s:
         query_signal = None
@@ -49,7 +52,7 @@ def query(
             title = f'text: "{shown if len(shown) <= 80 else shown[:77] + "..."}"'
             json_title = f'text: "{text}"'
         elif ecg is not None:
-            rec = read_ecg_file(ecg)
+            rec = _read_query_ecg(ecg, fs, layout, unit)
             query_signal = (rec.signal, rec.fs)
             hits = s.query_signal(rec.signal, rec.fs, k, to, where or ())
             title = json_title = f"ECG file: {ecg}"
@@ -69,6 +72,27 @@ def query(
             return
         rows = [{"rank": h.rank, "id": h.id, "score": h.score, "labels": _label_str(h.labels), "report": h.text} for h in hits]
         emit(rows, False, title=f"{title} -> top {len(hits)} {target}s in {store}")
+
+
+def _read_query_ecg(path: Path, fs: Optional[float], layout: Optional[str], unit: str):
+    """A WFDB record or .mat (search.read_ecg_file), or a .npy read as the server reads an upload."""
+    from etp_search.search import read_ecg_file
+
+    if path.suffix.lower() != ".npy":
+        if fs is not None or layout is not None:
+            raise fail("--fs and --layout describe a NumPy --ecg X.npy; a WFDB or .mat file declares its own")
+        return read_ecg_file(path)
+    if fs is None or layout is None:
+        raise fail(f"--ecg {path} is a NumPy array: give its sampling rate and layout, e.g. --fs 100 --layout 'samples x leads'")
+    if not path.is_file():
+        raise fail(f"ECG file {path} does not exist")
+    from etp_search.serve.uploads import UploadedFile, parse_upload, safe_name
+
+    try:
+        name = safe_name(path.name)
+    except Exception:  # noqa: BLE001 - only the server needs a plain name; any local name will do here
+        name = "query.npy"
+    return parse_upload([UploadedFile(name, path.read_bytes())], fs=fs, layout=layout, units=unit)
 
 
 def _plot(searcher, hits, title: str, query_signal, out: Path, record: Optional[str]) -> None:
