@@ -8,6 +8,9 @@
 - ``describe_cache``: records, preset and rate, signal shape, skips by reason, text sources.
 - ``describe_file``: whichever of the two ``path`` is, or one line saying what it is not.
 - ``describe_folder``: a dataset folder, without preparing it (``etp-search info DATA_DIR``).
+- ``verify_store``: read every row of every column (numeric chunks carry fletcher32, vectors must
+  have norm 1) and hash every index file afresh (``info STORE.h5 --verify``); damage is one line
+  naming the file, as a query that met it would say.
 
 Record counts of a folder (found, listed without files) come from ``reader.refs()`` and cover the
 whole dataset. Everything that needs a record (rates, lengths, labels, texts, skip reasons) comes
@@ -153,6 +156,46 @@ def describe_file(path: str | Path) -> dict[str, Any]:
         return describe_store(p)
     raise DataError(f"{p} is neither an embedding store nor a finished signal cache; pass a dataset folder, "
                     "a store from `index` or a cache from `prepare`")
+
+
+#: Rows read at a time by ``verify_store`` (65,536 x 256 float32 = 64 MB per vector read).
+VERIFY_ROWS = 65_536
+
+
+def verify_store(path: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Read all of a store and hash its index files; raise the store's or index's one-line error at
+    the first damage, else return what was checked."""
+    import time
+
+    from tqdm.auto import tqdm
+
+    from indexing.index_files import default_index_path, load_index, sidecar_path
+    from indexing.store import EmbeddingStore
+
+    t0 = time.perf_counter()
+    with EmbeddingStore.open(path) as s:
+        n = len(s)
+        reads: list[tuple[str, Any]] = [("ecg", lambda r: s.vectors("ecg", r))]
+        if s.has_text:
+            reads.append(("text", lambda r: s.vectors("text", r)))
+        reads += [("ids", s.ids_at), ("texts", s.texts_bytes), ("labels", s.labels_bytes)]
+        reads += [(f"meta/{c}", lambda r, c=c: s.meta(c, r)) for c in s.meta_columns]
+        with tqdm(total=n * len(reads), unit="cell", desc="verify", disable=not progress) as bar:
+            for start in range(0, n, VERIFY_ROWS):
+                rows = np.arange(start, min(n, start + VERIFY_ROWS))
+                for _, read in reads:
+                    read(rows)
+                    bar.update(len(rows))
+        indexes = {}
+        for which in ("ecg", "text") if s.has_text else ("ecg",):
+            ipath = default_index_path(s.path, which)
+            if not ipath.exists() and not sidecar_path(ipath).exists():
+                indexes[which] = "missing (queries search exactly)"
+                continue
+            _, info = load_index(ipath, s.uuid, n, which=which, allow_behind=True, full=True)
+            indexes[which] = f"SHA-256 matches its sidecar ({int(info['n_rows'])} rows)"
+    return {"store": str(path), "rows": n, "columns_read": [name for name, _ in reads], "indexes": indexes,
+            "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def describe_store(path: str | Path) -> dict[str, Any]:

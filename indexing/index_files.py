@@ -137,13 +137,14 @@ def _digest_path(path: Path) -> tuple[str, int]:
         os.close(fd)
 
 
-def _check_digest(path: Path, fd: int, expected: str, expected_bytes: int, what: str, against: str) -> None:
+def _check_digest(path: Path, fd: int, expected: str, expected_bytes: int, what: str, against: str,
+                  full: bool = False) -> None:
     """_Torn unless the open file ``fd`` has ``expected_bytes`` bytes and SHA-256 ``expected``
     (as ``against``, the sidecar, says). It is hashed, unless this user verified the very same file
     (same inode, size, mtime, ctime) to have ``expected`` before (``indexing.verified``); a digest
-    that matches is remembered for the next load."""
+    that matches is remembered for the next load. ``full`` hashes whatever was remembered."""
     st = os.fstat(fd)
-    if verified.is_verified(path, st, expected):
+    if not full and verified.is_verified(path, st, expected):
         digest, size = expected, int(st.st_size)
     else:
         digest, size = _digest_fd(fd)
@@ -163,21 +164,22 @@ class IndexAheadError(IndexStaleError):
 
 
 def load_index(path: str | os.PathLike, store_uuid: str, n_rows: int, *, which: str | None = None,
-               allow_behind: bool = False, use_gpu: UseGpu = False) -> tuple[Any, dict]:
+               allow_behind: bool = False, use_gpu: UseGpu = False, full: bool = False) -> tuple[Any, dict]:
     """Load an index and check it against its store and its sidecar.
 
     Raises IndexStaleError (the message names ``--rebuild-index``) when the file or sidecar is
     missing, unreadable, of an older sidecar version, of another store or other vectors, when the
     file's size or SHA-256 differs from the sidecar's, or when it covers more rows than ``n_rows``
     (IndexAheadError) or fewer, unless ``allow_behind`` (the caller searches rows
-    ``info["n_rows"]:n_rows`` some other way, or adds them with ``update_index``).
+    ``info["n_rows"]:n_rows`` some other way, or adds them with ``update_index``). ``full``: hash
+    the files even where this user verified them before (`info --verify`).
     """
     path = Path(path)
     check_file_path(path, "index", "store.h5.ecg.faiss")
     err: IndexStaleError | None = None
     for attempt in range(3):  # the writer replacing index + sidecar meanwhile can make one try see a mix
         try:
-            index, info = _load_checked(path, store_uuid, n_rows, which, allow_behind)
+            index, info = _load_checked(path, store_uuid, n_rows, which, allow_behind, full)
             break
         except _Torn as e:
             err = e
@@ -192,7 +194,7 @@ def load_index(path: str | os.PathLike, store_uuid: str, n_rows: int, *, which: 
 
 
 def _load_checked(path: Path, store_uuid: str, n_rows: int, which: str | None,
-                  allow_behind: bool) -> tuple[Any, dict]:
+                  allow_behind: bool, full: bool = False) -> tuple[Any, dict]:
     side = sidecar_path(path)
     if not path.exists() or not side.exists():
         raise IndexStaleError(f"no index at {path} (or its sidecar {side.name}); {REBUILD_HINT}")
@@ -221,10 +223,10 @@ def _load_checked(path: Path, store_uuid: str, n_rows: int, which: str | None,
         raise _Torn(f"index {path} disappeared while loading; {REBUILD_HINT}") from e
     try:
         # Hash and read the same open file: a writer replacing it meanwhile cannot slip another in.
-        _check_digest(path, fd, info["sha256"], expected_bytes, "index", "its sidecar")
+        _check_digest(path, fd, info["sha256"], expected_bytes, "index", "its sidecar", full)
         lists = info.get("ivfdata")
         if lists is not None:
-            index = _read_ondisk(path, lists, side.name)
+            index = _read_ondisk(path, lists, side.name, full)
         else:
             proc = f"/proc/self/fd/{fd}"
             index = read_faiss(path, source=proc if os.path.exists(proc) else None, error=_Torn)
@@ -237,7 +239,7 @@ def _load_checked(path: Path, store_uuid: str, n_rows: int, which: str | None,
     return index, info
 
 
-def _read_ondisk(path: Path, lists: Any, sidecar_name: str) -> Any:
+def _read_ondisk(path: Path, lists: Any, sidecar_name: str, full: bool = False) -> Any:
     """An index whose inverted lists live in ``PATH.ivfdata``: that file checked against the
     sidecar's size and SHA-256, then memory-mapped (``IO_FLAG_ONDISK_SAME_DIR``: the folder may move)."""
     lists_file = lists_path(path)
@@ -250,7 +252,7 @@ def _read_ondisk(path: Path, lists: Any, sidecar_name: str) -> Any:
     except FileNotFoundError as e:
         raise _Torn(f"index lists file {lists_file} is missing; {REBUILD_HINT}") from e
     try:
-        _check_digest(lists_file, fd, expected, expected_bytes, "index lists file", sidecar_name)
+        _check_digest(lists_file, fd, expected, expected_bytes, "index lists file", sidecar_name, full)
     finally:
         os.close(fd)
     return read_faiss(path, faiss.IO_FLAG_ONDISK_SAME_DIR, error=_Torn)

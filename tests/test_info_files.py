@@ -50,3 +50,47 @@ def test_info_on_a_cache_and_on_other_files(tmp_path: Path, example_ptbxl: Path)
     other.write_text("not hdf5")
     res = cli.invoke(app, ["info", str(other)])
     assert res.exit_code == 1 and "not an HDF5 file" in res.output and "Traceback" not in res.output
+
+
+def _copy_store(example_store: Path, to: Path) -> Path:
+    for p in example_store.parent.glob(example_store.name + "*"):
+        (shutil.copytree if p.is_dir() else shutil.copy)(p, to / p.name)
+    return to / example_store.name
+
+
+def _flip(path: Path, offset: int) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[offset:offset + 8] = bytes(255 - b for b in raw[offset:offset + 8])
+    path.write_bytes(bytes(raw))
+
+
+def test_info_verify_reads_everything_and_names_the_damage(tmp_path: Path, example_store: Path) -> None:
+    """Flipped vector bytes passed `info` ('current') and text queries, which read the index, not
+    the vectors; `--verify` reads every column and hashes the index files afresh."""
+    import h5py
+
+    good = _copy_store(example_store, tmp_path)
+    res = cli.invoke(app, ["info", str(good), "--verify", "--json", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    v = json.loads(res.stdout)["verified"]
+    assert v["rows"] == 50 and {"ecg", "text", "ids", "texts", "labels", "meta/strat_fold"} <= set(v["columns_read"])
+    assert set(v["indexes"]) == {"ecg", "text"} and all("matches" in x for x in v["indexes"].values())
+
+    (tmp_path / "a").mkdir()
+    store = _copy_store(example_store, tmp_path / "a")
+    with h5py.File(store, "r") as f:
+        at = f["ecg"].id.get_chunk_info(0).byte_offset
+    _flip(store, at + 64)
+    assert cli.invoke(app, ["info", str(store), "--no-progress"]).exit_code == 0  # a look does not read vectors
+    res = cli.invoke(app, ["info", str(store), "--verify", "--no-progress"])
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 1 and len(lines) == 1 and f"store {store} is damaged" in lines[0] and "ecg" in lines[0]
+
+    (tmp_path / "b").mkdir()
+    store = _copy_store(example_store, tmp_path / "b")
+    index = Path(str(store) + ".text.faiss")
+    _flip(index, index.stat().st_size // 2)
+    res = cli.invoke(app, ["info", str(store), "--verify", "--no-progress"])
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 1 and len(lines) == 1 and str(index) in lines[0] and "SHA-256" in lines[0], res.output
+    assert "--rebuild-index" in lines[0]

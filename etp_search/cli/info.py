@@ -11,7 +11,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from etp_search.cli.common import ProgressOpt, emit, emit_json, format_table, user_errors
+from etp_search.cli.common import ProgressOpt, emit, emit_json, fail, format_table, user_errors
 from etp_search.describe import DEFAULT_SAMPLE
 
 
@@ -53,6 +53,8 @@ def info(
     fmt: Annotated[Optional[str], typer.Option("--format", help="Dataset layout; detected when omitted.")] = None,
     sample: Annotated[int, typer.Option(help="Records to read for rates, lengths, labels and texts (0 = all).", min=0)] = DEFAULT_SAMPLE,
     workers: Annotated[Optional[int], typer.Option(help="Worker processes (default: all cores).", min=0)] = None,
+    verify: Annotated[bool, typer.Option("--verify", help="With a store: read every row of every column and hash "
+                                                          "its index files afresh (damage is named).")] = False,
     progress: ProgressOpt = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
@@ -60,10 +62,16 @@ def info(
     a store from `index` / a cache from `prepare` (what it holds, what made it, its index files)."""
     from etp_search.readers import open_dataset
 
+    if verify and not (len(data_dir) == 1 and data_dir[0].is_file()):
+        raise fail("--verify checks an embedding store: pass STORE.h5")
     if len(data_dir) == 1 and data_dir[0].is_file() and data_dir[0].suffix in (".h5", ".hdf5"):
-        from etp_search.describe import describe_file
+        from etp_search.describe import describe_file, verify_store
 
         described = describe_file(data_dir[0])
+        if verify:
+            if described["kind"] != "embedding store":
+                raise fail("--verify checks an embedding store; a signal cache's checksums are checked as it is read")
+            described["verified"] = verify_store(data_dir[0], progress=progress)
         if as_json:
             emit_json(described)
         else:
@@ -89,6 +97,10 @@ def _print_file(d: dict[str, Any]) -> None:
                     f"{facts['factory']} over {facts['rows_covered']} rows, recall@10 {facts.get('recall_at_10')}"
                     + (f", nprobe {facts['nprobe']}" if facts.get("nprobe") else "") + f"; {facts['state']}")
                 rows.append({"field": f"{which} index", "value": line})
+        elif key == "verified":
+            rows.append({"field": "verified", "value": f"{value['rows']} rows x {len(value['columns_read'])} columns "
+                                                       f"read in {value['seconds']} s; no damage"})
+            rows += [{"field": f"verified {w} index", "value": v} for w, v in value["indexes"].items()]
         elif isinstance(value, dict):
             rows.append({"field": key, "value": ", ".join(f"{k} {v}" for k, v in value.items()) or "-"})
         elif isinstance(value, list):
