@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,6 +18,7 @@ from etp_search.errors import DataError, EtpError, StoreMismatchError
 from etp_search.export import shards
 from etp_search.export.mapper import EtpMapper
 from etp_search.export.source import NORM_COLUMN, open_source
+from etp_search.export.summary import IndexInfo, IndexSummary
 from etp_search.export.writer import StoreWriter
 from etp_search.models import checkpoint_fingerprint, load_checkpoint
 from etp_search.models.config import EtpConfig
@@ -48,50 +48,6 @@ def provenance_for(ckpt: Path, cfg: EtpConfig, data: Path | list[Path], fmt: str
         "data_dir": str(data.resolve()) if isinstance(data, Path) else ";".join(str(d.resolve()) for d in data),
         "package_version": etp_search.__version__,
     }
-
-
-@dataclass(frozen=True)
-class IndexInfo:
-    """One FAISS index as ``index`` left it."""
-
-    factory: str | None
-    n_rows: int | None
-    recall_at_10: float | None
-    nprobe: int | None
-    on_gpu: bool | None
-
-
-@dataclass(frozen=True)
-class IndexSummary:
-    """What one ``index`` run did. ``summary["written"]`` works too (read-only mapping access)."""
-
-    store: str
-    checkpoint: str
-    device: str
-    format: str
-    records_found: int
-    written: int
-    already_stored: int
-    skipped: dict[str, int]
-    seconds: float
-    records_per_s: float | None
-    rows: int
-    ecg_index: IndexInfo | None = None
-    text_index: IndexInfo | None = None
-    skipped_examples: dict[str, list[str]] = field(default_factory=dict)  # reason -> the first ids
-
-    def as_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        return {k: v for k, v in out.items() if not (k.endswith("_index") and v is None)}
-
-    def __getitem__(self, key: str) -> Any:
-        if key not in self.__dataclass_fields__ or (key.endswith("_index") and getattr(self, key) is None):
-            raise KeyError(key)
-        value = getattr(self, key)
-        return asdict(value) if isinstance(value, IndexInfo) else value
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and key in self.as_dict()
 
 
 def index_data(
