@@ -230,18 +230,23 @@ class _DeferredTexts:
             self.flush()
 
     def flush(self) -> None:
-        """Encode every new report of the waiting batches in one call, then append them in order."""
+        """Encode every new report of the waiting batches in one call, then append them in order
+        (each batch leaves ``pending`` once written, so a flush cut short can be run again). A
+        Ctrl-C leaves ``failed`` unset: ``_embed`` runs the flush once more before it stops."""
         if not self.pending:
             return
         try:
             self.mapper.texts([t for b, _ in self.pending for t in b.texts])
-            for b, ecg in self.pending:
+            while self.pending:
+                b, ecg = self.pending[0]
                 self.writer.write(b, ecg, self.mapper.texts(b.texts))
+                self.pending.pop(0)
+                self.rows -= len(b.ids)
+        except KeyboardInterrupt:
+            raise
         except BaseException:
             self.failed = True
             raise
-        self.pending.clear()
-        self.rows = 0
 
 
 def _embed(source: Any, todo: list[int], writer: StoreWriter, mapper: EtpMapper, progress: bool,
@@ -275,6 +280,7 @@ def _embed(source: Any, todo: list[int], writer: StoreWriter, mapper: EtpMapper,
                     deferred.flush()  # the hook stands for a kill right after the N-th batch was written
                     logger.warning("test hook %s: leaving after %d batches", shards.DIE_ENV, n_batches)
                     os._exit(1)
+            deferred.flush()  # inside the try: a Ctrl-C while the last reports are encoded keeps the rows too
         except BaseException as e:
             # A reader that failed mid-run (a damaged cache) or Ctrl-C: the rows embedded so far are
             # kept (their reports encoded now, seconds), so the next run resumes after them.
@@ -283,7 +289,6 @@ def _embed(source: Any, todo: list[int], writer: StoreWriter, mapper: EtpMapper,
                     logger.warning("interrupted: saving the %d embedded rows (Ctrl-C again drops them)", deferred.rows)
                 deferred.flush()
             raise
-        deferred.flush()
     return skipped, time.perf_counter() - t0
 
 
