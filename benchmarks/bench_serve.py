@@ -163,10 +163,9 @@ def encode_costs(store: Path, texts: list[str], repeats: int = 15) -> dict:
 
 def _input_shape(model, searcher) -> tuple[int, int]:
     """(leads, samples) the ECG tower takes for this store's preset."""
-    from etp_search.preprocess import get_preset, preprocess
+    from etp_search.preprocess import get_preset
 
-    x, _ = preprocess(np.zeros((12, 1000), np.float32), 100.0, get_preset(model.cfg.preset))
-    return tuple(x.shape)
+    return 12, get_preset(model.cfg.preset).length
 
 
 def load(url: str, queries: Queries, clients: int, seconds: float, server_pid: int | None = None,

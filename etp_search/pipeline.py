@@ -23,8 +23,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
-from etp_search.preprocess import Preset, no_signal, preprocess
-from etp_search.readers.base import SkipRecord
+from etp_search.preprocess import Preset, preprocess
 from etp_search.records import EcgRecord
 
 logger = logging.getLogger(__name__)
@@ -62,8 +61,6 @@ class _Records(Dataset):
             if self.preset is None:  # `info`: facts about the raw record, no preprocessing
                 return Item(ref, self.transform(rec, rec.signal, {}))
             x, flags = preprocess(rec.signal, rec.fs, self.preset, rec.leads)
-            if no_signal(flags):  # an all-zero array was written and searchable like an ECG
-                raise SkipRecord("no signal", f"{ref}: every lead is flat (constant) or missing")
             return Item(ref, self.transform(rec, x, flags))
         except Exception as exc:  # noqa: BLE001 - one bad file must not end a run over 800k records
             reason = getattr(exc, "reason", None)  # readers' SkipRecord carries a short stable key

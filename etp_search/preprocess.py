@@ -183,14 +183,6 @@ def _rational(target: float, native: float) -> tuple[int, int]:
     return max(frac.numerator, 1), max(frac.denominator, 1)
 
 
-def no_signal(flags: dict[str, Any]) -> bool:
-    """Whether ``preprocess`` zeroed every lead (flat, mostly NaN or absent): no ECG is left to embed."""
-    return len(set(flags["nan_leads"]) | set(flags["flat_leads"])) >= len(STANDARD_LEADS)
-
-
-NO_SIGNAL = "the ECG has no signal: every lead is flat (constant) or missing; pass a recorded ECG"
-
-
 def _repair(x: np.ndarray, preset: Preset, leads: Sequence[str], flags: dict[str, Any]) -> np.ndarray:
     """Interpolate sparse NaNs; zero and flag mostly-NaN and flat leads. x is float64 (12, L)."""
     nan = np.isnan(x)
@@ -235,7 +227,8 @@ def preprocess(
 
     Raises:
         RejectedSignal: a signal that is not (12, L) real numbers, a rate outside MIN_FS..MAX_FS
-            (a damaged header: 0.01 Hz would resample 10,000-fold), or under MIN_SECONDS long.
+            (a damaged header: 0.01 Hz would resample 10,000-fold), under MIN_SECONDS long, or with
+            no signal (every lead flat or missing).
     """
     p = get_preset(preset)
     try:
@@ -268,6 +261,9 @@ def preprocess(
         x = x[:, start:start + keep]
         flags["cropped"] = True
     x = _repair(np.array(x, dtype=np.float64), p, leads, flags)  # always a copy: the caller's array is kept
+    if len(set(flags["nan_leads"]) | set(flags["flat_leads"])) >= x.shape[0]:
+        # an all-zero array was written as a record and came back from queries (score 0.31)
+        raise RejectedSignal("no signal", "every lead is flat (constant) or missing; pass a recorded ECG")
 
     if native != float(p.fs):
         up, down = _rational(p.fs, native)

@@ -227,14 +227,12 @@ class Searcher:
         """A raw (12, L) ECG in mV at ``fs`` Hz -> nearest ECGs or reports (preprocessed like the store)."""
         import torch
 
-        from etp_search.preprocess import NO_SIGNAL, get_preset, no_signal, preprocess
+        from etp_search.preprocess import get_preset, preprocess
 
         signal = np.asarray(signal, dtype=np.float32)
         if signal.ndim != 2 or signal.shape[0] != 12:
             raise DataError(f"an ECG query must be (12, samples) in the standard lead order; got shape {signal.shape}")
-        x, flags = preprocess(signal, fs, get_preset(self.model.cfg.preset))
-        if no_signal(flags):
-            raise DataError(NO_SIGNAL)
+        x, _ = preprocess(signal, fs, get_preset(self.model.cfg.preset))
         with torch.inference_mode():
             dev = next(self.model.parameters()).device
             vec = self.model.encode_ecg(torch.from_numpy(x)[None].to(dev)).float().cpu().numpy()

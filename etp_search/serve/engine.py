@@ -250,15 +250,12 @@ class Engine:
 
     def prepare_signal(self, signal: np.ndarray, fs: float) -> np.ndarray:
         """A raw (12, L) ECG in mV at ``fs`` Hz -> the model's input, preprocessed exactly like ``index``."""
-        from etp_search.preprocess import NO_SIGNAL, no_signal, preprocess
+        from etp_search.preprocess import preprocess
 
         signal = np.asarray(signal, dtype=np.float32)
         if signal.ndim != 2 or signal.shape[0] != 12:
             raise DataError(f"an ECG must be (12, samples) in the standard lead order; got shape {signal.shape}")
-        x, flags = preprocess(signal, fs, self.preset)
-        if no_signal(flags):
-            raise DataError(NO_SIGNAL)
-        return x
+        return preprocess(signal, fs, self.preset)[0]
 
     def encode_preprocessed(self, x: np.ndarray) -> np.ndarray:
         """(B, C, L) preprocessed ECGs -> (B, D) vectors."""
