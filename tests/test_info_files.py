@@ -94,3 +94,13 @@ def test_info_verify_reads_everything_and_names_the_damage(tmp_path: Path, examp
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert res.exit_code == 1 and len(lines) == 1 and str(index) in lines[0] and "SHA-256" in lines[0], res.output
     assert "--rebuild-index" in lines[0]
+
+
+def test_info_verify_on_anything_but_a_store_is_one_line(tmp_path: Path, example_ptbxl: Path) -> None:
+    """A folder or a sidecar .json was described with --verify silently unused."""
+    sidecar = tmp_path / "arrays.json"
+    sidecar.write_text("{}")
+    for target in (example_ptbxl, sidecar):
+        res = cli.invoke(app, ["info", str(target), "--verify", "--no-progress"])
+        lines = [ln for ln in res.output.splitlines() if ln.strip()]
+        assert res.exit_code == 1 and len(lines) == 1 and "--verify checks an embedding store" in lines[0], res.output

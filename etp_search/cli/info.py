@@ -62,9 +62,10 @@ def info(
     a store from `index` / a cache from `prepare` (what it holds, what made it, its index files)."""
     from etp_search.readers import open_dataset
 
-    if verify and not (len(data_dir) == 1 and data_dir[0].is_file()):
+    one_h5 = len(data_dir) == 1 and data_dir[0].is_file() and data_dir[0].suffix in (".h5", ".hdf5")
+    if verify and not one_h5:  # a folder or a sidecar .json would be described with --verify unused
         raise fail("--verify checks an embedding store: pass STORE.h5")
-    if len(data_dir) == 1 and data_dir[0].is_file() and data_dir[0].suffix in (".h5", ".hdf5"):
+    if one_h5:
         from etp_search.describe import describe_file, verify_store
 
         described = describe_file(data_dir[0])

@@ -86,11 +86,11 @@ def _read_query_ecg(path: Path, fs: Optional[float], layout: Optional[str], unit
         raise fail(f"--ecg {path} is a NumPy array: give its sampling rate and layout, e.g. --fs 100 --layout 'samples x leads'")
     if not path.is_file():
         raise fail(f"ECG file {path} does not exist")
-    from etp_search.serve.uploads import UploadedFile, parse_upload, safe_name
+    from etp_search.serve.uploads import UploadedFile, UploadError, parse_upload, safe_name
 
     try:
         name = safe_name(path.name)
-    except Exception:  # noqa: BLE001 - only the server needs a plain name; any local name will do here
+    except UploadError:  # only the server needs a plain name; any local name will do here
         name = "query.npy"
     return parse_upload([UploadedFile(name, path.read_bytes())], fs=fs, layout=layout, units=unit)
 
